@@ -1,0 +1,29 @@
+"""flows: normalizing flows for density estimation in PyTorch.
+
+The core (bijectors, distributions, `Flow`, presets, kernels) imports torch only. The training layer
+(`flows.training`: Lightning module, data, estimator, CLI) sits above it and is imported lazily.
+"""
+
+from __future__ import annotations
+
+from flows.core import Bijector, Chain, Inverse
+from flows.distributions import Distribution, StandardNormal
+from flows.flow import Flow
+from flows.transformers import Additive, Affine, Spline, Transformer, make_transformer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Additive",
+    "Affine",
+    "Bijector",
+    "Chain",
+    "Distribution",
+    "Flow",
+    "StandardNormal",
+    "Inverse",
+    "Spline",
+    "Transformer",
+    "__version__",
+    "make_transformer",
+]

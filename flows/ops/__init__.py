@@ -1,0 +1,125 @@
+"""Element-wise kernels behind one seam.
+
+Each op has a pure-PyTorch reference (the specification and the test oracle) and may have faster
+backends. Layers call the functions here and never import a backend. The backend is chosen per call
+from the input's device (`"auto"`: Triton on CUDA when available, the reference elsewhere) or forced
+with `set_backend` / `use_backend`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from torch import Tensor
+
+from flows.ops.affine_reference import SCALE_FUNCTIONS, affine_reference, log_scale_from_raw
+from flows.ops.spline_reference import rational_quadratic_spline_reference, spline_knots
+
+__all__ = [
+    "BACKENDS",
+    "SCALE_FUNCTIONS",
+    "affine",
+    "get_backend",
+    "log_scale_from_raw",
+    "rational_quadratic_spline",
+    "set_backend",
+    "spline_knots",
+    "use_backend",
+]
+
+BACKENDS = ("auto", "reference", "triton")
+_backend = "auto"
+
+
+def set_backend(name: str) -> None:
+    """Choose the kernel backend for every op: `"auto"`, `"reference"` or `"triton"`."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _backend = name
+
+
+def get_backend() -> str:
+    """The backend currently selected."""
+    return _backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Temporarily select a backend: `with use_backend("reference"): ...`."""
+    previous = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def _triton_ops() -> object | None:
+    try:
+        from flows.ops import triton_ops
+    except ImportError:
+        return None
+    return triton_ops if triton_ops.AVAILABLE else None
+
+
+def _select(op: str, x: Tensor, reference: Callable) -> Callable:
+    if _backend == "reference":
+        return reference
+    if _backend == "triton" or x.is_cuda:
+        module = _triton_ops()
+        if module is None:
+            if _backend == "triton":
+                raise RuntimeError("backend 'triton' was requested but Triton is not installed or not usable")
+            return reference
+        return getattr(module, op)
+    return reference
+
+
+def rational_quadratic_spline(
+    x: Tensor,
+    unnormalized_widths: Tensor,
+    unnormalized_heights: Tensor,
+    unnormalized_derivatives: Tensor,
+    inverse: bool = False,
+    bound: float = 3.0,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    """Rational-quadratic spline with linear tails; see `rational_quadratic_spline_reference`.
+
+    Shapes: `x (..., d)`, widths/heights `(..., d, K)`, derivatives `(..., d, K + 1)`;
+    returns `y (..., d)` and `ladj (...)` summed over the last dimension.
+    """
+    implementation = _select("rational_quadratic_spline", x, rational_quadratic_spline_reference)
+    return implementation(
+        x,
+        unnormalized_widths,
+        unnormalized_heights,
+        unnormalized_derivatives,
+        inverse=inverse,
+        bound=bound,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
+    )
+
+
+def affine(
+    x: Tensor,
+    shift: Tensor,
+    raw_scale: Tensor,
+    inverse: bool = False,
+    scale_function: str = "tanh",
+    scale_bound: float = 3.0,
+) -> tuple[Tensor, Tensor]:
+    """Affine map `y = x * s + shift` with its log-det; see `affine_reference`.
+
+    Shapes: `x`, `shift`, `raw_scale` `(..., d)`; returns `y (..., d)` and `ladj (...)`.
+    """
+    implementation = _select("affine", x, affine_reference)
+    return implementation(
+        x, shift, raw_scale, inverse=inverse, scale_function=scale_function, scale_bound=scale_bound
+    )
