@@ -62,12 +62,12 @@ def test_ladj_matches_autograd_jacobian(case: Case) -> None:
     for i in range(3):
         ctx = None if context is None else context[i]
         _, ladj = bijector(x[i], ctx)
-        expected = jacobian_logdet(lambda v: bijector(v, ctx)[0], x[i], case.event_shape)
+        expected = jacobian_logdet(lambda v, ctx=ctx: bijector(v, ctx)[0], x[i], case.event_shape)
         torch.testing.assert_close(ladj, expected, atol=1e-7, rtol=1e-7)
         y, _ = bijector(x[i], ctx)
         _, ladj_inverse = bijector.inverse(y, ctx)
         output_shape = tuple(y.shape)
-        expected_inverse = jacobian_logdet(lambda v: bijector.inverse(v, ctx)[0], y, output_shape)
+        expected_inverse = jacobian_logdet(lambda v, ctx=ctx: bijector.inverse(v, ctx)[0], y, output_shape)
         torch.testing.assert_close(ladj_inverse, expected_inverse, atol=1e-7, rtol=1e-7)
 
 
