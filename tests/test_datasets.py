@@ -28,6 +28,7 @@ from flows.datasets import (
     validate_table,
 )
 from flows.datasets.toys import eight_gaussian_centers, eight_gaussian_std
+from flows.datasets.uci import UCI_SPLIT_SIZES, _tail_split
 
 try:
     from data_fixtures import (
@@ -391,3 +392,12 @@ def test_uci_bad_name_and_root(tmp_path: Path) -> None:
         load_uci("cifar", tmp_path)
     with pytest.raises(FileNotFoundError, match="not a directory"):
         load_uci("power", tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("name", ["power", "gas", "miniboone"])
+def test_tail_split_reproduces_published_sizes(name: str) -> None:
+    """The MAF tail split applied to the full row count gives the published split sizes."""
+    _, n_tr, n_va, n_te = UCI_SPLIT_SIZES[name]
+    train, val, test = _tail_split(np.empty((n_tr + n_va + n_te, 0)))
+    assert (len(train), len(val), len(test)) == (n_tr, n_va, n_te)
+    assert _tail_sizes(n_tr + n_va + n_te) == (n_tr, n_va, n_te)

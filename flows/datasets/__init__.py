@@ -12,7 +12,7 @@ from flows.datasets.synthetic import (
 )
 from flows.datasets.tables import DISCRETE_SKLEARN_TABLES, SKLEARN_TABLES, load_sklearn_table
 from flows.datasets.toys import TOY_ENTROPY, TOY_NAMES, toy_sample
-from flows.datasets.uci import UCI_FILES, UCI_NAMES, load_uci
+from flows.datasets.uci import UCI_FILES, UCI_NAMES, UCI_SPLIT_SIZES, load_uci
 
 __all__ = [
     "DISCRETE_SKLEARN_TABLES",
@@ -23,6 +23,7 @@ __all__ = [
     "TOY_NAMES",
     "UCI_FILES",
     "UCI_NAMES",
+    "UCI_SPLIT_SIZES",
     "GaussianMixture",
     "MultivariateStudentT",
     "SyntheticTarget",

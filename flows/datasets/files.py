@@ -98,7 +98,10 @@ def as_array(data: Any, name: str = "data") -> tuple[np.ndarray, list[str]]:
     return out, _default_names(out.shape[1])
 
 
-def _select(arr: np.ndarray, names: list[str], columns: Sequence[str | int] | None, path: Path) -> tuple:
+def _select(
+    arr: np.ndarray, names: list[str], columns: Sequence[str | int] | None, path: Path
+) -> tuple[np.ndarray, list[str]]:
+    """Pick columns by name or position; returns (array (n, k), names)."""
     if columns is None:
         return arr, names
     idx: list[int] = []

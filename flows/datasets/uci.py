@@ -19,7 +19,7 @@ import numpy as np
 
 from flows.datasets.files import _pandas
 
-__all__ = ["UCI_FILES", "UCI_NAMES", "load_uci"]
+__all__ = ["UCI_FILES", "UCI_NAMES", "UCI_SPLIT_SIZES", "load_uci"]
 
 ARCHIVE = "the MAF data archive (Papamakarios et al., Zenodo record 1161203, file data.tar.gz)"
 
@@ -32,6 +32,15 @@ UCI_FILES: dict[str, tuple[str, ...]] = {
     "bsds300": ("BSDS300/BSDS300.hdf5",),
 }
 UCI_NAMES: tuple[str, ...] = tuple(UCI_FILES)
+
+#: (features, train rows, validation rows, test rows) of the full benchmarks, as in the MAF paper.
+UCI_SPLIT_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "power": (6, 1_659_917, 184_435, 204_928),
+    "gas": (8, 852_174, 94_685, 105_206),
+    "hepmass": (21, 315_123, 35_013, 174_987),
+    "miniboone": (43, 29_556, 3_284, 3_648),
+    "bsds300": (63, 1_000_000, 50_000, 250_000),
+}
 
 Splits = dict[str, np.ndarray]
 
