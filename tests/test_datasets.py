@@ -222,6 +222,8 @@ def test_as_array_inputs() -> None:
     assert names == ["a", "b"] and arr.dtype == np.float64
     with pytest.raises(TypeError):
         as_array([["1", "x"], ["2", "3"]])
+    with pytest.raises(ValueError, match="rectangular"):
+        as_array([[1.0, 2.0], [3.0]])
 
 
 def test_load_table_formats(tmp_path: Path) -> None:

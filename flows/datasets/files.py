@@ -84,7 +84,10 @@ def as_array(data: Any, name: str = "data") -> tuple[np.ndarray, list[str]]:
         return validate_table(data.to_numpy(dtype=np.float64), name), names
     if isinstance(data, (str, bytes)) or data is None:
         raise TypeError(f"{name} must be an array, DataFrame or list of numbers, got {type(data).__name__}")
-    arr = np.asarray(data)
+    try:
+        arr = np.asarray(data)
+    except ValueError as err:  # ragged nested lists
+        raise ValueError(f"{name} must be rectangular (all rows the same length): {err}") from err
     if arr.dtype == object:
         try:
             arr = arr.astype(np.float64)
