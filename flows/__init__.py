@@ -7,7 +7,17 @@ The core (bijectors, distributions, `Flow`, presets, kernels) imports torch only
 from __future__ import annotations
 
 from flows.core import Bijector, Chain, Inverse
-from flows.distributions import Distribution, StandardNormal
+from flows.distributions import (
+    ConditionalDiagonalNormal,
+    ConditionalGaussianMixture,
+    ConditionalStudentT,
+    DiagonalNormal,
+    Distribution,
+    GaussianMixture,
+    StandardNormal,
+    StudentT,
+    make_base,
+)
 from flows.flow import Flow
 from flows.transformers import Additive, Affine, Spline, Transformer, make_transformer
 
@@ -18,12 +28,19 @@ __all__ = [
     "Affine",
     "Bijector",
     "Chain",
+    "ConditionalDiagonalNormal",
+    "ConditionalGaussianMixture",
+    "ConditionalStudentT",
+    "DiagonalNormal",
     "Distribution",
     "Flow",
+    "GaussianMixture",
     "StandardNormal",
+    "StudentT",
     "Inverse",
     "Spline",
     "Transformer",
     "__version__",
+    "make_base",
     "make_transformer",
 ]
