@@ -6,7 +6,6 @@ Event: 1-D vectors of `features` elements, any leading batch dimensions.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -15,7 +14,7 @@ from torch import Tensor, nn
 
 from flows.core import Bijector
 
-__all__ = ["LULinear", "Permutation"]
+__all__ = ["LULinear", "LUMatrix", "Permutation"]
 
 
 def _check_features(features: object, name: str = "features") -> int:
@@ -63,11 +62,94 @@ class Permutation(Bijector):
         return y[..., self.inverse_indices], self.zero_ladj(y)
 
 
+class LUMatrix(nn.Module):
+    """A learnable invertible matrix `W = P L U` of shape `(size, size)`.
+
+    `P` is a fixed permutation (a buffer), `L` unit lower triangular, `U` upper triangular with diagonal
+    `sign * exp(log_diagonal)` (`sign` a fixed buffer). `log |det W| = sum(log_diagonal)`. Built from
+    `weight` by an LU decomposition (Kingma & Dhariwal 2018), or the identity when `weight` is None.
+    Shared by `LULinear` and the LU-parameterised `Invertible1x1Conv`.
+    """
+
+    def __init__(self, size: int, weight: Optional[Tensor] = None) -> None:
+        super().__init__()
+        size = _check_features(size, "size")
+        self.size = size
+        rows, cols = torch.tril_indices(size, size, offset=-1)
+        # Packed strictly-triangular entries (no dead parameters); index buffers place them.
+        self.register_buffer("lower_indices", rows * size + cols, persistent=False)
+        self.register_buffer("upper_indices", cols * size + rows, persistent=False)
+        if weight is None:
+            permutation = None
+            lower_entries = torch.zeros(rows.numel())
+            upper_entries = torch.zeros(rows.numel())
+            sign = torch.ones(size)
+            log_diagonal = torch.zeros(size)
+        else:
+            if tuple(weight.shape) != (size, size):
+                raise ValueError(f"weight must have shape {(size, size)}, got {tuple(weight.shape)}")
+            permutation, lower, upper = torch.linalg.lu(weight.detach().to(torch.float64))
+            diagonal = torch.diagonal(upper)
+            if bool((diagonal == 0).any()):
+                raise ValueError("weight must be invertible, got a singular matrix")
+            lower_entries = lower[rows, cols].float()
+            upper_entries = upper[cols, rows].float()
+            sign = torch.sign(diagonal).float()
+            log_diagonal = torch.log(diagonal.abs()).float()
+        if permutation is None:
+            self.register_buffer("permutation", None)
+        else:
+            self.register_buffer("permutation", permutation.float())
+        self.register_buffer("sign", sign)
+        self.lower_entries = nn.Parameter(lower_entries)
+        self.upper_entries = nn.Parameter(upper_entries)
+        self.log_diagonal = nn.Parameter(log_diagonal)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, permuted={self.permutation is not None}"
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """`(L, U)`, each `(size, size)`: L unit lower triangular, U upper triangular."""
+        n = self.size
+        lower = self.lower_entries.new_zeros(n * n).index_add(0, self.lower_indices, self.lower_entries)
+        upper = self.upper_entries.new_zeros(n * n).index_add(0, self.upper_indices, self.upper_entries)
+        eye = torch.eye(n, dtype=lower.dtype, device=lower.device)
+        diagonal = self.sign * torch.exp(self.log_diagonal)
+        return lower.view(n, n) + eye, upper.view(n, n) + torch.diag(diagonal)
+
+    def matrix(self) -> Tensor:
+        """`W = P L U`, shape `(size, size)`."""
+        lower, upper = self.factors()
+        weight = lower @ upper
+        return weight if self.permutation is None else self.permutation @ weight
+
+    def inverse_matrix(self) -> Tensor:
+        """`W^{-1} = U^{-1} L^{-1} P^T` by two triangular solves, shape `(size, size)`."""
+        lower, upper = self.factors()
+        right = torch.eye(self.size, dtype=lower.dtype, device=lower.device)
+        if self.permutation is not None:
+            right = self.permutation.mT
+        right = torch.linalg.solve_triangular(lower, right, upper=False, unitriangular=True)
+        return torch.linalg.solve_triangular(upper, right, upper=True)
+
+    def solve_rows(self, rows: Tensor) -> Tensor:
+        """Solve `x W^T = rows` for `x`, with `rows` of shape `(n, size)`; returns `(n, size)`."""
+        lower, upper = self.factors()
+        if self.permutation is not None:
+            rows = rows @ self.permutation  # W^T = U^T L^T P^T
+        t = torch.linalg.solve_triangular(lower.mT, rows, upper=True, left=False, unitriangular=True)
+        return torch.linalg.solve_triangular(upper.mT, t, upper=False, left=False)
+
+    def logabsdet(self) -> Tensor:
+        """`log |det W| = sum(log_diagonal)`, a 0-d tensor."""
+        return self.log_diagonal.sum()
+
+
 class LULinear(Bijector):
     """An invertible linear map `y = W x + b` with `W = L U` (Durkan et al. 2019, neural spline flows).
 
-    `L` is unit lower triangular, `U` upper triangular with a positive diagonal
-    `softplus(raw) + eps`. Initialised to the identity with zero bias. `ladj = sum(log diag U)`, the same
+    `L` is unit lower triangular and `U` upper triangular with a positive diagonal `exp(log_diagonal)`
+    (see `LUMatrix`). Initialised to the identity with zero bias. `ladj = sum(log_diagonal)`, the same
     for every sample (expanded to the batch shape). There is no built-in permutation: pair it with a
     `Permutation` to mix the feature order (as NSF does). Unconditional: the context is ignored.
 
@@ -75,62 +157,29 @@ class LULinear(Bijector):
     `O(features^2)` per sample and never forms `W^{-1}`.
     """
 
-    def __init__(self, features: int, eps: float = 1e-3) -> None:
+    def __init__(self, features: int) -> None:
         super().__init__()
         features = _check_features(features)
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
         self.features = features
-        self.eps = float(eps)
-        # Packed strictly-triangular entries (no dead parameters); index buffers place them.
-        lower_rows, lower_cols = torch.tril_indices(features, features, offset=-1)
-        self.register_buffer("lower_indices", lower_rows * features + lower_cols, persistent=False)
-        self.register_buffer("upper_indices", lower_cols * features + lower_rows, persistent=False)
-        self.lower_entries = nn.Parameter(torch.zeros(lower_rows.numel()))
-        self.upper_entries = nn.Parameter(torch.zeros(lower_rows.numel()))
-        identity_raw = math.log(math.expm1(1.0 - self.eps))  # softplus(raw) + eps == 1
-        self.unconstrained_diagonal = nn.Parameter(torch.full((features,), identity_raw))
+        self.lu = LUMatrix(features)
         self.bias = nn.Parameter(torch.zeros(features))
 
     def extra_repr(self) -> str:
         return f"features={self.features}"
 
-    def diagonal(self) -> Tensor:
-        """The positive diagonal of `U`, shape `(features,)`."""
-        return F.softplus(self.unconstrained_diagonal) + self.eps
-
-    def factors(self) -> tuple[Tensor, Tensor]:
-        """`(L, U)`, each `(features, features)`: L unit lower triangular, U upper triangular."""
-        size = self.features * self.features
-        lower = self.lower_entries.new_zeros(size).index_add(0, self.lower_indices, self.lower_entries)
-        upper = self.upper_entries.new_zeros(size).index_add(0, self.upper_indices, self.upper_entries)
-        eye = torch.eye(self.features, dtype=lower.dtype, device=lower.device)
-        lower = lower.view(self.features, self.features) + eye
-        upper = upper.view(self.features, self.features) + torch.diag(self.diagonal())
-        return lower, upper
-
     def weight(self) -> Tensor:
         """The matrix `W = L U`, shape `(features, features)`."""
-        lower, upper = self.factors()
-        return lower @ upper
-
-    def logabsdet(self) -> Tensor:
-        """`log |det W| = sum(log diag U)`, a 0-d tensor."""
-        return torch.log(self.diagonal()).sum()
+        return self.lu.matrix()
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """`x (batch, features) -> (W x + b (batch, features), ladj (batch))`; the context is ignored."""
         self.check_event(x, (self.features,))
-        y = F.linear(x, self.weight(), self.bias)
-        return y, self.logabsdet().expand(self.batch_shape(x))
+        y = F.linear(x, self.lu.matrix(), self.bias)
+        return y, self.lu.logabsdet().expand(self.batch_shape(x))
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """`y (batch, features) -> (W^{-1} (y - b) (batch, features), -ladj (batch))`."""
         self.check_event(y, (self.features,))
-        lower, upper = self.factors()
         batch = self.batch_shape(y)
-        rows = (y - self.bias).reshape(-1, self.features)
-        # Row form: x W^T = z with W^T = U^T L^T; solve t L^T = z, then x U^T = t.
-        t = torch.linalg.solve_triangular(lower.mT, rows, upper=True, left=False, unitriangular=True)
-        x = torch.linalg.solve_triangular(upper.mT, t, upper=False, left=False)
-        return x.reshape(batch + (self.features,)), (-self.logabsdet()).expand(batch)
+        x = self.lu.solve_rows((y - self.bias).reshape(-1, self.features))
+        return x.reshape(batch + (self.features,)), (-self.lu.logabsdet()).expand(batch)
