@@ -1,0 +1,1 @@
+"""Reproducible likelihood experiments: run configs through `flows.training.run` and tabulate the results."""

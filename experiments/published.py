@@ -1,0 +1,48 @@
+"""Published test log-likelihoods (nats, higher is better) of the UCI benchmarks, for side-by-side tables.
+
+Transcribed from /work/shared/REFERENCE.md. ``status`` says how each number was obtained: "copied" = from
+another paper's table (cite that table), "checked" = against the paper itself. Keys are the model labels
+of the configs in ``configs/uci/`` (the config file stem minus the dataset prefix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["PUBLISHED_UCI", "PublishedNumber", "published_for"]
+
+
+@dataclass(frozen=True)
+class PublishedNumber:
+    """One literature number: the model as published, its test log-likelihood and where it comes from."""
+
+    model: str
+    test_log_likelihood: float
+    status: str
+    citation: str
+
+
+_MAF_T1 = "Papamakarios et al. 2017 (MAF), Table 1"
+_NSF_T1 = "Durkan et al. 2019 (Neural Spline Flows), Table 1"
+_DATASETS = ("power", "gas", "hepmass", "miniboone", "bsds300")
+
+# model label -> (name as published, status, citation, numbers in _DATASETS order)
+_ROWS: dict[str, tuple[str, str, str, tuple[float, ...]]] = {
+    "maf": ("MAF (5)", "copied", _MAF_T1, (0.14, 9.07, -17.70, -11.75, 155.69)),
+    "realnvp": ("RealNVP (10)", "copied", _MAF_T1, (0.17, 8.33, -18.71, -13.84, 153.28)),
+    "nsf_coupling": ("RQ-NSF (C)", "copied", _NSF_T1, (0.64, 13.09, -14.75, -9.67, 157.54)),
+    "nsf_autoregressive": ("RQ-NSF (AR)", "copied", _NSF_T1, (0.66, 13.09, -14.01, -9.22, 157.31)),
+}
+
+#: (dataset, model label) -> published number
+PUBLISHED_UCI: dict[tuple[str, str], PublishedNumber] = {
+    (dataset, label): PublishedNumber(name, value, status, citation)
+    for label, (name, status, citation, values) in _ROWS.items()
+    for dataset, value in zip(_DATASETS, values)
+}
+
+
+def published_for(dataset: str, model_label: str) -> Optional[PublishedNumber]:
+    """The literature number for a (dataset, model label) pair, or None when there is none."""
+    return PUBLISHED_UCI.get((dataset.lower(), model_label.lower()))
