@@ -1,0 +1,11 @@
+"""Training layer above the core: Lightning module, configs, data, the `run` entry point, the estimator, the CLI.
+
+Importing this package imports lightning; `import flows` does not (it exposes `DensityEstimator` lazily).
+"""
+
+from __future__ import annotations
+
+from flows.training.config import Config, ConfigError, load_config, parse_config
+from flows.training.run import RunResult, evaluate_checkpoint, run
+
+__all__ = ["Config", "ConfigError", "RunResult", "evaluate_checkpoint", "load_config", "parse_config", "run"]

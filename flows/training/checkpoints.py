@@ -1,0 +1,75 @@
+"""Rebuild a trained flow from a file: a Lightning checkpoint of `flows fit` or a `DensityEstimator.save` file.
+
+Both hold `hyper_parameters` (the resolved config, the number of features, the column names, whether the
+standardisation was folded in) and the weights, so a fresh process needs nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from flows.flow import Flow
+from flows.training.config import Config, parse_config
+from flows.training.models import build_flow
+
+__all__ = ["LoadedModel", "load_model", "model_record"]
+
+ESTIMATOR_FORMAT = "flows.DensityEstimator/1"
+
+
+@dataclass
+class LoadedModel:
+    """A flow in evaluation mode (float32, CPU) and what it was trained with."""
+
+    flow: Flow
+    config: Config
+    columns: list[str]
+    features: int
+
+
+def model_record(config: Config, features: int, columns: list[str], standardized: bool) -> dict[str, Any]:
+    """The hyper-parameters stored next to the weights: enough to rebuild the flow's architecture."""
+    return {
+        "config": config.to_dict(),
+        "features": int(features),
+        "columns": [str(c) for c in columns],
+        "standardized": bool(standardized),
+    }
+
+
+def build_from_record(record: dict[str, Any]) -> tuple[Flow, Config]:
+    """An untrained flow with the architecture described by `record` (placeholder standardisation)."""
+    config = parse_config(record["config"])
+    features = int(record["features"])
+    if record.get("standardized", False):
+        flow = build_flow(config.model, features, np.zeros(features), np.ones(features))
+    else:
+        flow = build_flow(config.model, features)
+    return flow, config
+
+
+def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> LoadedModel:
+    """Load a `.ckpt` written by `flows fit` or a file written by `DensityEstimator.save`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    # Our own files: plain containers, config dicts and tensors (Lightning adds a few of its own objects).
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise ValueError(f"{path} is not a flows checkpoint (no state_dict found)")
+    record = payload.get("hyper_parameters") or payload.get("record")
+    if not isinstance(record, dict) or "config" not in record or "features" not in record:
+        raise ValueError(f"{path} has no flows model record (config and features); was it written by flows?")
+    flow, config = build_from_record(record)
+    state = payload["state_dict"]
+    if payload.get("format") != ESTIMATOR_FORMAT:  # a Lightning checkpoint of FlowModule: keys "flow.*"
+        state = {key[len("flow.") :]: value for key, value in state.items() if key.startswith("flow.")}
+    flow.load_state_dict(state)
+    flow.eval()
+    columns = list(record.get("columns") or [f"x{i}" for i in range(int(record["features"]))])
+    return LoadedModel(flow=flow, config=config, columns=columns, features=int(record["features"]))

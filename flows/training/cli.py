@@ -1,0 +1,172 @@
+"""The `flows` command line, in LightningCLI's conventions.
+
+    flows fit    --config a.yaml [--config b.yaml] [--train.lr 3e-4 --trainer.devices 2 ...] [--print_config]
+    flows test   --ckpt runs/x/checkpoints/best.ckpt [--config a.yaml] [--dotted.key value ...]
+    flows sample --ckpt runs/x/checkpoints/best.ckpt -n 1000 --out samples.csv|samples.npy [--seed 0]
+    flows score  --ckpt runs/x/checkpoints/best.ckpt --data table.csv [--columns a,b] --out logp.csv
+
+Config files merge in order; `--a.b value` (or `--a.b=value`) overrides one key with a YAML-typed value.
+An unknown key or a value of the wrong type is an error that names the key (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+
+from flows.training.config import ConfigError, apply_override, load_config, merge, parse_config, read_yaml
+
+__all__ = ["main", "split_overrides"]
+
+
+def split_overrides(tokens: Sequence[str]) -> list[tuple[str, str]]:
+    """`["--a.b", "1", "--c=x"]` -> `[("a.b", "1"), ("c", "x")]`; anything else is a ConfigError."""
+    pairs: list[tuple[str, str]] = []
+    index = 0
+    tokens = list(tokens)
+    while index < len(tokens):
+        token = tokens[index]
+        if not token.startswith("--") or len(token) == 2:
+            raise ConfigError(f"unexpected argument {token!r}; overrides look like --section.key value")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            index += 1
+        else:
+            if index + 1 >= len(tokens):
+                raise ConfigError(f"override {token!r} has no value")
+            value = tokens[index + 1]
+            index += 2
+        pairs.append((key, value))
+    return pairs
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flows", description="Fit normalizing-flow density models to tables (see docs/config.md)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fit = commands.add_parser("fit", help="train a model from YAML configs; prints the test log-likelihood")
+    fit.add_argument(
+        "--config", "-c", action="append", default=[], help="YAML config (repeatable, merged in order)"
+    )
+    fit.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+
+    test = commands.add_parser("test", help="evaluate a checkpoint on its (or a config's) test split")
+    test.add_argument("--ckpt", required=True, help="checkpoint written by `flows fit`")
+    test.add_argument(
+        "--config", "-c", action="append", default=[], help="YAML config merged over the checkpoint's"
+    )
+
+    sample = commands.add_parser("sample", help="draw samples from a checkpoint")
+    sample.add_argument("--ckpt", required=True)
+    sample.add_argument("-n", "--num_samples", type=int, required=True)
+    sample.add_argument("--out", required=True, help="output file: .csv, .tsv or .npy")
+    sample.add_argument("--seed", type=int, default=None)
+
+    score = commands.add_parser("score", help="log density of each row of a table under a checkpoint")
+    score.add_argument("--ckpt", required=True)
+    score.add_argument("--data", required=True, help="CSV / TSV / NPY / NPZ / Parquet table")
+    score.add_argument(
+        "--columns",
+        default=None,
+        help="comma-separated column names (default: the training columns when the file has them, else all)",
+    )
+    score.add_argument(
+        "--header", default=None, choices=["true", "false"], help="CSV/TSV header (default: sniff)"
+    )
+    score.add_argument("--key", default=None, help="array name inside an NPZ archive")
+    score.add_argument(
+        "--out", required=True, help="output file: .csv, .tsv or .npy (one log density per row)"
+    )
+    return parser
+
+
+def _fit(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int:
+    config = load_config(arguments.config, overrides)
+    if arguments.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    from flows.training.run import run
+
+    run(config)
+    return 0
+
+
+def _test(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int:
+    from flows.training.checkpoints import load_model
+    from flows.training.run import evaluate_checkpoint
+
+    values = load_model(arguments.ckpt).config.to_dict()
+    for path in arguments.config:
+        values = merge(values, read_yaml(path))
+    for key, value in overrides:
+        values = apply_override(values, key, value)
+    evaluate_checkpoint(parse_config(values), arguments.ckpt)
+    return 0
+
+
+def _sample(arguments: argparse.Namespace) -> int:
+    from flows.training.checkpoints import load_model
+    from flows.training.run import draw_samples, write_samples
+
+    if arguments.num_samples < 1:
+        raise ConfigError(f"-n must be a positive integer, got {arguments.num_samples}")
+    loaded = load_model(arguments.ckpt)
+    samples = draw_samples(loaded.flow, arguments.num_samples, seed=arguments.seed)
+    path = write_samples(Path(arguments.out), samples, loaded.columns)
+    print(f"wrote {samples.shape[0]} samples of {samples.shape[1]} columns to {path}")
+    return 0
+
+
+def _score(arguments: argparse.Namespace) -> int:
+    from flows.datasets import load_table
+    from flows.training.checkpoints import load_model
+    from flows.training.run import evaluate_log_prob, write_samples
+
+    loaded = load_model(arguments.ckpt)
+    header = None if arguments.header is None else arguments.header == "true"
+    columns: Optional[list[str]] = None if arguments.columns is None else arguments.columns.split(",")
+    table, names = load_table(arguments.data, columns=columns, header=header, key=arguments.key)
+    if columns is None and table.shape[1] != loaded.features and set(loaded.columns) <= set(names):
+        table = table[:, [names.index(c) for c in loaded.columns]]
+    if table.shape[1] != loaded.features:
+        raise ValueError(
+            f"{arguments.data} has {table.shape[1]} columns {names}; the model expects {loaded.features} "
+            f"({loaded.columns}); select them with --columns"
+        )
+    log_prob = evaluate_log_prob(loaded.flow, table)
+    path = write_samples(Path(arguments.out), log_prob[:, None], ["log_prob"])
+    print(f"wrote {log_prob.shape[0]} log densities to {path}; mean {np.mean(log_prob):.4f} nats")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `flows` console script; returns the exit status."""
+    parser = _parser()
+    arguments, rest = parser.parse_known_args(argv)
+    try:
+        overrides = split_overrides(rest)
+        if overrides and arguments.command in ("sample", "score"):
+            raise ConfigError(f"`flows {arguments.command}` takes no config overrides, got {rest}")
+        if arguments.command == "fit":
+            return _fit(arguments, overrides)
+        if arguments.command == "test":
+            return _test(arguments, overrides)
+        if arguments.command == "sample":
+            return _sample(arguments)
+        return _score(arguments)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"flows {arguments.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,454 @@
+"""Run configuration: typed dataclasses, YAML loading and merging, dotted overrides, validation.
+
+A config is a nested mapping with the sections `seed`, `data`, `model`, `train`, `trainer` and `output`
+(see docs/config.md). Several YAML files merge in order (later files win, mappings merge key by key) and
+`--a.b value` overrides parse `value` as YAML. Every key is checked against the dataclasses below: an
+unknown key or a value of the wrong type raises `ConfigError` naming the key. `model` options are
+checked against the chosen preset's signature when the model is built (`flows.training.models`), and
+`trainer` keys against `lightning.Trainer`'s signature when the trainer is built. This module does not
+import lightning.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "MollificationConfig",
+    "OutputConfig",
+    "TrainConfig",
+    "apply_override",
+    "check_value",
+    "load_config",
+    "merge",
+    "parse_config",
+    "write_yaml_atomic",
+    "yaml_load",
+]
+
+
+class ConfigError(ValueError):
+    """A config key that does not exist or holds a value of the wrong type; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    """Where the table comes from and how it is split and preprocessed."""
+
+    #: "toy:<name>", "synthetic:<name>", "sklearn:<name>", "uci:<name>" or "file:<path>"
+    dataset: str = "toy:moons"
+    #: rows drawn from a toy or synthetic generator for the train / val / test splits
+    n_train: int = 10_000
+    n_val: int = 2_000
+    n_test: int = 10_000
+    #: keyword arguments of the synthetic target, e.g. {features: 6, components: 5, seed: 0}
+    target: dict = field(default_factory=dict)
+    #: fractions used to split a single table (file or sklearn); ignored when splits are given
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    #: seed of the split shuffle and of generated data; null = the top-level seed
+    split_seed: Optional[int] = None
+    #: file datasets: column names or positions, header (null = sniff), NPZ array key
+    columns: Optional[list[Union[str, int]]] = None
+    header: Optional[bool] = None
+    key: Optional[str] = None
+    #: given validation / test tables (same format and columns as the main file)
+    val_path: Optional[str] = None
+    test_path: Optional[str] = None
+    #: directory holding the MAF data archive (uci datasets)
+    root: Optional[str] = None
+    #: standardise with the training split's mean/std, folded into the model as its first bijector
+    standardize: bool = True
+    #: add U[0, 1) noise to integer-valued data (fresh noise per training batch, one fixed draw for
+    #: val/test); null = only when the data are known to be discrete or every value is an integer
+    dequantize: Optional[bool] = None
+    #: data loader workers
+    num_workers: int = 0
+
+
+@dataclass
+class MollificationConfig:
+    """Gaussian data mollification (Tran et al. 2023): noise annealed to zero over the first `fraction`."""
+
+    #: fraction of training over which the noise anneals to zero; 0 disables mollification
+    fraction: float = 0.0
+    #: noise std at the start, in standardised units (variance preserving: requires <= 1)
+    sigma: float = 1.0
+    #: shape of sigma^2 as the mollification time t goes from 1 to 0
+    schedule: Literal["linear", "cosine"] = "cosine"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: AdamW, linear warm-up then cosine decay, clipping, regularising noise, early stopping."""
+
+    #: per-device batch size (the global batch is batch_size * devices * num_nodes)
+    batch_size: int = 256
+    #: training length: whichever of max_epochs / max_steps comes first (-1 / null = no limit)
+    max_epochs: Optional[int] = 100
+    max_steps: int = -1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    #: linear warm-up steps from 0 to lr, then cosine decay to lr * final_lr_fraction
+    warmup_steps: int = 0
+    final_lr_fraction: float = 0.0
+    #: gradient-norm clipping (null disables)
+    gradient_clip: Optional[float] = 5.0
+    mollification: MollificationConfig = field(default_factory=MollificationConfig)
+    #: constant Gaussian noise added to training inputs, in standardised units (0 disables)
+    noise_std: float = 0.0
+    #: stop after this many validations without improvement of val_nll (null disables)
+    early_stopping_patience: Optional[int] = 10
+    #: validate every n optimiser steps (null = at the end of every epoch)
+    val_every_n_steps: Optional[int] = None
+    #: batch size of validation, test and scoring passes
+    eval_batch_size: int = 4096
+    #: shuffle the training rows every epoch (one global permutation shared by all devices)
+    shuffle: bool = True
+    #: call ActNorm `initialize` on the first training batch before training
+    actnorm_init: bool = True
+
+
+@dataclass
+class OutputConfig:
+    """Where the run directory goes and what it holds."""
+
+    #: parent directory of run directories
+    dir: str = "runs"
+    #: run directory name (null = "<model>-<dataset>-<UTC timestamp>")
+    name: Optional[str] = None
+    #: samples written to samples.csv after training (0 disables)
+    samples: int = 10_000
+    #: call flows.training.plots.write_plots after training
+    plots: bool = True
+    #: "auto" = CSV, plus TensorBoard when installed
+    logger: Literal["auto", "csv", "tensorboard", "none"] = "auto"
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    """A whole run. `model` and `trainer` are open mappings checked when the model / trainer are built."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    #: `name` (maf | nsf | realnvp | glow | gaussian) plus the preset's keyword arguments
+    model: dict = field(default_factory=lambda: {"name": "nsf"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    #: keyword arguments of lightning.Trainer (accelerator, devices, strategy, num_nodes, precision, ...)
+    trainer: dict = field(default_factory=dict)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (YAML-serialisable)."""
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Type checking of values against annotations
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if annotation is type(None):
+        return "null"
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin in (list, Sequence, tuple):
+        args = typing.get_args(annotation)
+        return f"list[{_type_name(args[0])}]" if args else "list"
+    if origin in (dict, Mapping):
+        return "mapping"
+    if annotation is Any:
+        return "any"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_value(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against a type annotation; return it (ints are accepted as floats and widened).
+
+    Raises ConfigError naming `key`, the expected type and the value.
+    """
+    origin = typing.get_origin(annotation)
+    if annotation is Any or annotation is typing.Any:
+        return value
+    if annotation is type(None):
+        if value is None:
+            return None
+    elif origin is Literal:
+        if value in typing.get_args(annotation) and not isinstance(value, bool):
+            return value
+    elif origin in (Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return check_value(key, value, option)
+            except ConfigError:
+                continue
+    elif origin in (list, tuple, Sequence) or annotation in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            args = typing.get_args(annotation)
+            if origin is tuple and len(args) >= 1 and args[-1] is not Ellipsis:
+                if len(args) != len(value):
+                    raise ConfigError(
+                        f"config key {key!r}: expected a list of {len(args)} items, got {_describe(value)}"
+                    )
+                return [check_value(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args))]
+            item = args[0] if args else Any
+            return [check_value(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    elif origin in (dict, Mapping) or annotation in (dict, Mapping):
+        if isinstance(value, Mapping):
+            return dict(value)
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(annotation, type):
+        if isinstance(value, annotation):
+            return value
+    else:  # an annotation we cannot check (a forward reference, a protocol): accept the value
+        return value
+    raise ConfigError(f"config key {key!r}: expected {_type_name(annotation)}, got {_describe(value)}")
+
+
+def unknown_key_error(key: str, valid: Sequence[str], section: str) -> ConfigError:
+    """A ConfigError for an unknown key, listing the valid ones and the closest match."""
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(valid), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    where = f"in {section!r}" if section else "at the top level"
+    return ConfigError(f"unknown config key {key!r}{hint}; valid keys {where}: {', '.join(sorted(valid))}")
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    """Instantiate dataclass `cls` from a mapping, checking every key and value."""
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config key {prefix or '(root)'!r}: expected a mapping, got {_describe(values)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise unknown_key_error(full, list(fields), prefix)
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value, full)
+        else:
+            kwargs[key] = check_value(full, value, annotation)
+    return cls(**kwargs)
+
+
+def parse_config(values: Union[Mapping[str, Any], Config, None]) -> Config:
+    """Validate a nested mapping into a `Config` (a `Config` is returned as a deep copy)."""
+    if isinstance(values, Config):
+        return copy.deepcopy(values)
+    config = _build(Config, values or {}, "")
+    if "name" not in config.model:
+        raise ConfigError("config key 'model.name' is required (one of maf, nsf, realnvp, glow, gaussian)")
+    if not isinstance(config.model["name"], str):
+        raise ConfigError(f"config key 'model.name': expected str, got {_describe(config.model['name'])}")
+    _check_ranges(config)
+    return config
+
+
+def _check_ranges(config: Config) -> None:
+    def positive(key: str, value: Union[int, float, None], allow_none: bool = False) -> None:
+        if value is None and allow_none:
+            return
+        if value is None or value <= 0:
+            raise ConfigError(f"config key {key!r}: expected a positive number, got {value!r}")
+
+    train, data = config.train, config.data
+    positive("train.batch_size", train.batch_size)
+    positive("train.eval_batch_size", train.eval_batch_size)
+    positive("train.lr", train.lr)
+    positive("train.gradient_clip", train.gradient_clip, allow_none=True)
+    positive("train.early_stopping_patience", train.early_stopping_patience, allow_none=True)
+    positive("train.val_every_n_steps", train.val_every_n_steps, allow_none=True)
+    if train.max_epochs is not None and train.max_epochs == 0:
+        raise ConfigError("config key 'train.max_epochs': expected a positive number, -1 or null, got 0")
+    if (train.max_epochs is None or train.max_epochs < 0) and train.max_steps < 0:
+        raise ConfigError("config keys 'train.max_epochs' and 'train.max_steps' are both unlimited; set one")
+    if train.weight_decay < 0:
+        raise ConfigError(f"config key 'train.weight_decay': expected >= 0, got {train.weight_decay}")
+    if train.warmup_steps < 0:
+        raise ConfigError(f"config key 'train.warmup_steps': expected >= 0, got {train.warmup_steps}")
+    if not 0.0 <= train.final_lr_fraction <= 1.0:
+        raise ConfigError(
+            f"config key 'train.final_lr_fraction': expected a number in [0, 1], got {train.final_lr_fraction}"
+        )
+    if train.noise_std < 0:
+        raise ConfigError(f"config key 'train.noise_std': expected >= 0, got {train.noise_std}")
+    if len(train.betas) != 2 or not all(0.0 <= b < 1.0 for b in train.betas):
+        raise ConfigError(f"config key 'train.betas': expected two numbers in [0, 1), got {train.betas}")
+    mollification = train.mollification
+    if not 0.0 <= mollification.fraction <= 1.0:
+        raise ConfigError(
+            f"config key 'train.mollification.fraction': expected a number in [0, 1], got {mollification.fraction}"
+        )
+    if not 0.0 < mollification.sigma <= 1.0:
+        raise ConfigError(
+            f"config key 'train.mollification.sigma': expected a number in (0, 1] (variance preserving), "
+            f"got {mollification.sigma}"
+        )
+    for key in ("n_train", "n_val", "n_test"):
+        positive(f"data.{key}", getattr(data, key))
+    if data.num_workers < 0:
+        raise ConfigError(f"config key 'data.num_workers': expected >= 0, got {data.num_workers}")
+    if config.output.samples < 0:
+        raise ConfigError(f"config key 'output.samples': expected >= 0, got {config.output.samples}")
+    if ":" not in data.dataset:
+        raise ConfigError(
+            f"config key 'data.dataset': expected 'kind:name' with kind one of toy, synthetic, sklearn, uci, "
+            f"file, got {data.dataset!r}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML files, merging and overrides
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1's safe loader, except that `1e-3` and `3E5` are floats (YAML 1.2 style), not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: Any) -> Any:
+    """Parse YAML text or a stream with the config loader (floats such as `1e-3` included)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge two nested mappings: mappings merge key by key, anything else in `update` wins."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: Union[str, Path]) -> dict[str, Any]:
+    """Read one YAML config file as a mapping (an empty file is an empty mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with path.open() as handle:
+        try:
+            values = yaml_load(handle)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(
+            f"config file {path} must hold a mapping at the top level, got {type(values).__name__}"
+        )
+    return dict(values)
+
+
+def apply_override(values: Mapping[str, Any], dotted_key: str, raw_value: Any) -> dict[str, Any]:
+    """Set `a.b.c` in a nested mapping; a string `raw_value` is parsed as YAML (`"3"` -> 3, `"[1, 2]"`)."""
+    if not dotted_key or any(not part for part in dotted_key.split(".")):
+        raise ConfigError(f"invalid override key {dotted_key!r}; expected a dotted key like 'train.lr'")
+    value = raw_value
+    if isinstance(raw_value, str):
+        try:
+            value = yaml_load(raw_value)
+        except yaml.YAMLError:
+            value = raw_value
+        if value is None and raw_value.strip() not in ("", "null", "~", "None"):
+            value = raw_value
+    nested: Any = value
+    for part in reversed(dotted_key.split(".")):
+        nested = {part: nested}
+    return merge(values, nested)
+
+
+def load_config(
+    paths: Sequence[Union[str, Path]] = (),
+    overrides: Union[Mapping[str, Any], Sequence[tuple[str, Any]]] = (),
+) -> Config:
+    """Merge YAML files in order, then apply dotted overrides (`{"train.lr": "1e-3"}`), then validate."""
+    values: dict[str, Any] = {}
+    for path in paths:
+        values = merge(values, read_yaml(path))
+    items = overrides.items() if isinstance(overrides, Mapping) else overrides
+    for key, value in items:
+        values = apply_override(values, key, value)
+    return parse_config(values)
+
+
+def write_yaml_atomic(values: Mapping[str, Any], path: Union[str, Path]) -> Path:
+    """Write a mapping as YAML through a temporary file in the same directory and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            yaml.safe_dump(_plain(values), handle, sort_keys=False)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, numpy scalars to Python, so that safe_dump accepts the structure."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,242 @@
+"""Resolve a `data` config section into train / validation / test tables (numpy, float64, user units).
+
+Dataset strings: `toy:<name>` (FFJORD 2-D toys), `synthetic:<name>` (targets with a known density; keyword
+arguments in `data.target`), `sklearn:<name>` (tables bundled with scikit-learn), `uci:<name>` (the MAF
+benchmarks from `data.root`), `file:<path>` (CSV / TSV / NPY / NPZ / Parquet, with `columns`, `header`,
+`key`, and optional `val_path` / `test_path`). Also in-memory arrays and DataFrames (`splits_from_arrays`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from flows import datasets
+from flows.training.config import ConfigError, DataConfig
+
+__all__ = ["DataSplits", "GlobalBatchSampler", "load_splits", "splits_from_arrays"]
+
+
+@dataclass
+class DataSplits:
+    """Three float64 tables `(n, D)` with the same columns, and what is known about the true density."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    columns: list[str]
+    name: str
+    #: differential entropy of the generator in nats (the best achievable expected test NLL), if known
+    entropy: Optional[float] = None
+    entropy_se: Optional[float] = None
+    #: the values are integers: train with uniform dequantisation noise
+    discrete: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def features(self) -> int:
+        return int(self.train.shape[1])
+
+
+def _split_seed(config: DataConfig, seed: int) -> int:
+    return seed if config.split_seed is None else config.split_seed
+
+
+def _check_columns(splits: dict[str, np.ndarray], source: str) -> None:
+    widths = {name: array.shape[1] for name, array in splits.items()}
+    if len(set(widths.values())) != 1:
+        raise ValueError(f"{source}: train/val/test splits have different numbers of columns: {widths}")
+    for name, array in splits.items():
+        if array.shape[0] < 1:
+            raise ValueError(f"{source}: the {name} split is empty")
+
+
+def load_splits(config: DataConfig, seed: int = 0) -> DataSplits:
+    """The three splits of the dataset named by `config.dataset` (see the module docstring)."""
+    kind, _, name = config.dataset.partition(":")
+    split_seed = _split_seed(config, seed)
+    if kind == "toy":
+        if name not in datasets.TOY_NAMES:
+            raise ConfigError(
+                f"config key 'data.dataset': unknown toy {name!r}; expected one of {list(datasets.TOY_NAMES)}"
+            )
+        train, val, test = (
+            datasets.toy_sample(name, n, split_seed * 3 + offset)
+            for offset, n in enumerate((config.n_train, config.n_val, config.n_test))
+        )
+        return DataSplits(
+            train, val, test, ["x0", "x1"], config.dataset, entropy=datasets.TOY_ENTROPY.get(name)
+        )
+    if kind == "synthetic":
+        if name not in datasets.SYNTHETIC_TARGETS:
+            raise ConfigError(
+                f"config key 'data.dataset': unknown synthetic target {name!r}; "
+                f"expected one of {sorted(datasets.SYNTHETIC_TARGETS)}"
+            )
+        try:
+            target = datasets.make_synthetic_target(name, **config.target)
+        except TypeError as error:
+            raise ConfigError(f"config key 'data.target': invalid arguments for {name!r}: {error}") from error
+        train, val, test = (
+            target.sample(n, split_seed * 3 + offset)
+            for offset, n in enumerate((config.n_train, config.n_val, config.n_test))
+        )
+        entropy, entropy_se = target.entropy()
+        columns = [f"x{i}" for i in range(target.features)]
+        return DataSplits(
+            train,
+            val,
+            test,
+            columns,
+            config.dataset,
+            entropy=entropy,
+            entropy_se=entropy_se,
+            info={"target": dict(config.target)},
+        )
+    if kind == "sklearn":
+        if name not in datasets.SKLEARN_TABLES:
+            raise ConfigError(
+                f"config key 'data.dataset': unknown scikit-learn table {name!r}; "
+                f"expected one of {sorted(datasets.SKLEARN_TABLES)}"
+            )
+        table = datasets.load_sklearn_table(name)
+        train, val, test = datasets.train_val_test_split(
+            table, config.val_fraction, config.test_fraction, split_seed
+        )
+        columns = [f"x{i}" for i in range(table.shape[1])]
+        discrete = name in datasets.DISCRETE_SKLEARN_TABLES
+        return DataSplits(train, val, test, columns, config.dataset, discrete=discrete)
+    if kind == "uci":
+        if name not in datasets.UCI_NAMES:
+            raise ConfigError(
+                f"config key 'data.dataset': unknown UCI dataset {name!r}; expected one of {list(datasets.UCI_NAMES)}"
+            )
+        if config.root is None:
+            raise ConfigError(
+                f"config key 'data.root' is required for {config.dataset!r}: the MAF data directory"
+            )
+        splits = datasets.load_uci(name, config.root)
+        columns = [f"x{i}" for i in range(splits["train"].shape[1])]
+        return DataSplits(splits["train"], splits["val"], splits["test"], columns, config.dataset)
+    if kind == "file":
+        return _file_splits(config, name, split_seed)
+    raise ConfigError(
+        f"config key 'data.dataset': unknown kind {kind!r} in {config.dataset!r}; "
+        "expected toy:, synthetic:, sklearn:, uci: or file:"
+    )
+
+
+def _file_splits(config: DataConfig, path: str, split_seed: int) -> DataSplits:
+    def read(file: str) -> tuple[np.ndarray, list[str]]:
+        return datasets.load_table(
+            Path(file).expanduser(), columns=config.columns, header=config.header, key=config.key
+        )
+
+    table, columns = read(path)
+    if config.val_path is None and config.test_path is None:
+        train, val, test = datasets.train_val_test_split(
+            table, config.val_fraction, config.test_fraction, split_seed
+        )
+    else:
+        val_fraction = 0.0 if config.val_path is not None else config.val_fraction
+        test_fraction = 0.0 if config.test_path is not None else config.test_fraction
+        train, val, test = datasets.train_val_test_split(table, val_fraction, test_fraction, split_seed)
+        if config.val_path is not None:
+            val, val_columns = read(config.val_path)
+            _same_columns(columns, val_columns, config.val_path)
+        if config.test_path is not None:
+            test, test_columns = read(config.test_path)
+            _same_columns(columns, test_columns, config.test_path)
+    splits = {"train": train, "val": val, "test": test}
+    _check_columns(splits, path)
+    discrete = bool(np.all(table == np.round(table)))
+    return DataSplits(train, val, test, columns, f"file:{path}", discrete=discrete)
+
+
+def _same_columns(expected: list[str], got: list[str], path: str) -> None:
+    if len(expected) != len(got):
+        raise ValueError(
+            f"{path} has {len(got)} columns {got}, expected {len(expected)} like the training file"
+        )
+
+
+def splits_from_arrays(
+    x: Any, x_val: Any = None, x_test: Any = None, val_fraction: float = 0.1, seed: int = 0
+) -> DataSplits:
+    """Splits from in-memory data (numpy arrays, DataFrames, lists). Without `x_val`, `val_fraction` of
+    `x` is held out for validation (early stopping); `x_test` may be None (the test split is then the
+    validation split)."""
+    train, columns = datasets.as_array(x, "X")
+    if x_val is not None:
+        val, _ = datasets.as_array(x_val, "X_val")
+    elif val_fraction > 0 and train.shape[0] >= 3:
+        train, val, _ = datasets.train_val_test_split(train, val_fraction, 0.0, seed)
+    else:
+        val = train
+    test = val if x_test is None else datasets.as_array(x_test, "X_test")[0]
+    splits = {"train": train, "val": val, "test": test}
+    _check_columns(splits, "X")
+    return DataSplits(train, val, test, columns, "arrays")
+
+
+def dequantize_fixed(x: np.ndarray, seed: int) -> np.ndarray:
+    """One fixed draw of U[0, 1) noise added to integer-valued rows (for validation and test)."""
+    return x + np.random.default_rng(seed).uniform(size=x.shape)
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Batches of a per-epoch global permutation, split across `world_size` ranks.
+
+    Every epoch draws one permutation of the `n` rows (seeded by `seed + epoch`) and cuts it into global
+    batches of `batch_size * world_size` rows; rank `r` takes rows `r, r + world_size, ...` of each global
+    batch. So one process with batch `B * W` and `W` processes with batch `B` see the same global batches,
+    and DDP's averaged gradient equals the single-process gradient. The last incomplete global batch is
+    dropped when there is at least one complete batch.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if n < 1 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"invalid sampler arguments n={n}, batch_size={batch_size}, rank={rank}/{world_size}"
+            )
+        self.n = n
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def global_batch_size(self) -> int:
+        return min(self.batch_size * self.world_size, self.n)
+
+    def __len__(self) -> int:
+        return max(1, self.n // self.global_batch_size)
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=generator).tolist()
+        else:
+            order = list(range(self.n))
+        size = self.global_batch_size
+        for start in range(0, len(self) * size, size):
+            global_batch = order[start : start + size]
+            yield global_batch[self.rank :: self.world_size]
+
+
+def standard_error(values: np.ndarray) -> float:
+    """`std / sqrt(N)` (ddof 1) of per-row values."""
+    return float(np.std(values, ddof=1) / math.sqrt(values.shape[0])) if values.shape[0] > 1 else float("nan")

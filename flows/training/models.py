@@ -1,0 +1,212 @@
+"""Build a `Flow` from a `model` config section, with the data standardisation folded in as its first bijector.
+
+`model.name` picks a builder (the presets `maf`, `nsf`, `realnvp`, `glow`, and `gaussian`, a full-covariance
+Gaussian baseline); the other keys are the builder's keyword arguments, checked against its signature
+(unknown key -> error listing the valid ones; wrong type -> error naming the key, the expected type and
+the value). `features` (and `context_features`) come from the data, not from the config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from flows.core import Bijector, Chain
+from flows.distributions import StandardNormal
+from flows.flow import Flow
+from flows.training.config import ConfigError, check_value, unknown_key_error
+
+__all__ = [
+    "MODELS",
+    "build_flow",
+    "check_model_options",
+    "initialize_flow",
+    "model_builder",
+    "model_parameters",
+    "standardization_of",
+]
+
+#: Keyword arguments filled in from the data, never from the config.
+DATA_ARGUMENTS = ("features", "context_features")
+
+
+def gaussian(features: int, context_features: int = 0) -> Flow:
+    """A full-covariance Gaussian baseline: one LU-parameterised affine map to N(0, I)."""
+    from flows.bijectors.linear import LULinear
+
+    if context_features:
+        raise ValueError("the gaussian baseline is unconditional; got context_features > 0")
+    return Flow(Chain(LULinear(features)), StandardNormal(features))
+
+
+#: model name -> "module:attribute" of a callable returning a Flow, or the callable itself.
+MODELS: dict[str, Any] = {
+    "maf": "flows.presets:MAF",
+    "nsf": "flows.presets:NSF",
+    "realnvp": "flows.presets:RealNVP",
+    "glow": "flows.presets_image:Glow",
+    "gaussian": gaussian,
+}
+
+
+def model_builder(name: str) -> Callable[..., Flow]:
+    """The callable registered under `name`; a ConfigError when unknown or not importable."""
+    if name not in MODELS:
+        raise ConfigError(
+            f"config key 'model.name': unknown model {name!r}; expected one of {sorted(MODELS)}"
+        )
+    target = MODELS[name]
+    if callable(target):
+        return target
+    module_name, attribute = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attribute)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(
+            f"config key 'model.name': model {name!r} needs {module_name}.{attribute}, "
+            f"which could not be imported ({error})"
+        ) from error
+
+
+def model_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The configurable keyword parameters of model `name` (data-given ones excluded)."""
+    builder = model_builder(name)
+    signature = inspect.signature(builder)
+    return {
+        key: parameter
+        for key, parameter in signature.parameters.items()
+        if key not in DATA_ARGUMENTS
+        and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+
+
+def _type_hints(builder: Callable[..., Any]) -> dict[str, Any]:
+    target = builder.__init__ if inspect.isclass(builder) else builder
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: fall back to no type checks
+        return {}
+
+
+def check_model_options(model: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a `model` section; returns the builder's keyword arguments (without `name`)."""
+    if "name" not in model:
+        raise ConfigError("config key 'model.name' is required; expected one of " + ", ".join(sorted(MODELS)))
+    name = model["name"]
+    builder = model_builder(name)
+    parameters = model_parameters(name)
+    hints = _type_hints(builder)
+    options: dict[str, Any] = {}
+    for key, value in model.items():
+        if key == "name":
+            continue
+        if key in DATA_ARGUMENTS:
+            raise ConfigError(
+                f"config key 'model.{key}' is set from the data and cannot be configured; remove it"
+            )
+        if key not in parameters:
+            raise unknown_key_error(f"model.{key}", list(parameters), f"model ({name})")
+        annotation = hints.get(key, Any)
+        options[key] = check_value(f"model.{key}", value, annotation)
+    for key, parameter in parameters.items():
+        if parameter.default is inspect.Parameter.empty and key not in options:
+            raise ConfigError(f"config key 'model.{key}' is required by model {name!r}")
+    return options
+
+
+class FixedStandardize(Bijector):
+    """`y = (x - mean) / std` with fixed buffers `mean`, `std` of shape `(features,)`; `ladj = -sum(log std)`."""
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.get_default_dtype()).clone())
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.get_default_dtype()).clone())
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        ladj = -torch.log(self.std).sum()
+        return (x - self.mean) / self.std, ladj.expand(self.batch_shape(x))
+
+    def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        ladj = torch.log(self.std).sum()
+        return y * self.std + self.mean, ladj.expand(self.batch_shape(y))
+
+
+def _standardize_bijector(mean: np.ndarray, std: np.ndarray) -> Bijector:
+    mean_t = torch.as_tensor(np.asarray(mean), dtype=torch.get_default_dtype())
+    std_t = torch.as_tensor(np.asarray(std), dtype=torch.get_default_dtype())
+    try:
+        from flows.bijectors.elementwise import Standardize
+    except ImportError:
+        return FixedStandardize(mean_t, std_t)
+    return Standardize(mean_t, std_t)
+
+
+def standardization_of(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (ddof 0) per column of the training split; constant columns get std 1."""
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return mean, std
+
+
+def build_flow(
+    model: Mapping[str, Any],
+    features: int,
+    mean: Optional[np.ndarray] = None,
+    std: Optional[np.ndarray] = None,
+) -> Flow:
+    """The flow of a `model` section for `features`-dimensional rows.
+
+    With `mean` and `std` (each `(features,)`), a fixed standardising bijector is prepended, so that the
+    flow's `log_prob` and samples are in the units of the data: `log p(x) = log p_std((x - mean) / std)
+    - sum(log std)`. Pass zeros/ones placeholders when the values will come from a state dict.
+    """
+    options = check_model_options(model)
+    builder = model_builder(model["name"])
+    if "shape" in model_parameters(model["name"]):
+        raise ConfigError(
+            f"model {model['name']!r} is an image model; the tabular pipeline trains vector models "
+            f"(one of {sorted(k for k in MODELS if k != 'glow')})"
+        )
+    try:
+        flow = builder(features=features, **options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model {model['name']!r} rejected its options {options}: {error}") from error
+    if not isinstance(flow, Flow):
+        raise TypeError(
+            f"model builder {model['name']!r} returned {type(flow).__name__}, expected a flows.Flow"
+        )
+    if mean is not None or std is not None:
+        if mean is None or std is None:
+            raise ValueError("standardisation needs both mean and std")
+        if np.shape(mean) != (features,) or np.shape(std) != (features,):
+            raise ValueError(
+                f"mean and std must have shape ({features},), got {np.shape(mean)} and {np.shape(std)}"
+            )
+        flow.transform = Chain(_standardize_bijector(mean, std), flow.transform)
+    return flow
+
+
+def initialize_flow(flow: nn.Module, x: Tensor) -> bool:
+    """Data-dependent initialisation (ActNorm) of every layer that has one, from a batch `x (batch, D)`.
+
+    Returns True when an initialiser ran. Layers see the batch as it reaches them (standardised first).
+    """
+    transform = getattr(flow, "transform", None)
+    if transform is None:
+        return False
+    try:
+        from flows.bijectors.normalization import initialize_actnorms
+    except ImportError:
+        return False
+    with torch.no_grad():
+        initialize_actnorms(transform, x, None)
+    return True

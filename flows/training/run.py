@@ -1,0 +1,514 @@
+"""`run(config) -> RunResult`: data, model, Lightning training, best-checkpoint restore, test, samples, plots.
+
+This is the single Python entry point behind `flows fit` and the experiments runner. `fit_flow` is the
+part shared with `DensityEstimator` (training on given splits).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import time
+import typing
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from flows.training.checkpoints import model_record
+from flows.training.config import (
+    Config,
+    ConfigError,
+    check_value,
+    parse_config,
+    unknown_key_error,
+    write_yaml_atomic,
+)
+from flows.training.data import DataSplits, GlobalBatchSampler, dequantize_fixed, load_splits, standard_error
+from flows.training.models import build_flow, initialize_flow, standardization_of
+from flows.training.module import FlowModule, TableDataModule
+
+__all__ = ["FitOutcome", "RunResult", "evaluate_log_prob", "fit_flow", "run", "trainer_arguments"]
+
+#: environment variable through which Lightning-launched DDP workers find rank 0's run directory
+RUN_DIR_ENV = "FLOWS_RUN_DIR"
+
+#: Trainer arguments that other config sections own.
+RESERVED_TRAINER_KEYS = {
+    "max_epochs": "train.max_epochs",
+    "max_steps": "train.max_steps",
+    "gradient_clip_val": "train.gradient_clip",
+    "val_check_interval": "train.val_every_n_steps",
+    "check_val_every_n_epoch": "train.val_every_n_steps",
+    "callbacks": "(built by flows)",
+    "logger": "output.logger",
+    "default_root_dir": "output.dir",
+    "enable_checkpointing": "(always on)",
+    "enable_progress_bar": "output.progress_bar",
+    "use_distributed_sampler": "(flows shards batches itself)",
+}
+
+
+@dataclass
+class RunResult:
+    """What a run produced. `metrics` is also written to `run_dir/metrics.json` (rank 0 only)."""
+
+    metrics: dict[str, Any]
+    run_dir: Optional[Path]
+    checkpoint: Optional[Path]
+    flow: Optional[torch.nn.Module] = None
+    config: Optional[Config] = None
+    is_global_zero: bool = True
+
+
+@dataclass
+class FitOutcome:
+    """The trained flow (best validation weights restored) and facts about its training."""
+
+    flow: torch.nn.Module
+    module: FlowModule
+    trainer: L.Trainer
+    best_checkpoint: Optional[Path]
+    best_val_nll: Optional[float]
+    record: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Trainer construction
+
+
+def trainer_arguments(trainer_config: dict[str, Any]) -> dict[str, Any]:
+    """Check the `trainer` section against `lightning.Trainer`'s signature; returns the keyword arguments."""
+    parameters = inspect.signature(L.Trainer.__init__).parameters
+    try:
+        hints = typing.get_type_hints(L.Trainer.__init__)
+    except Exception:
+        hints = {}
+    valid = [name for name in parameters if name != "self" and name not in RESERVED_TRAINER_KEYS]
+    out: dict[str, Any] = {}
+    for key, value in trainer_config.items():
+        if key in RESERVED_TRAINER_KEYS:
+            raise ConfigError(
+                f"config key 'trainer.{key}' is set by flows; use {RESERVED_TRAINER_KEYS[key]} instead"
+            )
+        if key not in parameters or key == "self":
+            raise unknown_key_error(f"trainer.{key}", valid, "trainer (lightning.Trainer arguments)")
+        out[key] = check_value(f"trainer.{key}", value, hints.get(key, Any))
+    return out
+
+
+def _is_cpu_run(trainer_kwargs: dict[str, Any]) -> bool:
+    accelerator = trainer_kwargs.get("accelerator", "auto")
+    if accelerator == "cpu":
+        return True
+    return (
+        accelerator == "auto"
+        and not torch.cuda.is_available()
+        and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+    )
+
+
+def _loggers(run_dir: Path, kind: str) -> list[Any]:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list[Any] = []
+    if kind in ("auto", "csv"):
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+    if kind in ("auto", "tensorboard"):
+        try:
+            import tensorboard  # noqa: F401
+            from lightning.pytorch.loggers import TensorBoardLogger
+        except ImportError:
+            if kind == "tensorboard":
+                raise ImportError("output.logger = tensorboard needs the tensorboard package") from None
+        else:
+            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+    return loggers
+
+
+def _launched_worker() -> bool:
+    """True in a non-zero DDP rank started by Lightning's launcher or torchrun."""
+    for variable in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        value = os.environ.get(variable)
+        if value not in (None, "", "0"):
+            return True
+    return False
+
+
+def default_run_name(config: Config) -> str:
+    dataset = config.data.dataset.replace("file:", "").replace(":", "-").replace("/", "_").replace(".", "_")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{config.model['name']}-{dataset[-40:]}-{stamp}"
+
+
+def resolve_run_dir(config: Config) -> Path:
+    """`output.dir / output.name` (a fresh name when null); DDP workers reuse rank 0's directory."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and _launched_worker():
+        return Path(inherited)
+    name = config.output.name or default_run_name(config)
+    return Path(config.output.dir).expanduser() / name
+
+
+class _PrintValidation(Callback):
+    """A one-line validation summary when the progress bar is off."""
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val_nll")
+        if trainer.is_global_zero and value is not None and not trainer.sanity_checking:
+            print(
+                f"epoch {trainer.current_epoch} step {trainer.global_step}: val_nll {float(value):.4f}",
+                flush=True,
+            )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training on given splits
+
+
+def _prepare(splits: DataSplits, config: Config, seed: int) -> tuple[DataSplits, bool]:
+    dequantize = config.data.dequantize
+    if dequantize is None:
+        dequantize = splits.discrete or bool(np.all(splits.train == np.round(splits.train)))
+    if dequantize:
+        splits = DataSplits(
+            splits.train,
+            dequantize_fixed(splits.val, seed + 1),
+            dequantize_fixed(splits.test, seed + 2),
+            splits.columns,
+            splits.name,
+            splits.entropy,
+            splits.entropy_se,
+            splits.discrete,
+            dict(splits.info, dequantized=True),
+        )
+    return splits, bool(dequantize)
+
+
+def fit_flow(config: Config, splits: DataSplits, run_dir: Path) -> FitOutcome:
+    """Build the flow for `splits`, train it with Lightning into `run_dir`, restore the best weights.
+
+    Returns on every rank; only rank 0 should evaluate and write outputs.
+    """
+    seed = config.seed
+    L.seed_everything(seed, workers=True, verbose=False)
+    splits, dequantize = _prepare(splits, config, seed)
+    features = splits.features
+    mean = std = None
+    if config.data.standardize:
+        stats_source = dequantize_fixed(splits.train, seed) if dequantize else splits.train
+        mean, std = standardization_of(stats_source)
+
+    torch.manual_seed(seed)
+    flow = build_flow(config.model, features, mean, std)
+    record = model_record(config, features, splits.columns, standardized=mean is not None)
+
+    trainer_kwargs = trainer_arguments(config.trainer)
+    if "deterministic" not in trainer_kwargs and _is_cpu_run(trainer_kwargs):
+        trainer_kwargs["deterministic"] = True
+    trainer_kwargs.setdefault("log_every_n_steps", 10)
+    train = config.train
+    monitor = "val_nll"
+    checkpoint = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best",
+        monitor=monitor,
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    callbacks: list[Callback] = [checkpoint]
+    if train.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStopping(
+                monitor=monitor, mode="min", patience=train.early_stopping_patience, check_finite=True
+            )
+        )
+    if not config.output.progress_bar:
+        callbacks.append(_PrintValidation())
+    validation = (
+        {"val_check_interval": train.val_every_n_steps, "check_val_every_n_epoch": None}
+        if train.val_every_n_steps is not None
+        else {"check_val_every_n_epoch": 1}
+    )
+    loggers = _loggers(run_dir, config.output.logger) if config.output.logger != "none" else False
+    trainer = L.Trainer(
+        max_epochs=train.max_epochs,
+        max_steps=train.max_steps,
+        gradient_clip_val=train.gradient_clip,
+        gradient_clip_algorithm="norm",
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=config.output.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        **validation,
+        **trainer_kwargs,
+    )
+
+    # Data-dependent initialisation on the first global batch: the same rows on every rank, before DDP
+    # wraps the model (so all ranks start from identical parameters).
+    if train.actnorm_init:
+        global_batch = train.batch_size * trainer.world_size
+        first = next(iter(GlobalBatchSampler(splits.train.shape[0], global_batch, train.shuffle, seed)))
+        first_rows = splits.train[first]
+        if dequantize:
+            first_rows = dequantize_fixed(first_rows, seed + 3)
+        initialize_flow(flow, torch.as_tensor(first_rows, dtype=torch.get_default_dtype()))
+
+    module = FlowModule(flow, train, mean, std, dequantize=dequantize, hparams=record)
+    datamodule = TableDataModule(
+        splits.train,
+        splits.val,
+        splits.test,
+        batch_size=train.batch_size,
+        eval_batch_size=train.eval_batch_size,
+        shuffle=train.shuffle,
+        seed=seed,
+        num_workers=config.data.num_workers,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        trainer.fit(module, datamodule=datamodule)
+
+    best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+    if best_path is not None and best_path.is_file():
+        state = torch.load(best_path, map_location=module.device, weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    flow.eval()
+    info = {
+        "epochs": int(trainer.current_epoch),
+        "steps": int(trainer.global_step),
+        "dequantized": dequantize,
+        "world_size": int(trainer.world_size),
+        "splits": splits,
+    }
+    return FitOutcome(flow, module, trainer, best_path, best_score, record, info)
+
+
+@torch.no_grad()
+def evaluate_log_prob(flow: torch.nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """Per-row log density `(n,)` (float64 numpy) of rows `x (n, D)` in data units, in batches."""
+    parameter = next(iter(flow.parameters()), None)
+    buffer = next(iter(flow.buffers()), None)
+    reference = parameter if parameter is not None else buffer
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None else torch.float32
+    was_training = flow.training
+    flow.eval()
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        rows = torch.as_tensor(x[start : start + batch_size], dtype=dtype, device=device)
+        out.append(flow.log_prob(rows).double().cpu().numpy())
+    flow.train(was_training)
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@torch.no_grad()
+def draw_samples(
+    flow: torch.nn.Module, n: int, seed: Optional[int] = None, batch_size: int = 10_000
+) -> np.ndarray:
+    """`n` samples `(n, D)` float64 in data units (seeded with `seed` when given)."""
+    reference = next(iter(flow.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        chunks = [
+            flow.sample((min(batch_size, n - start),)).double().cpu().numpy()
+            for start in range(0, n, batch_size)
+        ]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0))
+
+
+def log_likelihood_metrics(log_prob: np.ndarray, prefix: str = "test") -> dict[str, Any]:
+    """Mean log-likelihood, its standard error (1 std / sqrt(N)) and the NSF-paper error bar (2 std / sqrt(N))."""
+    se = standard_error(log_prob)
+    return {
+        f"{prefix}_log_likelihood": float(np.mean(log_prob)),
+        f"{prefix}_log_likelihood_se": se,
+        f"{prefix}_log_likelihood_2se": 2.0 * se,
+        f"{prefix}_rows": int(log_prob.shape[0]),
+        f"{prefix}_nonfinite_rows": int(np.sum(~np.isfinite(log_prob))),
+    }
+
+
+def entropy_metrics(splits: DataSplits, test_log_likelihood: float) -> dict[str, Any]:
+    if splits.entropy is None:
+        return {}
+    return {
+        "entropy": float(splits.entropy),
+        "entropy_se": None if splits.entropy_se is None else float(splits.entropy_se),
+        "gap": float(-test_log_likelihood - splits.entropy),
+    }
+
+
+def write_samples(path: Path, samples: np.ndarray, columns: list[str]) -> Path:
+    """Samples as CSV (header = column names) or NPY, chosen by the suffix; written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".npy":
+        with temporary.open("wb") as handle:
+            np.save(handle, samples)
+    elif path.suffix in (".csv", ".tsv"):
+        delimiter = "," if path.suffix == ".csv" else "\t"
+        np.savetxt(
+            temporary, samples, delimiter=delimiter, header=delimiter.join(columns), comments="", fmt="%.8g"
+        )
+    else:
+        raise ValueError(f"output file must end in .csv, .tsv or .npy, got {path}")
+    os.replace(temporary, path)
+    return path
+
+
+def write_json_atomic(values: dict[str, Any], path: Path) -> Path:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(values, indent=2, default=str) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def count_parameters(flow: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in flow.parameters() if p.requires_grad))
+
+
+def _plots(run_dir: Path, flow: torch.nn.Module, splits: DataSplits, samples: np.ndarray) -> list[str]:
+    try:
+        from flows.training.plots import write_plots
+    except ImportError as error:
+        print(f"plots skipped: {error}", file=sys.stderr)
+        return []
+    try:
+        written = write_plots(run_dir, flow, {"train": splits.train, "test": splits.test}, samples)
+    except ImportError as error:
+        print(f"plots skipped: {error}", file=sys.stderr)
+        return []
+    except Exception as error:  # a plotting failure must not lose a finished training run
+        warnings.warn(f"writing plots failed: {type(error).__name__}: {error}", stacklevel=2)
+        return []
+    return [str(p) for p in written]
+
+
+def format_summary(metrics: dict[str, Any]) -> str:
+    lines = [
+        f"test log-likelihood: {metrics['test_log_likelihood']:.4f} +- {metrics['test_log_likelihood_2se']:.4f} nats "
+        f"(2 standard errors, {metrics['test_rows']} rows)"
+    ]
+    if "entropy" in metrics:
+        lines.append(
+            f"true entropy: {metrics['entropy']:.4f} nats; gap (test NLL - entropy): {metrics['gap']:.4f} nats"
+        )
+    lines.append(
+        f"parameters: {metrics['n_params']}; epochs: {metrics['epochs']}; steps: {metrics['steps']}; "
+        f"wall time: {metrics['wall_time']:.1f} s; run dir: {metrics['run_dir']}"
+    )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def run(config: Union[Config, dict[str, Any]], verbose: bool = True) -> RunResult:
+    """Train and evaluate one config; returns metrics (rank 0) and writes the run directory.
+
+    The run directory holds `config.yaml` (the resolved config), `checkpoints/best.ckpt` and `last.ckpt`,
+    `metrics.csv` (the training log), `metrics.json` (the final metrics), `samples.csv` and `plots/`.
+    Metrics: `test_log_likelihood` (mean over the test rows, nats, data units), `test_log_likelihood_se`
+    (std / sqrt(N)), `test_log_likelihood_2se` (2 std / sqrt(N), the NSF paper's error bar),
+    `best_val_nll`, `entropy` / `entropy_se` / `gap` (test NLL - entropy) when the true density is known,
+    `n_params`, `epochs`, `steps`, `wall_time` (s), `run_dir`.
+    """
+    start = time.perf_counter()
+    config = parse_config(config)
+    run_dir = resolve_run_dir(config)
+    worker = _launched_worker()
+    if not worker:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml_atomic(config.to_dict(), run_dir / "config.yaml")
+    splits = load_splits(config.data, config.seed)
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    try:
+        outcome = fit_flow(config, splits, run_dir)
+    finally:
+        if not worker:
+            if previous is None:
+                os.environ.pop(RUN_DIR_ENV, None)
+            else:
+                os.environ[RUN_DIR_ENV] = previous
+    if not outcome.trainer.is_global_zero:
+        return RunResult({}, run_dir, outcome.best_checkpoint, outcome.flow, config, is_global_zero=False)
+
+    flow = outcome.flow
+    splits = outcome.info["splits"]
+    log_prob = evaluate_log_prob(flow, splits.test, config.train.eval_batch_size)
+    metrics: dict[str, Any] = {"dataset": config.data.dataset, "model": config.model["name"]}
+    metrics.update(log_likelihood_metrics(log_prob))
+    metrics.update(entropy_metrics(splits, metrics["test_log_likelihood"]))
+    metrics.update(
+        {
+            "best_val_nll": outcome.best_val_nll,
+            "n_params": count_parameters(flow),
+            "features": splits.features,
+            "train_rows": int(splits.train.shape[0]),
+            "epochs": outcome.info["epochs"],
+            "steps": outcome.info["steps"],
+            "world_size": outcome.info["world_size"],
+            "dequantized": outcome.info["dequantized"],
+            "seed": config.seed,
+        }
+    )
+    samples = None
+    if config.output.samples > 0:
+        samples = draw_samples(flow, config.output.samples, seed=config.seed)
+        write_samples(run_dir / "samples.csv", samples, splits.columns)
+        metrics["samples_nonfinite_rows"] = int(np.sum(~np.isfinite(samples).all(axis=1)))
+    if config.output.plots and samples is not None:
+        metrics["plots"] = _plots(run_dir, flow, splits, samples)
+    metrics["wall_time"] = time.perf_counter() - start
+    metrics["run_dir"] = str(run_dir)
+    metrics["checkpoint"] = None if outcome.best_checkpoint is None else str(outcome.best_checkpoint)
+    write_json_atomic(metrics, run_dir / "metrics.json")
+    if verbose:
+        print(format_summary(metrics), flush=True)
+    return RunResult(metrics, run_dir, outcome.best_checkpoint, flow, config)
+
+
+def evaluate_checkpoint(config: Config, checkpoint: Union[str, Path], verbose: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint on the test split of `config`'s data (`flows test`)."""
+    from flows.training.checkpoints import load_model
+
+    loaded = load_model(checkpoint)
+    splits = load_splits(config.data, config.seed)
+    splits, _ = _prepare(splits, config, config.seed)
+    if splits.features != loaded.features:
+        raise ValueError(f"the checkpoint models {loaded.features} features, the data has {splits.features}")
+    log_prob = evaluate_log_prob(loaded.flow, splits.test, config.train.eval_batch_size)
+    metrics: dict[str, Any] = {"dataset": config.data.dataset, "checkpoint": str(checkpoint)}
+    metrics.update(log_likelihood_metrics(log_prob))
+    metrics.update(entropy_metrics(splits, metrics["test_log_likelihood"]))
+    if verbose:
+        line = (
+            f"test log-likelihood: {metrics['test_log_likelihood']:.4f} +- {metrics['test_log_likelihood_2se']:.4f} "
+            f"nats (2 standard errors, {metrics['test_rows']} rows)"
+        )
+        if "gap" in metrics:
+            line += f"\ntrue entropy: {metrics['entropy']:.4f} nats; gap: {metrics['gap']:.4f} nats"
+        print(line, flush=True)
+    return metrics
