@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flows.nn import MLP
+
 __all__ = [
     "BASE_DISTRIBUTIONS",
     "ConditionalDiagonalNormal",
@@ -123,16 +125,6 @@ class StandardNormal(Distribution):
 # --------------------------------------------------------------------------------------------------
 
 
-def _mlp(in_features: int, hidden_features: Sequence[int], out_features: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    width = in_features
-    for hidden in hidden_features:
-        layers += [nn.Linear(width, int(hidden)), nn.SiLU()]
-        width = int(hidden)
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
-
-
 class RawParameters(nn.Module):
     """The raw (unconstrained) parameters of a distribution, by name.
 
@@ -161,11 +153,9 @@ class RawParameters(nn.Module):
         else:
             self.free = None
             flat_initial = torch.cat([value.reshape(-1) for value in initial.values()])
-            self.network = _mlp(self.context_features, tuple(hidden_features), flat_initial.numel())
-            last = self.network[-1]
-            with torch.no_grad():
-                last.weight.zero_()
-                last.bias.copy_(flat_initial)
+            self.network = MLP(self.context_features, flat_initial.numel(), tuple(hidden_features))
+            with torch.no_grad():  # MLP's last layer starts at zero weights; its bias sets the start.
+                self.network.network[-1].bias.copy_(flat_initial)
 
     def forward(self, context: Optional[Tensor] = None) -> dict[str, Tensor]:
         if self.network is None:
