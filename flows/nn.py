@@ -199,7 +199,9 @@ class MADE(nn.Module):
         with_context = context_features > 0
 
         degrees = made_degrees(widths[0], features, with_context)
-        self.initial = MaskedLinear((degrees[:, None] >= order[None, :]).float())
+        # With one feature no hidden unit may see the input: the first layer is the context (or zeros).
+        self.initial = MaskedLinear((degrees[:, None] >= order[None, :]).float()) if features > 1 else None
+        self.first_width = widths[0]
         self.context_layer = nn.Linear(context_features, widths[0]) if with_context else None
         self.activation = activation()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -222,7 +224,10 @@ class MADE(nn.Module):
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """`x (batch + (features,))`, `context (batch + (context_features,))` -> `batch + (features, P)`."""
-        h = self.initial(x)
+        if self.initial is not None:
+            h = self.initial(x)
+        else:
+            h = x.new_zeros(x.shape[:-1] + (self.first_width,))
         if self.context_layer is not None:
             if context is None:
                 raise ValueError(f"MADE expects a context with {self.context_features} features, got None")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from flows.bijectors.autoregressive import MaskedAutoregressive
+from flows.bijectors.conv import Invertible1x1Conv
 from flows.bijectors.coupling import (
     Coupling,
     ImageCoupling,
@@ -11,16 +13,32 @@ from flows.bijectors.coupling import (
     checkerboard_mask,
     half_mask,
 )
-from flows.bijectors.linear import LULinear, Permutation
+from flows.bijectors.elementwise import ElementwiseAffine, Logit, Sigmoid, Standardize, Tanh
+from flows.bijectors.linear import LULinear, LUMatrix, Permutation
+from flows.bijectors.normalization import ActNorm, BatchNorm, initialize_actnorms
+from flows.bijectors.reshape import MultiscaleSplit, Squeeze
 
 __all__ = [
     "Coupling",
     "ImageCoupling",
+    "MaskedAutoregressive",
     "MaskedCoupling",
     "alternating_mask",
     "channel_mask",
     "checkerboard_mask",
     "half_mask",
+    "ActNorm",
+    "BatchNorm",
+    "ElementwiseAffine",
+    "Invertible1x1Conv",
     "LULinear",
+    "LUMatrix",
+    "Logit",
+    "MultiscaleSplit",
     "Permutation",
+    "Sigmoid",
+    "Squeeze",
+    "Standardize",
+    "Tanh",
+    "initialize_actnorms",
 ]

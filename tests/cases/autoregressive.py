@@ -1,0 +1,58 @@
+"""Masked autoregressive layers (MAF) and their inverses (IAF) in the generic bijector test."""
+
+from __future__ import annotations
+
+import torch
+
+from flows.bijectors.autoregressive import MaskedAutoregressive
+from flows.core import Inverse
+from tests.registry import Case, register
+
+HIDDEN = (8, 8)
+REVERSED = torch.tensor([3, 1, 0, 2])
+
+for transformer, options in [
+    ("affine", {}),
+    ("additive", {}),
+    ("spline", {"bins": 4, "tails": "linear"}),
+    ("spline", {"bins": 3, "tails": "identity", "bound": 2.0}),
+]:
+    name = transformer if not options else f"{transformer}-{options['tails']}"
+    register(
+        Case(
+            id=f"maf-{name}",
+            build=lambda t=transformer, o=options: MaskedAutoregressive(
+                4, t, hidden_features=HIDDEN, transformer_options=o
+            ),
+            event_shape=(4,),
+        )
+    )
+    register(
+        Case(
+            id=f"maf-{name}-context-residual-order",
+            build=lambda t=transformer, o=options: MaskedAutoregressive(
+                4, t, context_features=2, hidden_features=HIDDEN, residual_blocks=1, order=REVERSED, **o
+            ),
+            event_shape=(4,),
+            context_features=2,
+        )
+    )
+    register(
+        Case(
+            id=f"iaf-{name}-context",
+            build=lambda t=transformer, o=options: Inverse(
+                MaskedAutoregressive(4, t, context_features=3, hidden_features=(8, 6), transformer_options=o)
+            ),
+            event_shape=(4,),
+            context_features=3,
+        )
+    )
+
+register(
+    Case(
+        id="maf-affine-1d-context",
+        build=lambda: MaskedAutoregressive(1, context_features=2, hidden_features=(8,)),
+        event_shape=(1,),
+        context_features=2,
+    )
+)
