@@ -43,4 +43,14 @@ __all__ = [
     "__version__",
     "make_base",
     "make_transformer",
+    "DensityEstimator",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Lazy access to the training layer, so that `import flows` never imports lightning."""
+    if name == "DensityEstimator":
+        from flows.training.estimator import DensityEstimator
+
+        return DensityEstimator
+    raise AttributeError(f"module 'flows' has no attribute {name!r}")

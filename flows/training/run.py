@@ -194,10 +194,11 @@ def _prepare(splits: DataSplits, config: Config, seed: int) -> tuple[DataSplits,
     return splits, bool(dequantize)
 
 
-def fit_flow(config: Config, splits: DataSplits, run_dir: Path) -> FitOutcome:
+def fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool = False) -> FitOutcome:
     """Build the flow for `splits`, train it with Lightning into `run_dir`, restore the best weights.
 
-    Returns on every rank; only rank 0 should evaluate and write outputs.
+    Returns on every rank; only rank 0 should evaluate and write outputs. `quiet` drops the per-validation
+    lines printed when the progress bar is off.
     """
     seed = config.seed
     L.seed_everything(seed, workers=True, verbose=False)
@@ -216,6 +217,8 @@ def fit_flow(config: Config, splits: DataSplits, run_dir: Path) -> FitOutcome:
     if "deterministic" not in trainer_kwargs and _is_cpu_run(trainer_kwargs):
         trainer_kwargs["deterministic"] = True
     trainer_kwargs.setdefault("log_every_n_steps", 10)
+    trainer_kwargs.setdefault("enable_model_summary", False)
+    trainer_kwargs.setdefault("num_sanity_val_steps", 0)
     train = config.train
     monitor = "val_nll"
     checkpoint = ModelCheckpoint(
@@ -234,7 +237,7 @@ def fit_flow(config: Config, splits: DataSplits, run_dir: Path) -> FitOutcome:
                 monitor=monitor, mode="min", patience=train.early_stopping_patience, check_finite=True
             )
         )
-    if not config.output.progress_bar:
+    if not config.output.progress_bar and not quiet:
         callbacks.append(_PrintValidation())
     validation = (
         {"val_check_interval": train.val_every_n_steps, "check_val_every_n_epoch": None}
@@ -251,9 +254,7 @@ def fit_flow(config: Config, splits: DataSplits, run_dir: Path) -> FitOutcome:
         logger=loggers,
         default_root_dir=str(run_dir),
         enable_progress_bar=config.output.progress_bar,
-        enable_model_summary=False,
         use_distributed_sampler=False,
-        num_sanity_val_steps=0,
         **validation,
         **trainer_kwargs,
     )
@@ -290,6 +291,8 @@ def fit_flow(config: Config, splits: DataSplits, run_dir: Path) -> FitOutcome:
         state = torch.load(best_path, map_location=module.device, weights_only=False)["state_dict"]
         module.load_state_dict(state)
     flow.eval()
+    if best_score is None and splits.val.shape[0] > 0:  # training ended before any validation ran
+        best_score = float(-np.mean(evaluate_log_prob(flow, splits.val, train.eval_batch_size)))
     info = {
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),

@@ -1,0 +1,278 @@
+"""`DensityEstimator`: fit a flow to a table in a few lines, with scikit-learn's density-estimator conventions.
+
+est = flows.DensityEstimator(model="nsf", transforms=5, max_epochs=50).fit(X)   # numpy or DataFrame
+est.score_samples(X_test)   # log density per row, in the units of X
+est.score(X_test)           # mean log density
+est.sample(1000, random_state=0)
+est.save("model.pt"); flows.DensityEstimator.load("model.pt")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from flows.training.checkpoints import ESTIMATOR_FORMAT, load_model
+from flows.training.config import ConfigError, TrainConfig, parse_config
+from flows.training.data import splits_from_arrays
+from flows.training.run import draw_samples, evaluate_log_prob, fit_flow
+
+__all__ = ["DensityEstimator"]
+
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+@contextlib.contextmanager
+def _quiet_lightning(enabled: bool) -> Iterator[None]:
+    """Silence Lightning's informational log lines (GPU available, ...) while fitting."""
+    if not enabled:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+class DensityEstimator:
+    """A normalizing-flow density estimator for tables `(n_samples, n_features)`.
+
+    `model` names the architecture (`"nsf"`, `"maf"`, `"realnvp"`, `"gaussian"`); `model_options` are its
+    constructor's keyword arguments. Training options are those of the config's `train` section
+    (`max_epochs`, `max_steps`, `batch_size`, `lr`, `weight_decay`, `warmup_steps`, `gradient_clip`,
+    `early_stopping_patience`, `noise_std`, ...); `trainer` holds `lightning.Trainer` keyword arguments
+    (`accelerator`, `devices`, `precision`, ...). `val_fraction` of the rows is held out for early stopping
+    when `fit` gets no `X_val`. `standardize=True` folds the training mean/std into the model, so
+    scores and samples are in the units of `X`.
+    """
+
+    def __init__(
+        self,
+        model: str = "nsf",
+        *,
+        max_epochs: Optional[int] = 100,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        val_fraction: float = 0.1,
+        standardize: bool = True,
+        dequantize: Optional[bool] = False,
+        seed: int = 0,
+        trainer: Optional[dict[str, Any]] = None,
+        output_dir: Optional[Union[str, Path]] = None,
+        verbose: bool = False,
+        **options: Any,
+    ) -> None:
+        self.model = model
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.val_fraction = val_fraction
+        self.standardize = standardize
+        self.dequantize = dequantize
+        self.seed = seed
+        self.trainer = dict(trainer or {})
+        self.output_dir = output_dir
+        self.verbose = verbose
+        self.train_options = {k: v for k, v in options.items() if k in TRAIN_KEYS}
+        self.model_options = {k: v for k, v in options.items() if k not in TRAIN_KEYS}
+        self.config_ = self._config()  # validates every option now, not after training
+
+    # ------------------------------------------------------------------ configuration
+
+    def _config(self) -> Any:
+        train = {
+            "max_epochs": self.max_epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            **self.train_options,
+        }
+        values = {
+            "seed": self.seed,
+            "data": {
+                "dataset": "file:<arrays>",
+                "standardize": self.standardize,
+                "dequantize": self.dequantize,
+            },
+            "model": {"name": self.model, **self.model_options},
+            "train": train,
+            "trainer": dict(self.trainer),
+            "output": {
+                "dir": str(self.output_dir) if self.output_dir is not None else "runs",
+                "name": "estimator",
+                "samples": 0,
+                "plots": False,
+                "logger": "csv" if self.output_dir is not None else "none",
+                "progress_bar": self.verbose,
+            },
+        }
+        config = parse_config(values)
+        from flows.training.models import check_model_options
+        from flows.training.run import trainer_arguments
+
+        check_model_options(config.model)
+        trainer_arguments(config.trainer)
+        return config
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor arguments (scikit-learn convention)."""
+        return {
+            "model": self.model,
+            "max_epochs": self.max_epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "val_fraction": self.val_fraction,
+            "standardize": self.standardize,
+            "dequantize": self.dequantize,
+            "seed": self.seed,
+            "trainer": dict(self.trainer),
+            "output_dir": self.output_dir,
+            "verbose": self.verbose,
+            **self.train_options,
+            **self.model_options,
+        }
+
+    def set_params(self, **params: Any) -> DensityEstimator:
+        merged = {**self.get_params(), **params}
+        self.__init__(**merged)  # type: ignore[misc]
+        return self
+
+    # ------------------------------------------------------------------ fitting and scoring
+
+    def fit(self, X: Any, y: Any = None, X_val: Any = None) -> DensityEstimator:
+        """Train on `X (n, D)` (numpy array, DataFrame, list); `X_val` for early stopping (else held out).
+
+        `y` is ignored (scikit-learn convention). Returns self.
+        """
+        config = self._config()
+        splits = splits_from_arrays(X, X_val, None, self.val_fraction, self.seed)
+        with _quiet_lightning(not self.verbose):
+            if self.output_dir is None:
+                with tempfile.TemporaryDirectory(prefix="flows-estimator-") as directory:
+                    outcome = fit_flow(config, splits, Path(directory), quiet=not self.verbose)
+            else:
+                run_dir = Path(self.output_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                outcome = fit_flow(config, splits, run_dir, quiet=not self.verbose)
+        self.flow_ = outcome.flow.cpu().eval()
+        self.record_ = outcome.record
+        self.columns_ = list(splits.columns)
+        self.n_features_in_ = splits.features
+        self.best_val_nll_ = outcome.best_val_nll
+        self.n_epochs_ = outcome.info["epochs"]
+        self.n_steps_ = outcome.info["steps"]
+        self.config_ = config
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "flow_"):
+            raise RuntimeError("this DensityEstimator is not fitted yet; call fit(X) first")
+
+    def _rows(self, X: Any) -> np.ndarray:
+        from flows.datasets import as_array
+
+        self._check_fitted()
+        try:
+            import pandas as pd
+        except ImportError:
+            pd = None
+        if (
+            pd is not None
+            and isinstance(X, pd.DataFrame)
+            and set(self.columns_) <= {str(c) for c in X.columns}
+        ):
+            X = X[[c for c in X.columns if str(c) in self.columns_]]
+            X = X[sorted(X.columns, key=lambda c: self.columns_.index(str(c)))]
+        rows, _ = as_array(X, "X") if np.ndim(X) != 1 else as_array(np.asarray(X)[None, :], "X")
+        if rows.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {rows.shape[1]} features, but the estimator was fitted on {self.n_features_in_}"
+            )
+        return rows
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Log density of each row of `X (n, D)` in the units of the training data: `(n,)` float64."""
+        rows = self._rows(X)
+        return evaluate_log_prob(self.flow_, rows)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log density of the rows of `X` (nats)."""
+        return float(np.mean(self.score_samples(X)))
+
+    def sample(self, n_samples: int = 1, random_state: Optional[int] = None) -> np.ndarray:
+        """`n_samples` rows `(n_samples, D)` float64 in data units; `random_state` seeds them."""
+        self._check_fitted()
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        if random_state is not None and not isinstance(random_state, (int, np.integer)):
+            raise TypeError(f"random_state must be an int or None, got {type(random_state).__name__}")
+        return draw_samples(
+            self.flow_, int(n_samples), seed=None if random_state is None else int(random_state)
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write the fitted model (config, columns, weights) to one file; reload with `DensityEstimator.load`."""
+        self._check_fitted()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": ESTIMATOR_FORMAT,
+            "record": self.record_,
+            "params": self.get_params(),
+            "state_dict": self.flow_.state_dict(),
+            "fit_info": {
+                "best_val_nll": self.best_val_nll_,
+                "epochs": self.n_epochs_,
+                "steps": self.n_steps_,
+            },
+        }
+        temporary = path.with_name(f".{path.name}.tmp")
+        torch.save(payload, temporary)
+        temporary.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> DensityEstimator:
+        """Rebuild a fitted estimator from `save`'s file (or from a `flows fit` checkpoint)."""
+        loaded = load_model(path)
+        payload = torch.load(Path(path), map_location="cpu", weights_only=False)
+        params = payload.get("params")
+        if params is None:  # a Lightning checkpoint: rebuild the parameters from its config
+            config = loaded.config
+            params = {
+                "model": config.model["name"],
+                **{k: v for k, v in config.model.items() if k != "name"},
+                "seed": config.seed,
+            }
+        try:
+            estimator = cls(**params)
+        except (ConfigError, TypeError):
+            estimator = cls(model=loaded.config.model["name"])
+        estimator.flow_ = loaded.flow
+        estimator.record_ = payload.get("record") or payload.get("hyper_parameters")
+        estimator.columns_ = loaded.columns
+        estimator.n_features_in_ = loaded.features
+        info = payload.get("fit_info", {})
+        estimator.best_val_nll_ = info.get("best_val_nll")
+        estimator.n_epochs_ = info.get("epochs")
+        estimator.n_steps_ = info.get("steps")
+        estimator.config_ = loaded.config
+        return estimator
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in {**self.model_options, **self.train_options}.items())
+        return f"DensityEstimator(model={self.model!r}{', ' + options if options else ''})"
