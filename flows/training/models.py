@@ -122,31 +122,13 @@ def check_model_options(model: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-class FixedStandardize(Bijector):
-    """`y = (x - mean) / std` with fixed buffers `mean`, `std` of shape `(features,)`; `ladj = -sum(log std)`."""
-
-    def __init__(self, mean: Tensor, std: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.get_default_dtype()).clone())
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.get_default_dtype()).clone())
-
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        ladj = -torch.log(self.std).sum()
-        return (x - self.mean) / self.std, ladj.expand(self.batch_shape(x))
-
-    def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        ladj = torch.log(self.std).sum()
-        return y * self.std + self.mean, ladj.expand(self.batch_shape(y))
-
-
 def _standardize_bijector(mean: np.ndarray, std: np.ndarray) -> Bijector:
-    mean_t = torch.as_tensor(np.asarray(mean), dtype=torch.get_default_dtype())
-    std_t = torch.as_tensor(np.asarray(std), dtype=torch.get_default_dtype())
-    try:
-        from flows.bijectors.elementwise import Standardize
-    except ImportError:
-        return FixedStandardize(mean_t, std_t)
-    return Standardize(mean_t, std_t)
+    from flows.bijectors.elementwise import Standardize
+
+    dtype = torch.get_default_dtype()
+    return Standardize(
+        torch.as_tensor(np.asarray(mean), dtype=dtype), torch.as_tensor(np.asarray(std), dtype=dtype)
+    )
 
 
 def standardization_of(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -283,6 +283,7 @@ def fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool = Fa
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
         trainer.fit(module, datamodule=datamodule)
 
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
