@@ -6,6 +6,11 @@ The core (bijectors, distributions, `Flow`, presets, kernels) imports torch only
 
 from __future__ import annotations
 
+from flows.bijectors.conv import Invertible1x1Conv
+from flows.bijectors.elementwise import ElementwiseAffine, Logit, Sigmoid, Standardize, Tanh
+from flows.bijectors.linear import LULinear, Permutation
+from flows.bijectors.normalization import ActNorm, BatchNorm, initialize_actnorms
+from flows.bijectors.reshape import MultiscaleSplit, Squeeze
 from flows.core import Bijector, Chain, Inverse
 from flows.distributions import (
     ConditionalDiagonalNormal,
@@ -19,11 +24,27 @@ from flows.distributions import (
     make_base,
 )
 from flows.flow import Flow
+from flows.presets_image import Glow, RealNVPImage
 from flows.transformers import Additive, Affine, Spline, Transformer, make_transformer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActNorm",
+    "BatchNorm",
+    "ElementwiseAffine",
+    "Glow",
+    "Invertible1x1Conv",
+    "LULinear",
+    "Logit",
+    "MultiscaleSplit",
+    "Permutation",
+    "RealNVPImage",
+    "Sigmoid",
+    "Squeeze",
+    "Standardize",
+    "Tanh",
+    "initialize_actnorms",
     "Additive",
     "Affine",
     "Bijector",
