@@ -1,0 +1,497 @@
+"""Side-by-side speed of `flows` against zuko, nflows and normflows on matched flows.
+
+A script that prints figures, never a timed test. Every library builds its own canonical layer for each
+architecture (MAF, NSF coupling, NSF autoregressive, RealNVP) with the same number of transforms,
+spline bins and conditioner depth; hidden widths of the peers whose conditioners are shaped
+differently (normflows' residual nets) are chosen so that parameter counts match `flows` within ~10%.
+The table prints the parameter counts to show the match.
+
+Measured per library, in one process, after warm-up, as medians over repetitions:
+
+- `log_prob`: one `log_prob` of a batch (no gradients), reported as samples per second;
+- `train`: one training step (forward, backward of the mean negative log-likelihood, AdamW step);
+- `sample`: drawing one batch of samples (no gradients);
+- `peak MB`: the peak of memory allocated during one training step (CUDA: `max_memory_allocated`;
+  CPU: the running sum of allocations and frees recorded by `torch.profiler(profile_memory=True)`).
+
+Ratios: `x fastest peer` is the fastest peer's median time divided by this library's median time
+(> 1 means faster than every peer). Usage::
+
+    python benchmarks/bench_peers.py                # full run on CPU
+    python benchmarks/bench_peers.py --quick        # few repetitions (smoke test)
+    python benchmarks/bench_peers.py --device cuda --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ARCHITECTURES = ("maf", "nsf-coupling", "nsf-ar", "realnvp")
+LIBRARIES = ("flows", "zuko", "nflows", "normflows")
+AUTOREGRESSIVE = ("maf", "nsf-ar")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The architecture every library builds: `transforms` layers, MLP conditioners of `depth` hidden layers."""
+
+    architecture: str
+    features: int
+    transforms: int = 5
+    hidden: int = 128
+    depth: int = 2
+    bins: int = 8
+    bound: float = 3.0
+
+
+class Model:
+    """A library's flow behind one interface: `log_prob(x) -> (batch,)`, `sample(n) -> (n, D)`."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        log_prob: Callable[[Tensor], Tensor],
+        sample: Callable[[int], Tensor],
+        note: str,
+    ) -> None:
+        self.module = module
+        self.log_prob = log_prob
+        self.sample = sample
+        self.note = note
+
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+
+
+# ------------------------------------------------------------------------------------------------ flows
+def build_flows(
+    spec: Spec, hidden: int, compile_model: bool = False, sample_method: Optional[str] = None
+) -> Model:
+    from flows import Chain, Flow, StandardNormal
+    from flows.bijectors.autoregressive import MaskedAutoregressive
+    from flows.bijectors.coupling import Coupling
+    from flows.bijectors.linear import Permutation
+
+    hidden_features = (hidden,) * spec.depth
+    d = spec.features
+    layers = []
+    for i in range(spec.transforms):
+        if spec.architecture == "maf":
+            layers.append(MaskedAutoregressive(d, "affine", hidden_features=hidden_features))
+        elif spec.architecture == "nsf-ar":
+            layers.append(MaskedAutoregressive(d, "spline", hidden_features=hidden_features, bins=spec.bins))
+        elif spec.architecture == "nsf-coupling":
+            layers.append(
+                Coupling(d, "spline", parity=i % 2 == 1, hidden_features=hidden_features, bins=spec.bins)
+            )
+        elif spec.architecture == "realnvp":
+            layers.append(Coupling(d, "affine", parity=i % 2 == 1, hidden_features=hidden_features))
+        if spec.architecture in AUTOREGRESSIVE and i < spec.transforms - 1:
+            layers.append(Permutation(d, kind="reverse"))
+    flow = Flow(Chain(*layers), StandardNormal((d,)))
+    if sample_method is not None:
+        for module in flow.modules():
+            if hasattr(module, "inverse_method"):
+                module.inverse_method = sample_method
+    log_prob = flow.log_prob
+    sample: Callable[[int], Tensor] = lambda n: flow.sample((n,))  # noqa: E731
+    note = "bijectors"
+    if compile_model:
+        log_prob = torch.compile(flow.log_prob, fullgraph=True, dynamic=False)
+        sample = torch.compile(lambda n: flow.sample((n,)), dynamic=False)
+        note += " + torch.compile"
+    return Model(flow, log_prob, sample, note)
+
+
+# ------------------------------------------------------------------------------------------------- zuko
+def build_zuko(spec: Spec, hidden: int) -> Model:
+    import zuko
+    from zuko.transforms import MonotonicRQSTransform
+
+    d = spec.features
+    hidden_features = (hidden,) * spec.depth
+    spline = dict(
+        univariate=partial(MonotonicRQSTransform, slope=1e-3),
+        shapes=[(spec.bins,), (spec.bins,), (spec.bins - 1,)],
+    )
+    if spec.architecture == "maf":
+        flow = zuko.flows.MAF(d, transforms=spec.transforms, hidden_features=hidden_features)
+        note = "flows.MAF"
+    elif spec.architecture == "nsf-ar":
+        flow = zuko.flows.NSF(d, bins=spec.bins, transforms=spec.transforms, hidden_features=hidden_features)
+        note = "flows.NSF"
+    elif spec.architecture == "nsf-coupling":
+        # zuko's coupling flow (GeneralCouplingTransform) with its rational-quadratic spline.
+        flow = zuko.flows.NICE(d, transforms=spec.transforms, hidden_features=hidden_features, **spline)
+        note = "flows.NICE + MonotonicRQSTransform"
+    elif spec.architecture == "realnvp":
+        flow = zuko.flows.RealNVP(d, transforms=spec.transforms, hidden_features=hidden_features)
+        note = "flows.RealNVP"
+    else:
+        raise ValueError(spec.architecture)
+    return Model(flow, lambda x: flow().log_prob(x), lambda n: flow().sample((n,)), note)
+
+
+# ----------------------------------------------------------------------------------------------- nflows
+def build_nflows(spec: Spec, hidden: int) -> Model:
+    from nflows import distributions, flows, transforms
+    from nflows.nn import nets
+
+    d = spec.features
+    layers: list[nn.Module] = []
+
+    class ContextFreeMLP(nets.MLP):
+        # nflows' coupling layers call `net(x, context)`; its MLP takes no context.
+        def forward(self, inputs: Tensor, context: Optional[Tensor] = None) -> Tensor:
+            return super().forward(inputs)
+
+    def mlp(in_features: int, out_features: int) -> nn.Module:
+        return ContextFreeMLP((in_features,), (out_features,), hidden_sizes=[hidden] * spec.depth)
+
+    made = dict(hidden_features=hidden, num_blocks=spec.depth - 1, use_residual_blocks=False)
+    for index in range(spec.transforms):
+        mask = torch.ones(d)
+        mask[index % 2 :: 2] = -1
+        if spec.architecture == "maf":
+            layers += [
+                transforms.MaskedAffineAutoregressiveTransform(d, **made),
+                transforms.ReversePermutation(d),
+            ]
+        elif spec.architecture == "nsf-ar":
+            layers += [
+                transforms.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+                    d, num_bins=spec.bins, tails="linear", tail_bound=spec.bound, **made
+                ),
+                transforms.ReversePermutation(d),
+            ]
+        elif spec.architecture == "nsf-coupling":
+            layers.append(
+                transforms.PiecewiseRationalQuadraticCouplingTransform(
+                    mask, mlp, num_bins=spec.bins, tails="linear", tail_bound=spec.bound
+                )
+            )
+        elif spec.architecture == "realnvp":
+            layers.append(transforms.AffineCouplingTransform(mask, mlp))
+        else:
+            raise ValueError(spec.architecture)
+    if spec.architecture in AUTOREGRESSIVE:
+        layers = layers[:-1]
+    flow = flows.Flow(transforms.CompositeTransform(layers), distributions.StandardNormal([d]))
+    note = "MADE (no residual)" if spec.architecture in AUTOREGRESSIVE else "coupling + nets.MLP"
+    return Model(flow, flow.log_prob, flow.sample, note)
+
+
+# -------------------------------------------------------------------------------------------- normflows
+def build_normflows(spec: Spec, hidden: int) -> Model:
+    import normflows as nf
+
+    d = spec.features
+    layers: list[nn.Module] = []
+    for index in range(spec.transforms):
+        if spec.architecture == "maf":
+            layers.append(
+                nf.flows.MaskedAffineAutoregressive(
+                    d, hidden, num_blocks=spec.depth - 1, use_residual_blocks=False
+                )
+            )
+            note = "MaskedAffineAutoregressive (no residual)"
+        elif spec.architecture == "nsf-ar":
+            # normflows' autoregressive spline always uses residual MADE blocks: width matched on parameters.
+            layers.append(
+                nf.flows.AutoregressiveRationalQuadraticSpline(
+                    d, 1, hidden, num_bins=spec.bins, tail_bound=spec.bound
+                )
+            )
+            note = "AutoregressiveRationalQuadraticSpline (1 residual block)"
+        elif spec.architecture == "nsf-coupling":
+            layers.append(
+                nf.flows.CoupledRationalQuadraticSpline(
+                    d, 1, hidden, num_bins=spec.bins, tail_bound=spec.bound, reverse_mask=index % 2 == 1
+                )
+            )
+            note = "CoupledRationalQuadraticSpline (1 residual block)"
+        elif spec.architecture == "realnvp":
+            half = d - d // 2
+            net = nf.nets.MLP([half] + [hidden] * spec.depth + [2 * (d // 2)], init_zeros=True)
+            layers.append(nf.flows.AffineCouplingBlock(net))
+            note = "AffineCouplingBlock + nets.MLP"
+        else:
+            raise ValueError(spec.architecture)
+        if spec.architecture in ("maf", "nsf-ar", "realnvp") and index < spec.transforms - 1:
+            layers.append(nf.flows.Permute(d, mode="swap"))
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(d, trainable=False), layers)
+    return Model(model, model.log_prob, lambda n: model.sample(n)[0], note)
+
+
+BUILDERS: dict[str, Callable[..., Model]] = {
+    "flows": build_flows,
+    "zuko": build_zuko,
+    "nflows": build_nflows,
+    "normflows": build_normflows,
+}
+
+
+def available(library: str) -> Optional[str]:
+    """None when the library imports, else the reason it does not."""
+    if importlib.util.find_spec(library) is None:
+        return "not installed"
+    try:
+        __import__(library)
+    except Exception as error:  # report any import failure, whatever its type
+        return f"import failed: {type(error).__name__}: {error}"
+    return None
+
+
+def matched_model(library: str, spec: Spec, target: Optional[int], **options: Any) -> tuple[Model, int]:
+    """Build with `spec.hidden`; if the parameter count is off by > 10%, search the width that matches."""
+    build = BUILDERS[library]
+    model = build(spec, spec.hidden, **options)
+    if target is None or abs(model.parameters() - target) <= 0.1 * target:
+        return model, spec.hidden
+    best = (abs(model.parameters() - target), spec.hidden)
+    for hidden in range(max(4, spec.hidden // 4), 2 * spec.hidden + 1, 2):
+        count = build(spec, hidden, **options).parameters()
+        best = min(best, (abs(count - target), hidden))
+    return build(spec, best[1], **options), best[1]
+
+
+# --------------------------------------------------------------------------------------------- measuring
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function: Callable[[], Any], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(
+    functions: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device, budget_s: float
+) -> dict[str, float]:
+    """Median seconds per call of each function, repetitions interleaved across the functions.
+
+    Interleaving (one call of each function per round) spreads the load of a shared machine evenly over
+    the libraries. After `warmup` untimed calls, a function gets `repeats` timed calls, fewer when its
+    calls are slow (at most `budget_s` seconds in all, at least one call); a function whose warm-up call
+    alone exceeds `budget_s` (sequential sampling of the slowest peers) keeps that call as its one time.
+    """
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    planned: dict[str, int] = {}
+    for name, function in functions.items():
+        first = timed(function, device)
+        for _ in range(warmup - 1):
+            first = timed(function, device)
+        if first > budget_s:
+            times[name].append(first)
+            planned[name] = 0
+        else:
+            planned[name] = max(1, min(repeats, int(budget_s / max(first, 1e-9))))
+    for round_index in range(max(planned.values(), default=0)):
+        for name, function in functions.items():
+            if round_index < planned[name]:
+                times[name].append(timed(function, device))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_memory_mb(function: Callable[[], Any], device: torch.device) -> float:
+    """Peak memory allocated while `function` runs, in MB, above what was allocated before."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        function()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        function()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+        key=lambda e: e.start_ns(),
+    )
+    running, peak = 0, 0
+    for event in events:
+        running += event.nbytes()
+        peak = max(peak, running)
+    return peak / 2**20
+
+
+@dataclass
+class Result:
+    library: str
+    parameters: int
+    hidden: int
+    log_prob_s: float
+    train_s: float
+    sample_s: float
+    peak_mb: float
+    note: str
+
+
+def measure_all(
+    models: dict[str, tuple[Model, int]], args: argparse.Namespace, device: torch.device
+) -> list[Result]:
+    """Time log_prob, a training step and sampling of every library's model, interleaved."""
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, args.current_features, device=device)
+    log_prob, train, sample, memory = {}, {}, {}, {}
+    for library, (model, _) in models.items():
+        module = model.module.to(device)
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+
+        def log_prob_call(model: Model = model) -> Tensor:
+            with torch.no_grad():
+                return model.log_prob(x)
+
+        def train_step(model: Model = model, optimizer: torch.optim.Optimizer = optimizer) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss = -model.log_prob(x).mean()
+            loss.backward()
+            optimizer.step()
+
+        def sample_call(model: Model = model) -> Tensor:
+            with torch.no_grad():
+                return model.sample(args.batch)
+
+        log_prob[library], train[library], sample[library] = log_prob_call, train_step, sample_call
+    log_prob_s = interleaved_medians(log_prob, args.repeats, args.warmup, device, args.budget)
+    train_s = interleaved_medians(train, args.repeats, args.warmup, device, args.budget)
+    sample_s = interleaved_medians(sample, args.repeats, 1, device, args.budget)
+    for library, step in train.items():
+        memory[library] = peak_memory_mb(step, device) if args.memory else math.nan
+    return [
+        Result(
+            library=library,
+            parameters=model.parameters(),
+            hidden=hidden,
+            log_prob_s=log_prob_s[library],
+            train_s=train_s[library],
+            sample_s=sample_s[library],
+            peak_mb=memory[library],
+            note=model.note,
+        )
+        for library, (model, hidden) in models.items()
+    ]
+
+
+def print_table(spec: Spec, results: list[Result], batch: int) -> None:
+    peers = [r for r in results if r.library != "flows"]
+    fastest = {
+        key: min((getattr(r, key) for r in peers), default=math.nan)
+        for key in ("log_prob_s", "train_s", "sample_s")
+    }
+    title = f"{spec.architecture}  D={spec.features}  transforms={spec.transforms}  batch={batch}"
+    print(f"\n## {title}")
+    header = (
+        f"{'library':<10} {'params':>9} {'hidden':>6} | {'log_prob ms':>11} {'k/s':>7} {'x peer':>6} | "
+        f"{'train ms':>9} {'x peer':>6} | {'sample ms':>10} {'k/s':>7} {'x peer':>6} | {'peak MB':>8} | note"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+
+        def ratio(key: str, r: Result = r) -> str:
+            return f"{fastest[key] / getattr(r, key):6.2f}" if peers else "   n/a"
+
+        print(
+            f"{r.library:<10} {r.parameters:>9,d} {r.hidden:>6d} | {1e3 * r.log_prob_s:>11.2f} "
+            f"{batch / r.log_prob_s / 1e3:>7.1f} {ratio('log_prob_s')} | {1e3 * r.train_s:>9.2f} {ratio('train_s')} | "
+            f"{1e3 * r.sample_s:>10.2f} {batch / r.sample_s / 1e3:>7.1f} {ratio('sample_s')} | "
+            f"{r.peak_mb:>8.1f} | {r.note}"
+        )
+    sys.stdout.flush()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repetitions, D=8 only (smoke test)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="flows with torch.compile(fullgraph=True)")
+    parser.add_argument("--features", type=int, nargs="+", default=[8, 43])
+    parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
+    parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--transforms", type=int, default=5)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all)")
+    parser.add_argument(
+        "--budget", type=float, default=4.0, help="max seconds of timed calls per library and metric"
+    )
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory pass")
+    parser.add_argument("--flows-sampler", default=None, help="force flows' inverse method (e.g. sequential)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.warmup = 3, 1
+        if args.features == [8, 43]:
+            args.features = [8]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.set_default_dtype(torch.float32)
+
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, float32")
+    versions = []
+    libraries = []
+    for library in args.libraries:
+        reason = available(library)
+        if reason is None:
+            module = sys.modules[library]
+            versions.append(f"{library} {getattr(module, '__version__', '?')}")
+            libraries.append(library)
+        else:
+            print(f"skipping {library}: {reason}")
+    print("libraries: " + ", ".join(versions))
+    print(
+        f"medians of up to {args.repeats} interleaved repetitions (at most {args.budget:g} s per library and "
+        f"metric) after {args.warmup} warm-up calls; x peer = fastest peer time / this time"
+    )
+
+    for features in args.features:
+        args.current_features = features
+        for architecture in args.architectures:
+            spec = Spec(architecture, features, transforms=args.transforms, hidden=args.hidden)
+            models: dict[str, tuple[Model, int]] = {}
+            target = None
+            for library in libraries:
+                options: dict[str, Any] = {}
+                if library == "flows":
+                    options = {"compile_model": args.compile, "sample_method": args.flows_sampler}
+                torch.manual_seed(0)
+                try:
+                    models[library] = matched_model(library, spec, target, **options)
+                except Exception as error:  # a library that cannot build this architecture is reported
+                    print(
+                        f"{library} {architecture} D={features}: build failed: {type(error).__name__}: {error}"
+                    )
+                    continue
+                if target is None:
+                    target = models[library][0].parameters()
+            results = measure_all(models, args, device)
+            print_table(spec, results, args.batch)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
