@@ -1,0 +1,300 @@
+"""Triton backend of the element-wise ops, with the signatures of the references.
+
+`rational_quadratic_spline` and `affine` run fused Triton kernels (forward, inverse, and a fused
+backward inside a `torch.autograd.Function`) on CUDA tensors. With `TRITON_INTERPRET=1` set before
+Triton is first imported (Triton decides per `@triton.jit` at import time, for its own library too),
+the same kernels run on CPU tensors under Triton's interpreter: slow, for tests and debugging.
+
+Dtypes: float32 and bfloat16 (and float16) are computed in float32 registers and stored in the input
+dtype; `y` and `ladj` come back in `x.dtype`, like the reference. float64 inputs fall back to the
+reference, which computes in float64. Gradients are first-order only (no double backward).
+Parameters may broadcast against `x` as in the reference; they are expanded (and made contiguous)
+before the kernel, so autograd reduces their gradients back to the original shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flows.ops.affine_reference import SCALE_FUNCTIONS, affine_reference
+from flows.ops.spline_reference import rational_quadratic_spline_reference
+
+__all__ = ["AVAILABLE", "INTERPRETED", "affine", "rational_quadratic_spline"]
+
+try:
+    import triton
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from flows.ops._triton_affine import affine_kernel
+    from flows.ops._triton_spline import rational_quadratic_spline_kernel
+except ImportError:  # pragma: no cover - exercised only without triton
+    AVAILABLE: bool = False
+    INTERPRETED: bool = False
+else:
+    AVAILABLE = True
+    #: True when Triton was imported with `TRITON_INTERPRET=1`: the kernels then run on CPU tensors.
+    INTERPRETED = isinstance(rational_quadratic_spline_kernel, InterpretedFunction)
+
+#: Upper bound on the elements one program holds per tile; spline tiles also hold `PADDED` knots each.
+_TILE_VALUES = 2048
+_MAX_BLOCK_FEATURES = 64
+#: Programs wanted on a GPU before the feature dimension is split across programs (partial log-dets).
+_TARGET_PROGRAMS = 1024
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+_SIGMOID_SHIFT = 2.0
+_LOG_SIGMOID_SHIFT = -math.log1p(math.exp(-_SIGMOID_SHIFT))
+_MIN_SCALE = 1e-3
+_SOFTPLUS_SHIFT = math.log(math.expm1(1.0 - _MIN_SCALE))
+
+
+def _next_power_of_2(value: int) -> int:
+    return 1 << max(value - 1, 0).bit_length()
+
+
+def _launch_config(rows: int, features: int, values_per_element: int) -> dict[str, int]:
+    """Tile sizes and grid for `(rows, features)` elements holding `values_per_element` values each."""
+    elements_per_tile = max(16, _TILE_VALUES // values_per_element)
+    block_features = min(_next_power_of_2(features), _MAX_BLOCK_FEATURES, elements_per_tile)
+    block_rows = max(1, elements_per_tile // block_features)
+    row_blocks = triton.cdiv(rows, block_rows)
+    feature_tiles = triton.cdiv(features, block_features)
+    splits = max(1, min(feature_tiles, _TARGET_PROGRAMS // max(row_blocks, 1)))
+    split_features = triton.cdiv(feature_tiles, splits) * block_features
+    splits = triton.cdiv(features, split_features)
+    return {
+        "block_rows": block_rows,
+        "block_features": block_features,
+        "row_blocks": row_blocks,
+        "splits": splits,
+        "split_features": split_features,
+    }
+
+
+def _check_device(x: Tensor) -> None:
+    if x.device.type != "cuda" and not INTERPRETED:
+        raise RuntimeError(
+            f"the Triton kernels run on CUDA tensors, got a {x.device.type} tensor; to run them on the CPU "
+            "under Triton's interpreter set TRITON_INTERPRET=1 before triton is first imported"
+        )
+
+
+def _uses_kernel(x: Tensor) -> bool:
+    """float64 keeps its precision in the reference; empty tensors need no launch."""
+    return x.dtype in _KERNEL_DTYPES and x.numel() > 0
+
+
+class _SplineFunction(torch.autograd.Function):
+    """Fused spline on contiguous `x (rows, features)` and params `(rows, features, K[+1])`."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        widths: Tensor,
+        heights: Tensor,
+        derivatives: Tensor,
+        inverse: bool,
+        bound: float,
+        min_bin_width: float,
+        min_bin_height: float,
+        min_derivative: float,
+    ) -> tuple[Tensor, Tensor]:
+        rows, features = x.shape
+        bins = widths.shape[-1]
+        padded = _next_power_of_2(bins + 1)
+        config = _launch_config(rows, features, padded)
+        out = torch.empty_like(x)
+        ladj_partial = torch.empty(rows, config["splits"], dtype=torch.float32, device=x.device)
+        scalars = (
+            float(bound),
+            float(min_bin_width),
+            float(min_bin_height),
+            float(min_derivative),
+            math.log(math.expm1(1.0 - min_derivative)),
+        )
+        grid = (config["row_blocks"], config["splits"])
+        rational_quadratic_spline_kernel[grid](
+            x, widths, heights, derivatives, out, ladj_partial,
+            x, x, x, x, x, x,  # unused gradient pointers
+            rows, features, config["split_features"], config["splits"], *scalars,
+            BINS=bins, PADDED=padded, BLOCK_ROWS=config["block_rows"],
+            BLOCK_FEATURES=config["block_features"], INVERSE=inverse, BACKWARD=False,
+        )  # fmt: skip
+        ctx.save_for_backward(x, widths, heights, derivatives)
+        ctx.settings = (inverse, scalars, config, padded)
+        return out, ladj_partial.sum(dim=-1).to(x.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: Tensor, grad_ladj: Tensor) -> tuple[Tensor | None, ...]:
+        x, widths, heights, derivatives = ctx.saved_tensors
+        inverse, scalars, config, padded = ctx.settings
+        rows, features = x.shape
+        grad_out = torch.zeros_like(x) if grad_out is None else grad_out.contiguous()
+        grad_ladj = x.new_zeros(rows) if grad_ladj is None else grad_ladj.contiguous()
+        grad_x = torch.empty_like(x)
+        grad_widths = torch.empty_like(widths)
+        grad_heights = torch.empty_like(heights)
+        grad_derivatives = torch.empty_like(derivatives)
+        grid = (config["row_blocks"], config["splits"])
+        rational_quadratic_spline_kernel[grid](
+            x, widths, heights, derivatives, x, x,  # unused output pointers
+            grad_out, grad_ladj, grad_x, grad_widths, grad_heights, grad_derivatives,
+            rows, features, config["split_features"], config["splits"], *scalars,
+            BINS=widths.shape[-1], PADDED=padded, BLOCK_ROWS=config["block_rows"],
+            BLOCK_FEATURES=config["block_features"], INVERSE=inverse, BACKWARD=True,
+        )  # fmt: skip
+        return grad_x, grad_widths, grad_heights, grad_derivatives, None, None, None, None, None
+
+
+class _AffineFunction(torch.autograd.Function):
+    """Fused affine map on contiguous `x`, `shift`, `raw_scale` of shape `(rows, features)`."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        shift: Tensor,
+        raw_scale: Tensor,
+        inverse: bool,
+        scale_function: str,
+        scale_bound: float,
+    ) -> tuple[Tensor, Tensor]:
+        rows, features = x.shape
+        config = _launch_config(rows, features, 1)
+        out = torch.empty_like(x)
+        ladj_partial = torch.empty(rows, config["splits"], dtype=torch.float32, device=x.device)
+        scalars = (float(scale_bound), _SOFTPLUS_SHIFT, _MIN_SCALE, _SIGMOID_SHIFT, _LOG_SIGMOID_SHIFT)
+        scale_code = SCALE_FUNCTIONS.index(scale_function)
+        grid = (config["row_blocks"], config["splits"])
+        affine_kernel[grid](
+            x, shift, raw_scale, out, ladj_partial,
+            x, x, x, x, x,  # unused gradient pointers
+            rows, features, config["split_features"], config["splits"], *scalars,
+            SCALE=scale_code, BLOCK_ROWS=config["block_rows"], BLOCK_FEATURES=config["block_features"],
+            INVERSE=inverse, BACKWARD=False,
+        )  # fmt: skip
+        ctx.save_for_backward(x, shift, raw_scale)
+        ctx.settings = (inverse, scalars, scale_code, config)
+        return out, ladj_partial.sum(dim=-1).to(x.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: Tensor, grad_ladj: Tensor) -> tuple[Tensor | None, ...]:
+        x, shift, raw_scale = ctx.saved_tensors
+        inverse, scalars, scale_code, config = ctx.settings
+        rows, features = x.shape
+        grad_out = torch.zeros_like(x) if grad_out is None else grad_out.contiguous()
+        grad_ladj = x.new_zeros(rows) if grad_ladj is None else grad_ladj.contiguous()
+        grad_x = torch.empty_like(x)
+        grad_shift = torch.empty_like(shift)
+        grad_raw_scale = torch.empty_like(raw_scale)
+        grid = (config["row_blocks"], config["splits"])
+        affine_kernel[grid](
+            x, shift, raw_scale, x, x,  # unused output pointers
+            grad_out, grad_ladj, grad_x, grad_shift, grad_raw_scale,
+            rows, features, config["split_features"], config["splits"], *scalars,
+            SCALE=scale_code, BLOCK_ROWS=config["block_rows"], BLOCK_FEATURES=config["block_features"],
+            INVERSE=inverse, BACKWARD=True,
+        )  # fmt: skip
+        return grad_x, grad_shift, grad_raw_scale, None, None, None
+
+
+def rational_quadratic_spline(
+    x: Tensor,
+    unnormalized_widths: Tensor,
+    unnormalized_heights: Tensor,
+    unnormalized_derivatives: Tensor,
+    inverse: bool = False,
+    bound: float = 3.0,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    """Fused rational-quadratic spline; same contract as `rational_quadratic_spline_reference`.
+
+    Shapes: `x (..., d)`; widths and heights `(..., d, K)`; derivatives `(..., d, K + 1)`. Returns
+    `y (..., d)` and `ladj (...)` in `x.dtype`. float64 (and empty inputs) use the reference.
+    """
+    if not AVAILABLE:
+        raise RuntimeError("the Triton backend needs `triton` (pip install 'flows[kernels]')")
+    bins = unnormalized_widths.shape[-1]
+    if unnormalized_heights.shape[-1] != bins or unnormalized_derivatives.shape[-1] != bins + 1:
+        raise ValueError(
+            f"expected K bins for widths and heights and K + 1 derivatives, got {unnormalized_widths.shape[-1]}, "
+            f"{unnormalized_heights.shape[-1]} and {unnormalized_derivatives.shape[-1]}"
+        )
+    if min_bin_width * bins >= 1.0 or min_bin_height * bins >= 1.0:
+        raise ValueError(
+            f"min_bin_width and min_bin_height must be < 1/bins = {1.0 / bins:.4g}, "
+            f"got {min_bin_width} and {min_bin_height}"
+        )
+    batch = torch.broadcast_shapes(
+        x.shape,
+        unnormalized_widths.shape[:-1],
+        unnormalized_heights.shape[:-1],
+        unnormalized_derivatives.shape[:-1],
+    )
+    x = x.expand(batch)
+    widths, heights, derivatives = (
+        parameters.expand(batch + parameters.shape[-1:])
+        for parameters in (unnormalized_widths, unnormalized_heights, unnormalized_derivatives)
+    )
+    if not _uses_kernel(x) or len(batch) == 0:
+        return rational_quadratic_spline_reference(
+            x, widths, heights, derivatives, inverse=inverse, bound=bound, min_bin_width=min_bin_width,
+            min_bin_height=min_bin_height, min_derivative=min_derivative,
+        )  # fmt: skip
+    _check_device(x)
+    features = batch[-1]
+    rows = math.prod(batch[:-1])
+    x_flat = x.reshape(rows, features).contiguous()
+    widths, heights, derivatives = (
+        parameters.reshape(rows, features, -1).contiguous() for parameters in (widths, heights, derivatives)
+    )
+    y, ladj = _SplineFunction.apply(
+        x_flat, widths, heights, derivatives, bool(inverse),
+        float(bound), float(min_bin_width), float(min_bin_height), float(min_derivative),
+    )  # fmt: skip
+    return y.reshape(batch), ladj.reshape(batch[:-1])
+
+
+def affine(
+    x: Tensor,
+    shift: Tensor,
+    raw_scale: Tensor,
+    inverse: bool = False,
+    scale_function: str = "tanh",
+    scale_bound: float = 3.0,
+) -> tuple[Tensor, Tensor]:
+    """Fused affine map `y = x * s + shift`; same contract as `affine_reference`.
+
+    Shapes: `x`, `shift`, `raw_scale` `(..., d)` (broadcastable); returns `y (..., d)` and
+    `ladj (...)` in `x.dtype`. float64 (and empty inputs) use the reference.
+    """
+    if not AVAILABLE:
+        raise RuntimeError("the Triton backend needs `triton` (pip install 'flows[kernels]')")
+    if scale_function not in SCALE_FUNCTIONS:
+        raise ValueError(f"scale_function must be one of {SCALE_FUNCTIONS}, got {scale_function!r}")
+    batch = torch.broadcast_shapes(x.shape, shift.shape, raw_scale.shape)
+    # Expanded first: the reference's log-det would otherwise take raw_scale's batch shape.
+    x, shift, raw_scale = (tensor.expand(batch) for tensor in (x, shift, raw_scale))
+    if not _uses_kernel(x) or len(batch) == 0:
+        return affine_reference(
+            x, shift, raw_scale, inverse=inverse, scale_function=scale_function, scale_bound=scale_bound
+        )
+    _check_device(x)
+    features = batch[-1]
+    rows = math.prod(batch[:-1])
+    x_flat, shift_flat, raw_flat = (
+        tensor.reshape(rows, features).contiguous() for tensor in (x, shift, raw_scale)
+    )
+    y, ladj = _AffineFunction.apply(
+        x_flat, shift_flat, raw_flat, bool(inverse), scale_function, float(scale_bound)
+    )
+    return y.reshape(batch), ladj.reshape(batch[:-1])
