@@ -6,6 +6,7 @@ The core (bijectors, distributions, `Flow`, presets, kernels) imports torch only
 
 from __future__ import annotations
 
+from flows.bijectors import Coupling, ImageCoupling, MaskedAutoregressive
 from flows.bijectors.conv import Invertible1x1Conv
 from flows.bijectors.elementwise import ElementwiseAffine, Logit, Sigmoid, Standardize, Tanh
 from flows.bijectors.linear import LULinear, Permutation
@@ -24,6 +25,7 @@ from flows.distributions import (
     make_base,
 )
 from flows.flow import Flow
+from flows.presets import MAF, NSF, RealNVP
 from flows.presets_image import Glow, RealNVPImage
 from flows.transformers import Additive, Affine, Spline, Transformer, make_transformer
 
@@ -49,6 +51,7 @@ __all__ = [
     "Affine",
     "Bijector",
     "Chain",
+    "Coupling",
     "ConditionalDiagonalNormal",
     "ConditionalGaussianMixture",
     "ConditionalStudentT",
@@ -56,6 +59,11 @@ __all__ = [
     "Distribution",
     "Flow",
     "GaussianMixture",
+    "ImageCoupling",
+    "MAF",
+    "MaskedAutoregressive",
+    "NSF",
+    "RealNVP",
     "StandardNormal",
     "StudentT",
     "Inverse",
