@@ -2,15 +2,23 @@
 
 Each op has a pure-PyTorch reference (the specification and the test oracle) and may have faster
 backends. Layers call the functions here and never import a backend. The backend is chosen per call
-from the input's device (`"auto"`: Triton on CUDA when available, the reference elsewhere) or forced
-with `set_backend` / `use_backend`.
+or forced with `set_backend` / `use_backend`:
+
+- `"auto"` (default): the fused Triton kernels for CUDA tensors in eager mode when Triton is installed;
+  the reference everywhere else - on the CPU, for float64, and while `torch.compile` traces (Inductor
+  then fuses the reference into its own kernels).
+- `"reference"`: always the reference.
+- `"triton"`: always the Triton kernels (float64 still falls back to the reference inside them). CPU
+  tensors need Triton's interpreter (`TRITON_INTERPRET=1` before Triton is first imported).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from types import ModuleType
 
+import torch
 from torch import Tensor
 
 from flows.ops.affine_reference import SCALE_FUNCTIONS, affine_reference, log_scale_from_raw
@@ -56,7 +64,7 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
-def _triton_ops() -> object | None:
+def _triton_ops() -> ModuleType | None:
     try:
         from flows.ops import triton_ops
     except ImportError:
@@ -67,13 +75,18 @@ def _triton_ops() -> object | None:
 def _select(op: str, x: Tensor, reference: Callable) -> Callable:
     if _backend == "reference":
         return reference
-    if _backend == "triton" or x.is_cuda:
+    if _backend == "triton":
         module = _triton_ops()
         if module is None:
-            if _backend == "triton":
-                raise RuntimeError("backend 'triton' was requested but Triton is not installed or not usable")
-            return reference
+            raise RuntimeError(
+                "backend 'triton' was requested but Triton is not installed or not usable "
+                "(pip install 'flows[kernels]'), or choose set_backend('auto') / 'reference'"
+            )
         return getattr(module, op)
+    if x.is_cuda and x.dtype != torch.float64 and not torch.compiler.is_compiling():
+        module = _triton_ops()
+        if module is not None:
+            return getattr(module, op)
     return reference
 
 

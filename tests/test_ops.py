@@ -1,0 +1,225 @@
+"""The reference ops (the specification of every backend) and the backend seam.
+
+float64 `gradcheck` of the spline and of every affine scale parameterisation, closed forms for the
+spline's edge cases (identity at zero parameters, linear tails, values at knots and far outside), and
+the dispatch rules of `set_backend` / `use_backend`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from flows import ops
+from flows.ops.affine_reference import SCALE_FUNCTIONS, affine_reference, log_scale_from_raw
+from flows.ops.spline_reference import rational_quadratic_spline_reference, spline_knots
+
+BOUND = 3.0
+
+
+def _spline_params(shape: tuple[int, ...], bins: int, seed: int = 0, scale: float = 1.0) -> list[Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        scale * torch.randn(shape + (size,), generator=generator, dtype=torch.float64)
+        for size in (bins, bins, bins + 1)
+    ]
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+def test_spline_gradcheck(inverse: bool) -> None:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.empty(3, 4, dtype=torch.float64).uniform_(-4.0, 4.0, generator=generator)  # inside and tails
+    inputs = [tensor.requires_grad_() for tensor in [x, *_spline_params((3, 4), 5)]]
+
+    def spline(*tensors: Tensor) -> tuple[Tensor, Tensor]:
+        return rational_quadratic_spline_reference(*tensors, inverse=inverse, bound=BOUND)
+
+    assert torch.autograd.gradcheck(spline, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("scale_function", SCALE_FUNCTIONS)
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+def test_affine_gradcheck(scale_function: str, inverse: bool) -> None:
+    generator = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(3, 4, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(3)]
+
+    def affine(*tensors: Tensor) -> tuple[Tensor, Tensor]:
+        return affine_reference(*tensors, inverse=inverse, scale_function=scale_function, scale_bound=2.0)
+
+    assert torch.autograd.gradcheck(affine, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("scale_function", SCALE_FUNCTIONS)
+def test_affine_closed_form(scale_function: str) -> None:
+    """`y = x * s + t`, the inverse undoes it, and `ladj = sum log s` with `s = 1` at raw 0."""
+    generator = torch.Generator().manual_seed(3)
+    x, shift, raw = (torch.randn(5, 3, generator=generator, dtype=torch.float64) for _ in range(3))
+    log_scale = log_scale_from_raw(raw, scale_function, 2.0)
+    y, ladj = affine_reference(x, shift, raw, scale_function=scale_function, scale_bound=2.0)
+    torch.testing.assert_close(y, x * log_scale.exp() + shift)
+    torch.testing.assert_close(ladj, log_scale.sum(-1))
+    x_back, ladj_back = affine_reference(
+        y, shift, raw, inverse=True, scale_function=scale_function, scale_bound=2.0
+    )
+    torch.testing.assert_close(x_back, x)
+    torch.testing.assert_close(ladj_back, -ladj)
+    zero = log_scale_from_raw(torch.zeros(3, dtype=torch.float64), scale_function, 2.0)
+    torch.testing.assert_close(zero, torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_spline_log_derivative_matches_autograd() -> None:
+    """With one feature per row `exp(ladj)` is dy/dx; in both directions, inside and in the tails."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.empty(40, 1, dtype=torch.float64).uniform_(-5.0, 5.0, generator=generator).requires_grad_()
+    params = _spline_params((40, 1), 8, seed=4, scale=2.0)
+    for inverse in (False, True):
+        y, ladj = rational_quadratic_spline_reference(x, *params, inverse=inverse, bound=BOUND)
+        (derivative,) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(ladj, derivative.squeeze(-1).log())
+
+
+def test_spline_identity_at_zero_parameters() -> None:
+    x = torch.linspace(-10.0, 10.0, 41, dtype=torch.float64).reshape(-1, 1)
+    zeros = [torch.zeros(41, 1, size, dtype=torch.float64) for size in (6, 6, 7)]
+    for inverse in (False, True):
+        y, ladj = rational_quadratic_spline_reference(x, *zeros, inverse=inverse, bound=BOUND)
+        torch.testing.assert_close(y, x, atol=1e-9, rtol=0)
+        torch.testing.assert_close(ladj, torch.zeros(41, dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def test_spline_linear_tails_and_far_values() -> None:
+    """Outside the bound the map is linear with the boundary derivatives as slopes, even at 1e6."""
+    x = torch.tensor([[-1e6, -7.0, 3.5, 1e6]], dtype=torch.float64).requires_grad_()
+    widths, heights, derivatives = [tensor.requires_grad_() for tensor in _spline_params((1, 4), 5, seed=5)]
+    _, _, slopes = spline_knots(widths, heights, derivatives, BOUND, 1e-3, 1e-3, 1e-3)
+    slope = torch.where(x < 0, slopes[..., 0], slopes[..., -1])
+    edge = torch.where(x < 0, -BOUND, BOUND)
+    y, ladj = rational_quadratic_spline_reference(x, widths, heights, derivatives, bound=BOUND)
+    torch.testing.assert_close(y, edge + (x - edge) * slope)
+    torch.testing.assert_close(ladj, slope.log().sum(-1))
+    x_back, _ = rational_quadratic_spline_reference(
+        y, widths, heights, derivatives, inverse=True, bound=BOUND
+    )
+    torch.testing.assert_close(x_back, x)
+    (y.sum() + ladj.sum()).backward()
+    for tensor in (x, widths, heights, derivatives):
+        assert torch.isfinite(tensor.grad).all()
+    torch.testing.assert_close(x.grad, slope.detach())
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+def test_spline_at_knots_bound_and_tiny_values(inverse: bool) -> None:
+    """Knots, +-bound and 1e-12: finite values and gradients, and a round trip inside the bound."""
+    widths, heights, derivatives = _spline_params((1, 1), 6, seed=6, scale=1.5)
+    knot_x, knot_y, _ = spline_knots(widths, heights, derivatives, BOUND, 1e-3, 1e-3, 1e-3)
+    knots = (knot_y if inverse else knot_x).reshape(-1)
+    points = torch.cat([knots, torch.tensor([1e-12, -1e-12, 0.0], dtype=torch.float64)]).reshape(-1, 1)
+    params = [
+        tensor.expand(points.shape[0], 1, -1).clone().requires_grad_()
+        for tensor in (widths, heights, derivatives)
+    ]
+    points.requires_grad_()
+    y, ladj = rational_quadratic_spline_reference(points, *params, inverse=inverse, bound=BOUND)
+    assert torch.isfinite(y).all() and torch.isfinite(ladj).all()
+    (y.sum() + ladj.sum()).backward()
+    for tensor in (points, *params):
+        assert torch.isfinite(tensor.grad).all()
+    back, ladj_back = rational_quadratic_spline_reference(y, *params, inverse=not inverse, bound=BOUND)
+    torch.testing.assert_close(back, points, atol=1e-10, rtol=0)
+    torch.testing.assert_close(ladj_back, -ladj, atol=1e-8, rtol=0)
+    if not inverse:  # knots map to knots
+        torch.testing.assert_close(y.detach().reshape(-1)[:7], knot_y.reshape(-1))
+
+
+def test_spline_is_monotonic_and_maps_the_bound_onto_itself() -> None:
+    x = torch.linspace(-4.0, 4.0, 801, dtype=torch.float64).reshape(-1, 1)
+    params = [tensor.expand(801, 1, -1) for tensor in _spline_params((1, 1), 16, seed=7, scale=2.0)]
+    y, _ = rational_quadratic_spline_reference(x, *params, bound=BOUND)
+    assert (y.diff(dim=0) > 0).all()
+    ends, _ = rational_quadratic_spline_reference(
+        torch.tensor([[-BOUND], [BOUND]], dtype=torch.float64), *[p[:2] for p in params], bound=BOUND
+    )
+    torch.testing.assert_close(ends.reshape(-1), torch.tensor([-BOUND, BOUND], dtype=torch.float64))
+
+
+def test_spline_rejects_bad_parameters() -> None:
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="K \\+ 1 derivatives"):
+        rational_quadratic_spline_reference(
+            x, torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)
+        )
+    with pytest.raises(ValueError, match="min_bin_width"):
+        rational_quadratic_spline_reference(
+            x, torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.zeros(2, 3, 5), min_bin_width=0.3
+        )
+
+
+@pytest.fixture()
+def restore_backend() -> None:
+    previous = ops.get_backend()
+    yield
+    ops.set_backend(previous)
+
+
+def test_set_and_use_backend(restore_backend: None) -> None:
+    assert ops.get_backend() == "auto"
+    ops.set_backend("reference")
+    assert ops.get_backend() == "reference"
+    with ops.use_backend("auto"):
+        assert ops.get_backend() == "auto"
+    assert ops.get_backend() == "reference"
+    with pytest.raises(RuntimeError), ops.use_backend("auto"):
+        raise RuntimeError("the previous backend comes back after an error")
+    assert ops.get_backend() == "reference"
+
+
+@pytest.mark.parametrize("name", ["cuda", "Triton", "", "compiled"])
+def test_invalid_backend_names(name: str, restore_backend: None) -> None:
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.set_backend(name)
+    with pytest.raises(ValueError, match="backend must be one of"), ops.use_backend(name):
+        pass
+    assert ops.get_backend() == "auto"
+
+
+def test_auto_on_cpu_uses_the_reference(restore_backend: None) -> None:
+    x = torch.randn(4, 3)
+    params = [tensor.float() for tensor in _spline_params((4, 3), 4)]
+    for backend in ("auto", "reference"):
+        ops.set_backend(backend)
+        assert ops._select("affine", x, affine_reference) is affine_reference
+        for ours, theirs in zip(
+            ops.rational_quadratic_spline(x, *params), rational_quadratic_spline_reference(x, *params)
+        ):
+            assert torch.equal(ours, theirs)
+        for ours, theirs in zip(ops.affine(x, x, x), affine_reference(x, x, x)):
+            assert torch.equal(ours, theirs)
+
+
+def test_triton_backend_without_triton_is_a_clear_error(
+    restore_backend: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ops, "_triton_ops", lambda: None)  # as if Triton were not installed
+    x = torch.randn(2, 3)
+    with ops.use_backend("triton"), pytest.raises(RuntimeError, match="Triton is not installed"):
+        ops.affine(x, x, x)
+    # "auto" quietly keeps the reference, on any device.
+    assert ops._select("affine", x, affine_reference) is affine_reference
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_on_cuda_uses_triton_in_eager_and_the_reference_when_compiled(restore_backend: None) -> None:
+    pytest.importorskip("triton")
+    from flows.ops import triton_ops
+
+    x = torch.randn(8, 3, device="cuda")
+    assert ops._select("affine", x, affine_reference) is triton_ops.affine
+    assert ops._select("affine", x.double(), affine_reference) is affine_reference
+    compiled = torch.compile(lambda x: ops.affine(x, x, x), fullgraph=True)
+    for ours, theirs in zip(compiled(x), affine_reference(x, x, x)):
+        torch.testing.assert_close(ours, theirs)
+    assert math.isfinite(float(compiled(x)[1].sum()))
