@@ -346,3 +346,23 @@ def test_kernels_in_interpreter_subprocess() -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_run() -> None:
+    """`benchmarks/bench_kernels.py --smoke` runs every path (interpreter on the CPU) without crashing."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "bench_kernels.py"), "--smoke"],
+        cwd=root,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    for implementation in ("reference", "compiled", "triton"):
+        assert any(line.startswith("spline fwd+bwd") and f" {implementation} " in line for line in lines)
+        assert f"NSF train step {implementation}" in result.stdout
+    assert "out of memory" not in result.stdout
