@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["PUBLISHED_UCI", "PublishedNumber", "published_for"]
+__all__ = ["PUBLISHED_UCI", "PublishedNumber", "published_for", "uci_markdown"]
 
 
 @dataclass(frozen=True)
@@ -46,3 +46,20 @@ PUBLISHED_UCI: dict[tuple[str, str], PublishedNumber] = {
 def published_for(dataset: str, model_label: str) -> Optional[PublishedNumber]:
     """The literature number for a (dataset, model label) pair, or None when there is none."""
     return PUBLISHED_UCI.get((dataset.lower(), model_label.lower()))
+
+
+def uci_markdown(config_dir: str = "configs/uci") -> str:
+    """Markdown table: published UCI numbers per model, and the command that re-runs each row's configs."""
+    labels = list(_ROWS)
+    header = "| model | " + " | ".join(d.upper() for d in _DATASETS) + " | source | reproduce (GPU) |"
+    lines = [header, "|" + "---|" * (len(_DATASETS) + 3)]
+    for label in labels:
+        name, status, citation, values = _ROWS[label]
+        command = f"`python -m experiments.run --configs {config_dir}/*_{label}.yaml --out results/uci --override data.root=$MAF_DATA`"
+        cells = " | ".join(f"{v:.2f}" for v in values)
+        lines.append(f"| {name} | {cells} | {status}: {citation} | {command} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(uci_markdown())
