@@ -64,6 +64,7 @@ class Flow(nn.Module):
 
     def decode(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Latent to data: `z (batch + event) -> x (batch + event)`."""
+        self._check_input(z)
         x, _ = self.transform.inverse(z, self._context(context))
         return x
 
