@@ -90,11 +90,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fit(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int:
+    from flows.training.run import run, validate
+
     config = load_config(arguments.config, overrides)
+    validate(config)
     if arguments.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
-    from flows.training.run import run
 
     run(config)
     return 0
@@ -163,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if arguments.command == "sample":
             return _sample(arguments)
         return _score(arguments)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:  # ConfigError is a ValueError
         print(f"flows {arguments.command}: error: {error}", file=sys.stderr)
         return 2
 

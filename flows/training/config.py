@@ -124,6 +124,9 @@ class TrainConfig:
     shuffle: bool = True
     #: call ActNorm `initialize` on the first training batch before training
     actnorm_init: bool = True
+    #: CPU threads per process for torch ops (torch.set_num_threads); null = torch's default. Small flows on
+    #: CPU are usually fastest with 1 (and with DDP on CPU, cores / processes at most)
+    num_threads: Optional[int] = None
 
 
 @dataclass
@@ -155,6 +158,8 @@ class Config:
     #: keyword arguments of lightning.Trainer (accelerator, devices, strategy, num_nodes, precision, ...)
     trainer: dict = field(default_factory=dict)
     output: OutputConfig = field(default_factory=OutputConfig)
+    #: image runs only (`data.dataset: image:<name>`): options checked by flows.training.image_data
+    image: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (YAML-serialisable)."""
@@ -297,6 +302,7 @@ def _check_ranges(config: Config) -> None:
     positive("train.gradient_clip", train.gradient_clip, allow_none=True)
     positive("train.early_stopping_patience", train.early_stopping_patience, allow_none=True)
     positive("train.val_every_n_steps", train.val_every_n_steps, allow_none=True)
+    positive("train.num_threads", train.num_threads, allow_none=True)
     if train.max_epochs is not None and train.max_epochs == 0:
         raise ConfigError("config key 'train.max_epochs': expected a positive number, -1 or null, got 0")
     if (train.max_epochs is None or train.max_epochs < 0) and train.max_steps < 0:

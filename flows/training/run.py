@@ -6,6 +6,7 @@ part shared with `DensityEstimator` (training on given splits).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -13,6 +14,7 @@ import sys
 import time
 import typing
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,10 +35,10 @@ from flows.training.config import (
     write_yaml_atomic,
 )
 from flows.training.data import DataSplits, GlobalBatchSampler, dequantize_fixed, load_splits, standard_error
-from flows.training.models import build_flow, initialize_flow, standardization_of
+from flows.training.models import build_flow, check_model_options, initialize_flow, standardization_of
 from flows.training.module import FlowModule, TableDataModule
 
-__all__ = ["FitOutcome", "RunResult", "evaluate_log_prob", "fit_flow", "run", "trainer_arguments"]
+__all__ = ["FitOutcome", "RunResult", "evaluate_log_prob", "fit_flow", "run", "trainer_arguments", "validate"]
 
 #: environment variable through which Lightning-launched DDP workers find rank 0's run directory
 RUN_DIR_ENV = "FLOWS_RUN_DIR"
@@ -200,6 +202,23 @@ def fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool = Fa
     Returns on every rank; only rank 0 should evaluate and write outputs. `quiet` drops the per-validation
     lines printed when the progress bar is off.
     """
+    with torch_threads(config.train.num_threads):
+        return _fit_flow(config, splits, run_dir, quiet)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: Optional[int]) -> Iterator[None]:
+    """Run with `torch.set_num_threads(threads)` (no change when None), restoring the previous count."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool) -> FitOutcome:
     seed = config.seed
     L.seed_everything(seed, workers=True, verbose=False)
     splits, dequantize = _prepare(splits, config, seed)
@@ -283,6 +302,7 @@ def fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool = Fa
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
         trainer.fit(module, datamodule=datamodule)
 
@@ -438,8 +458,31 @@ def run(config: Union[Config, dict[str, Any]], verbose: bool = True) -> RunResul
     `best_val_nll`, `entropy` / `entropy_se` / `gap` (test NLL - entropy) when the true density is known,
     `n_params`, `epochs`, `steps`, `wall_time` (s), `run_dir`.
     """
-    start = time.perf_counter()
     config = parse_config(config)
+    if config.data.dataset.startswith("image:"):
+        try:
+            from flows.training.image_data import run_image
+        except ImportError as error:
+            raise ConfigError(
+                f"image datasets need flows.training.image_data, which failed to import: {error}"
+            ) from error
+        with torch_threads(config.train.num_threads):
+            return run_image(config, verbose=verbose)
+    with torch_threads(config.train.num_threads):
+        return _run(config, verbose)
+
+
+def validate(config: Config) -> None:
+    """Check what parse_config cannot: the model options against the model's signature and the trainer keys
+    against lightning.Trainer (image models are checked by flows.training.image_data)."""
+    if not config.data.dataset.startswith("image:"):
+        check_model_options(config.model)
+    trainer_arguments(config.trainer)
+
+
+def _run(config: Config, verbose: bool) -> RunResult:
+    start = time.perf_counter()
+    validate(config)
     run_dir = resolve_run_dir(config)
     worker = _launched_worker()
     if not worker:
