@@ -1,8 +1,10 @@
-"""Published test log-likelihoods (nats, higher is better) of the UCI benchmarks, for side-by-side tables.
+"""Published numbers for side-by-side tables: UCI test log-likelihoods (nats, higher is better) and image
+bits/dim (lower is better).
 
-Transcribed from /work/shared/REFERENCE.md. ``status`` says how each number was obtained: "copied" = from
-another paper's table (cite that table), "checked" = against the paper itself. Keys are the model labels
-of the configs in ``configs/uci/`` (the config file stem minus the dataset prefix).
+Transcribed from the project's reference notes. ``status`` says how each number was obtained: "copied" =
+from another paper's table (cite that table), "checked" = against the paper itself. Keys are
+(dataset, model label), the label being the config file stem minus the dataset prefix
+(``configs/uci/power_nsf_coupling.yaml`` -> ``("power", "nsf_coupling")``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["PUBLISHED_UCI", "PublishedNumber", "published_for", "uci_markdown"]
+__all__ = ["PUBLISHED_IMAGES", "PUBLISHED_UCI", "PublishedNumber", "published_for", "uci_markdown"]
 
 
 @dataclass(frozen=True)
@@ -18,9 +20,10 @@ class PublishedNumber:
     """One literature number: the model as published, its test log-likelihood and where it comes from."""
 
     model: str
-    test_log_likelihood: float
+    test_log_likelihood: float  # for images: bits/dim (see unit)
     status: str
     citation: str
+    unit: str = "nats"
 
 
 _MAF_T1 = "Papamakarios et al. 2017 (MAF), Table 1"
@@ -43,9 +46,21 @@ PUBLISHED_UCI: dict[tuple[str, str], PublishedNumber] = {
 }
 
 
+_FFJORD_T2 = "Grathwohl et al. 2019 (FFJORD), Table 2"
+
+#: (image dataset, model label) -> published test bits/dim
+PUBLISHED_IMAGES: dict[tuple[str, str], PublishedNumber] = {
+    ("mnist", "realnvp"): PublishedNumber("RealNVP", 1.06, "checked", _FFJORD_T2, "bits/dim"),
+    ("cifar10", "realnvp"): PublishedNumber("RealNVP", 3.49, "checked", _FFJORD_T2, "bits/dim"),
+    ("mnist", "glow"): PublishedNumber("Glow", 1.05, "checked", _FFJORD_T2, "bits/dim"),
+    ("cifar10", "glow"): PublishedNumber("Glow", 3.35, "checked", _FFJORD_T2, "bits/dim"),
+}
+
+
 def published_for(dataset: str, model_label: str) -> Optional[PublishedNumber]:
     """The literature number for a (dataset, model label) pair, or None when there is none."""
-    return PUBLISHED_UCI.get((dataset.lower(), model_label.lower()))
+    key = (dataset.lower(), model_label.lower())
+    return PUBLISHED_UCI.get(key) or PUBLISHED_IMAGES.get(key)
 
 
 def uci_markdown(config_dir: str = "configs/uci") -> str:

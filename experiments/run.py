@@ -59,7 +59,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "bits_per_dim",
     "n_params",
     "wall_time_s",
-    "published_test_log_likelihood",
+    "published_value",
+    "published_unit",
     "published_model",
     "published_status",
     "published_citation",
@@ -202,7 +203,7 @@ def metrics_from_result(result: Any) -> dict[str, Any]:
         "standard_error": se,
         "entropy": entropy,
         "gap": gap,
-        "bits_per_dim": _float(pick("bits_per_dim", "test_bits_per_dim", "bpd")),
+        "bits_per_dim": _float(pick("bits_per_dim", "test_bits_per_dim", "test_bpd", "bpd")),
         "n_params": int(n_params) if n_params is not None else None,
         "wall_time_s": _float(pick("wall_time_s", "wall_time", "wall_s", "seconds")),
         "run_dir": str(run_dir) if run_dir is not None else None,
@@ -301,7 +302,8 @@ def results_csv(records: Sequence[Record]) -> str:
         published = published_for(r.dataset, r.model)
         if published is not None:
             row.update(
-                published_test_log_likelihood=published.test_log_likelihood,
+                published_value=published.test_log_likelihood,
+                published_unit=published.unit,
                 published_model=published.model,
                 published_status=published.status,
                 published_citation=published.citation,
@@ -320,7 +322,7 @@ def results_markdown(records: Sequence[Record], note: str = "") -> str:
     header = ["config", "dataset", "model", "runs", "test log-lik. (nats) ± SE", "entropy", "gap"]
     header += ["bits/dim"] if with_bpd else []
     header += ["params", "wall time / run"]
-    header += ["published (nats)"] if with_published else []
+    header += ["published"] if with_published else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for config_id, rs in groups.items():
         agg = _aggregate(rs)
@@ -340,7 +342,8 @@ def results_markdown(records: Sequence[Record], note: str = "") -> str:
             row.append(
                 ""
                 if published is None
-                else f"{published.test_log_likelihood:.2f} ({published.model}; {published.status}: {published.citation})"
+                else f"{published.test_log_likelihood:.2f} {published.unit} ({published.model}; "
+                f"{published.status}: {published.citation})"
             )
         lines.append("| " + " | ".join(row) + " |")
     legend = (
@@ -397,6 +400,7 @@ def run_experiments(
     strings applied after the file (values parsed as YAML). Tables are rewritten after every run.
     """
     from flows.training.config import load_config
+    from flows.training.run import validate
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
@@ -413,6 +417,7 @@ def run_experiments(
     planned = []
     for path in config_paths:
         base = load_config([path], pairs)
+        validate(base)
         experiment = experiment_from_path(path, base.data.dataset, str(base.model["name"]))
         planned.append((experiment, base.seed))
     ids = [e.config_id for e, _ in planned]

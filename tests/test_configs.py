@@ -28,7 +28,7 @@ except ImportError:  # tests/ imported as a package
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = REPO / "configs"
 #: image configs (configs/images/, `data.dataset: image:<name>`) follow the image pipeline's schema
-#: (flows.training.image_data) and are checked below by that pipeline's own validator
+#: (flows.training.image_data); tests/test_images.py validates and smoke-runs each of them
 CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if "images" not in p.relative_to(CONFIG_ROOT).parts)
 CONFIG_IDS = [str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in CONFIGS]
 

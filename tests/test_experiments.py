@@ -88,8 +88,8 @@ def test_runner_writes_both_tables_with_columns(tmp_path: Path) -> None:
     assert float(toy["test_log_likelihood"]) == pytest.approx(expected_ll)
     assert float(toy["gap"]) == pytest.approx(-expected_ll - 2.394)  # test NLL - entropy
     assert toy["entropy"] == "2.394" and uci["entropy"] == "" and uci["gap"] == ""
-    assert toy["published_test_log_likelihood"] == ""
-    assert float(uci["published_test_log_likelihood"]) == 0.64
+    assert toy["published_value"] == ""
+    assert float(uci["published_value"]) == 0.64 and uci["published_unit"] == "nats"
     assert uci["published_status"] == "copied" and "Table 1" in uci["published_citation"]
     md = (out / "results.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| config"))
@@ -99,11 +99,11 @@ def test_runner_writes_both_tables_with_columns(tmp_path: Path) -> None:
         "gap",
         "params",
         "wall time / run",
-        "published (nats)",
+        "published",
     ):
         assert column in header
     assert "bits/dim" not in header  # no run reported it
-    assert f"{expected_ll:.3f} ± 0.020" in md and "1.2k" in md and "0.64 (RQ-NSF (C)" in md
+    assert f"{expected_ll:.3f} ± 0.020" in md and "1.2k" in md and "0.64 nats (RQ-NSF (C)" in md
 
 
 def test_runner_skips_existing_and_force_reruns(tmp_path: Path) -> None:
@@ -178,6 +178,10 @@ def test_invalid_config_fails_before_any_run(tmp_path: Path) -> None:
     fake = FakeRunner()
     with pytest.raises(ValueError, match="learning_rate"):
         run_experiments([*configs, bad], tmp_path / "out", runner=fake, log=lambda _: None)
+    # model options are checked against the preset's signature before anything runs
+    bad.write_text("model: {name: nsf, hidden_layers: 3}\n")
+    with pytest.raises(ValueError, match="hidden_layers"):
+        run_experiments([*configs, bad], tmp_path / "out", runner=fake, log=lambda _: None)
     assert fake.calls == []
     with pytest.raises(ValueError, match="key=value"):
         run_experiments(configs, tmp_path / "out", overrides=["train.lr"], runner=fake, log=lambda _: None)
@@ -208,6 +212,7 @@ def test_published_numbers_cover_every_uci_pair() -> None:
     assert published_for("HEPMASS", "nsf_autoregressive").test_log_likelihood == -14.01  # type: ignore[union-attr]
     assert published_for("bsds300", "maf").test_log_likelihood == 155.69  # type: ignore[union-attr]
     assert published_for("moons", "nsf") is None
+    assert published_for("cifar10", "glow").unit == "bits/dim"  # type: ignore[union-attr]
 
 
 def test_cli_main_requires_configs(capsys: pytest.CaptureFixture[str]) -> None:
