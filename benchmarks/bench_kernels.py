@@ -12,6 +12,7 @@ Usage::
     python benchmarks/bench_kernels.py                      # GPU: 1M..100M elements, 8 and 16 bins
     python benchmarks/bench_kernels.py --dtype bfloat16 --elements 1e6 1e7
     python benchmarks/bench_kernels.py --smoke              # CPU, tiny sizes, Triton's interpreter
+    python benchmarks/bench_kernels.py --compile-only 90    # no GPU: compile for sm_90, print registers
 
 `--smoke` only checks that every path runs (on the CPU under Triton's interpreter, with
 `torch.compile(backend="eager")`); its figures mean nothing.
@@ -241,6 +242,92 @@ def bench_training(device: torch.device, smoke: bool, repetitions: int) -> list[
     return lines
 
 
+def compile_report(arch: int, bins: Sequence[int], features: int, dtype: torch.dtype) -> list[str]:
+    """Compile every kernel variant for `sm_<arch>` with the launch configuration `triton_ops` would pick
+    (no GPU needed: Triton's bundled ptxas) and report registers and spill stack per thread."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from flows.ops import triton_ops
+    from flows.ops._triton_affine import affine_kernel
+    from flows.ops._triton_spline import rational_quadratic_spline_kernel
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    integers = {"rows", "features", "split_features", "splits"}
+
+    def compile_one(kernel: Any, pointer: str, constexprs: dict[str, Any]) -> str:
+        signature = {
+            name: "constexpr"
+            if name in constexprs
+            else pointer
+            if name.endswith("_ptr")
+            else "i32"
+            if name in integers
+            else "fp32"
+            for name in kernel.arg_names
+        }
+        compiled = triton.compile(
+            ASTSource(kernel, signature, constexprs),
+            target=GPUTarget("cuda", arch, 32),
+            options={"num_warps": triton_ops._NUM_WARPS},
+        )
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+            handle.write(compiled.asm["cubin"])
+            handle.flush()
+            usage = subprocess.run(
+                [str(cuobjdump), "-res-usage", handle.name], capture_output=True, text=True
+            ).stdout
+        match = re.search(r"REG:(\d+).*?STACK:(\d+)", usage)
+        return (
+            f"{match.group(1):>4s} registers, {match.group(2):>5s} bytes stack"
+            if match
+            else "no usage report"
+        )
+
+    rows = 100_000
+    lines = []
+    for pointer in ["*fp32" if dtype == torch.float32 else "*bf16"]:
+        for bin_count in bins:
+            padded = triton_ops._next_power_of_2(bin_count + 1)
+            config = triton_ops._launch_config(rows, features, padded, triton_ops._SPLINE_TILE_VALUES)
+            for inverse in (False, True):
+                for backward in (False, True):
+                    constexprs = {
+                        "BINS": bin_count,
+                        "PADDED": padded,
+                        "BLOCK_ROWS": config["block_rows"],
+                        "BLOCK_FEATURES": config["block_features"],
+                        "INVERSE": inverse,
+                        "BACKWARD": backward,
+                    }
+                    usage = compile_one(rational_quadratic_spline_kernel, pointer, constexprs)
+                    direction = "inverse" if inverse else "forward"
+                    lines.append(
+                        f"sm_{arch} spline {pointer[1:]:4s} bins={bin_count:<3d} {direction:7s} "
+                        f"{'backward' if backward else 'pass':8s} {usage}"
+                    )
+        config = triton_ops._launch_config(rows, features, 1, triton_ops._AFFINE_TILE_VALUES)
+        for scale, name in enumerate(("tanh", "softplus", "sigmoid", "exp")):
+            for backward in (False, True):
+                constexprs = {
+                    "SCALE": scale,
+                    "BLOCK_ROWS": config["block_rows"],
+                    "BLOCK_FEATURES": config["block_features"],
+                    "INVERSE": False,
+                    "BACKWARD": backward,
+                }
+                usage = compile_one(affine_kernel, pointer, constexprs)
+                lines.append(
+                    f"sm_{arch} affine {pointer[1:]:4s} {name:8s} {'backward' if backward else 'pass':8s} {usage}"
+                )
+    return lines
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -255,7 +342,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--repetitions", type=int, default=20)
     parser.add_argument("--ops", nargs="+", choices=["spline", "affine"], default=["spline", "affine"])
     parser.add_argument("--no-training", action="store_true", help="skip the NSF training-step comparison")
+    parser.add_argument(
+        "--compile-only",
+        type=int,
+        metavar="ARCH",
+        help="compile the kernels for sm_ARCH (e.g. 90) and print registers/spills; needs no GPU",
+    )
     args = parser.parse_args(argv)
+    if args.compile_only is not None:
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            raise SystemExit("--compile-only needs TRITON_INTERPRET unset (the interpreter compiles nothing)")
+        for line in compile_report(args.compile_only, args.bins, args.features, getattr(torch, args.dtype)):
+            print(line, flush=True)
+        return
 
     cuda = torch.cuda.is_available() and not args.smoke
     device = torch.device("cuda" if cuda else "cpu")

@@ -36,7 +36,12 @@ BOUND = 3.0
 
 @pytest.fixture(autouse=True)
 def _kernels_runnable(request: pytest.FixtureRequest) -> None:
-    if not IN_PROCESS and request.node.originalname != "test_kernels_in_interpreter_subprocess":
+    own_process = {
+        "test_kernels_in_interpreter_subprocess",
+        "test_benchmark_smoke_run",
+        "test_kernels_compile_for_sm90_without_a_gpu",
+    }
+    if not IN_PROCESS and request.node.originalname not in own_process:
         pytest.skip("Triton was imported without TRITON_INTERPRET=1: the subprocess test covers this")
 
 
@@ -181,7 +186,7 @@ def test_spline_split_features(monkeypatch: pytest.MonkeyPatch) -> None:
     """Few rows and many features: the features split over programs, partial log-dets summed."""
     monkeypatch.setattr(triton_ops, "_MAX_BLOCK_FEATURES", 8)
     monkeypatch.setattr(triton_ops, "_TARGET_PROGRAMS", 4)
-    assert triton_ops._launch_config(2, 37, 16)["splits"] > 1
+    assert triton_ops._launch_config(2, 37, 8, triton_ops._SPLINE_TILE_VALUES)["splits"] > 1
     x = _test_inputs(2, 37)
     _compare(
         triton_ops.rational_quadratic_spline,
@@ -337,7 +342,8 @@ def test_kernels_in_interpreter_subprocess() -> None:
     root = Path(__file__).resolve().parents[1]
     environment = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-x", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-x", "-p", "no:cacheprovider"]
+        + ["-k", "not test_benchmark_smoke_run and not test_kernels_compile"],  # those run here already
         cwd=root,
         env=environment,
         capture_output=True,
@@ -366,3 +372,31 @@ def test_benchmark_smoke_run() -> None:
         assert any(line.startswith("spline fwd+bwd") and f" {implementation} " in line for line in lines)
         assert f"NSF train step {implementation}" in result.stdout
     assert "out of memory" not in result.stdout
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_without_a_gpu() -> None:
+    """The interpreter does not type-check like the compiler: compile every variant for sm_90 (Triton's
+    bundled ptxas, no GPU) and require a register report for each."""
+    root = Path(__file__).resolve().parents[1]
+    environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    environment["TRITON_DEFAULT_FP_FUSION"] = "1"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "bench_kernels.py"),
+            "--compile-only",
+            "90",
+            "--bins",
+            "8",
+        ],
+        cwd=root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("sm_90")]
+    assert len(lines) == 2 * 2 + 4 * 2  # spline (direction x pass) and affine (scale x pass)
+    assert all("registers" in line for line in lines), result.stdout

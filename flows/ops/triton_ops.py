@@ -36,14 +36,28 @@ except ImportError:  # pragma: no cover - exercised only without triton
     INTERPRETED: bool = False
 else:
     AVAILABLE = True
-    #: True when Triton was imported with `TRITON_INTERPRET=1`: the kernels then run on CPU tensors.
-    INTERPRETED = isinstance(rational_quadratic_spline_kernel, InterpretedFunction)
+    #: True when Triton was first imported with `TRITON_INTERPRET=1`: the kernels then run on CPU tensors.
+    INTERPRETED = isinstance(triton.language.zeros, InterpretedFunction)
 
-#: Upper bound on the elements one program holds per tile; spline tiles also hold `PADDED` knots each.
-_TILE_VALUES = 2048
+    def _like_triton_library(kernel: Any) -> Any:
+        """Rewrap a kernel whose mode differs from Triton's own library (the variable changed after import)."""
+        if isinstance(kernel, InterpretedFunction) == INTERPRETED:
+            return kernel
+        return InterpretedFunction(kernel.fn) if INTERPRETED else triton.runtime.JITFunction(kernel.fn)
+
+    rational_quadratic_spline_kernel = _like_triton_library(rational_quadratic_spline_kernel)
+    affine_kernel = _like_triton_library(affine_kernel)
+
+#: Values one program holds per tile: spline tiles hold `PADDED` knot values per element, affine tiles
+#: one. Chosen from sm_90 compiles (ptxas, no GPU needed): 512 keeps the fused spline backward at
+#: ~120 registers without spills for K <= 16 (2048 spilled 350-1400 bytes of stack); not yet timed.
+_SPLINE_TILE_VALUES = 512
+_AFFINE_TILE_VALUES = 1024
 _MAX_BLOCK_FEATURES = 64
 #: Programs wanted on a GPU before the feature dimension is split across programs (partial log-dets).
 _TARGET_PROGRAMS = 1024
+#: Warps per program (untuned: needs a GPU run of benchmarks/bench_kernels.py).
+_NUM_WARPS = 4
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _SIGMOID_SHIFT = 2.0
@@ -56,9 +70,9 @@ def _next_power_of_2(value: int) -> int:
     return 1 << max(value - 1, 0).bit_length()
 
 
-def _launch_config(rows: int, features: int, values_per_element: int) -> dict[str, int]:
+def _launch_config(rows: int, features: int, values_per_element: int, tile_values: int) -> dict[str, int]:
     """Tile sizes and grid for `(rows, features)` elements holding `values_per_element` values each."""
-    elements_per_tile = max(16, _TILE_VALUES // values_per_element)
+    elements_per_tile = max(16, tile_values // values_per_element)
     block_features = min(_next_power_of_2(features), _MAX_BLOCK_FEATURES, elements_per_tile)
     block_rows = max(1, elements_per_tile // block_features)
     row_blocks = triton.cdiv(rows, block_rows)
@@ -107,7 +121,7 @@ class _SplineFunction(torch.autograd.Function):
         rows, features = x.shape
         bins = widths.shape[-1]
         padded = _next_power_of_2(bins + 1)
-        config = _launch_config(rows, features, padded)
+        config = _launch_config(rows, features, padded, _SPLINE_TILE_VALUES)
         out = torch.empty_like(x)
         ladj_partial = torch.empty(rows, config["splits"], dtype=torch.float32, device=x.device)
         scalars = (
@@ -123,7 +137,7 @@ class _SplineFunction(torch.autograd.Function):
             x, x, x, x, x, x,  # unused gradient pointers
             rows, features, config["split_features"], config["splits"], *scalars,
             BINS=bins, PADDED=padded, BLOCK_ROWS=config["block_rows"],
-            BLOCK_FEATURES=config["block_features"], INVERSE=inverse, BACKWARD=False,
+            BLOCK_FEATURES=config["block_features"], INVERSE=inverse, BACKWARD=False, num_warps=_NUM_WARPS,
         )  # fmt: skip
         ctx.save_for_backward(x, widths, heights, derivatives)
         ctx.settings = (inverse, scalars, config, padded)
@@ -147,7 +161,7 @@ class _SplineFunction(torch.autograd.Function):
             grad_out, grad_ladj, grad_x, grad_widths, grad_heights, grad_derivatives,
             rows, features, config["split_features"], config["splits"], *scalars,
             BINS=widths.shape[-1], PADDED=padded, BLOCK_ROWS=config["block_rows"],
-            BLOCK_FEATURES=config["block_features"], INVERSE=inverse, BACKWARD=True,
+            BLOCK_FEATURES=config["block_features"], INVERSE=inverse, BACKWARD=True, num_warps=_NUM_WARPS,
         )  # fmt: skip
         return grad_x, grad_widths, grad_heights, grad_derivatives, None, None, None, None, None
 
@@ -166,7 +180,7 @@ class _AffineFunction(torch.autograd.Function):
         scale_bound: float,
     ) -> tuple[Tensor, Tensor]:
         rows, features = x.shape
-        config = _launch_config(rows, features, 1)
+        config = _launch_config(rows, features, 1, _AFFINE_TILE_VALUES)
         out = torch.empty_like(x)
         ladj_partial = torch.empty(rows, config["splits"], dtype=torch.float32, device=x.device)
         scalars = (float(scale_bound), _SOFTPLUS_SHIFT, _MIN_SCALE, _SIGMOID_SHIFT, _LOG_SIGMOID_SHIFT)
@@ -177,7 +191,7 @@ class _AffineFunction(torch.autograd.Function):
             x, x, x, x, x,  # unused gradient pointers
             rows, features, config["split_features"], config["splits"], *scalars,
             SCALE=scale_code, BLOCK_ROWS=config["block_rows"], BLOCK_FEATURES=config["block_features"],
-            INVERSE=inverse, BACKWARD=False,
+            INVERSE=inverse, BACKWARD=False, num_warps=_NUM_WARPS,
         )  # fmt: skip
         ctx.save_for_backward(x, shift, raw_scale)
         ctx.settings = (inverse, scalars, scale_code, config)
@@ -200,7 +214,7 @@ class _AffineFunction(torch.autograd.Function):
             grad_out, grad_ladj, grad_x, grad_shift, grad_raw_scale,
             rows, features, config["split_features"], config["splits"], *scalars,
             SCALE=scale_code, BLOCK_ROWS=config["block_rows"], BLOCK_FEATURES=config["block_features"],
-            INVERSE=inverse, BACKWARD=True,
+            INVERSE=inverse, BACKWARD=True, num_warps=_NUM_WARPS,
         )  # fmt: skip
         return grad_x, grad_shift, grad_raw_scale, None, None, None
 
