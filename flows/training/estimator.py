@@ -195,7 +195,12 @@ class DensityEstimator:
         ):
             X = X[[c for c in X.columns if str(c) in self.columns_]]
             X = X[sorted(X.columns, key=lambda c: self.columns_.index(str(c)))]
-        rows, _ = as_array(X, "X") if np.ndim(X) != 1 else as_array(np.asarray(X)[None, :], "X")
+        if np.ndim(X) == 1 and not (pd is not None and isinstance(X, pd.Series)):
+            X = np.asarray(X)[None, :]  # one row
+        if len(X) == 1:  # as_array wants two rows to call it a table; duplicate, validate, keep one
+            rows = as_array(np.concatenate([np.asarray(X, dtype=np.float64)] * 2), "X")[0][:1]
+        else:
+            rows, _ = as_array(X, "X")
         if rows.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {rows.shape[1]} features, but the estimator was fitted on {self.n_features_in_}"

@@ -1,0 +1,109 @@
+"""`flows.DensityEstimator`: scikit-learn conventions on numpy arrays and pandas DataFrames."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+import flows
+from flows.training.config import ConfigError
+
+pd = pytest.importorskip("pandas")
+
+MEAN = np.array([3.0, -200.0, 0.01])
+COVARIANCE = np.array([[4.0, 1.0, 0.0], [1.0, 900.0, 0.05], [0.0, 0.05, 1e-4]])
+
+
+def _data(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).multivariate_normal(MEAN, COVARIANCE, size=n)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> flows.DensityEstimator:
+    """A full-covariance Gaussian fitted by maximum likelihood to data with very different scales."""
+    return flows.DensityEstimator("gaussian", max_epochs=15, batch_size=200, lr=0.05, num_threads=1).fit(
+        _data(3000, 0)
+    )
+
+
+def test_import_flows_does_not_import_lightning() -> None:
+    code = "import sys, flows; assert 'lightning' not in sys.modules; flows.DensityEstimator; assert 'lightning' in sys.modules"
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_options_are_validated_when_the_estimator_is_built() -> None:
+    with pytest.raises(ConfigError, match="'model.hiden_features'"):
+        flows.DensityEstimator("gaussian", hiden_features=[3])
+    with pytest.raises(ConfigError, match="'train.lr'"):
+        flows.DensityEstimator("gaussian", lr="fast")
+    with pytest.raises(ConfigError, match="unknown model"):
+        flows.DensityEstimator("gaussiann")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        flows.DensityEstimator("gaussian").score_samples(np.zeros((2, 3)))
+
+
+@pytest.mark.slow
+def test_fit_returns_self_and_scores_in_data_units(fitted: flows.DensityEstimator) -> None:
+    train = _data(3000, 0)
+    test = _data(2000, 1)
+    assert fitted.n_features_in_ == 3 and fitted.columns_ == ["x0", "x1", "x2"]
+    # 10% of the rows were held out for early stopping: compare with the closed-form MLE on the rest.
+    scores = fitted.score_samples(test)
+    assert scores.shape == (2000,) and scores.dtype == np.float64
+    reference = multivariate_normal(train.mean(0), np.cov(train.T, bias=True)).logpdf(test)
+    assert abs(scores.mean() - reference.mean()) < 0.03
+    np.testing.assert_allclose(scores, reference, atol=0.3)
+    assert fitted.score(test) == pytest.approx(scores.mean())
+    # a single row (1-D) is one sample
+    assert fitted.score_samples(test[0]).shape == (1,)
+    with pytest.raises(ValueError, match="3"):
+        fitted.score_samples(test[:, :2])
+
+
+@pytest.mark.slow
+def test_sample_is_seeded_and_in_data_units(fitted: flows.DensityEstimator) -> None:
+    first = fitted.sample(5000, random_state=3)
+    assert first.shape == (5000, 3)
+    np.testing.assert_array_equal(first, fitted.sample(5000, random_state=3))
+    assert not np.array_equal(first, fitted.sample(5000, random_state=4))
+    assert np.all(
+        np.abs(first.mean(0) - MEAN)
+        < 5 * np.sqrt(np.diag(COVARIANCE) / 5000) + 0.05 * np.sqrt(np.diag(COVARIANCE))
+    )
+    np.testing.assert_allclose(first.std(0), np.sqrt(np.diag(COVARIANCE)), rtol=0.08)
+    with pytest.raises(ValueError, match="n_samples"):
+        fitted.sample(0)
+
+
+@pytest.mark.slow
+def test_save_load_round_trip(fitted: flows.DensityEstimator, tmp_path: Path) -> None:
+    test = _data(100, 2)
+    path = fitted.save(tmp_path / "model.pt")
+    loaded = flows.DensityEstimator.load(path)
+    np.testing.assert_allclose(loaded.score_samples(test), fitted.score_samples(test), rtol=1e-12)
+    np.testing.assert_array_equal(loaded.sample(10, random_state=0), fitted.sample(10, random_state=0))
+    assert loaded.get_params()["model"] == "gaussian" and loaded.get_params()["lr"] == pytest.approx(0.05)
+
+
+@pytest.mark.slow
+def test_dataframes_keep_column_names_and_order(tmp_path: Path) -> None:
+    frame = pd.DataFrame(_data(1500, 5), columns=["height", "weight", "ratio"])
+    validation = pd.DataFrame(_data(300, 6), columns=["height", "weight", "ratio"])
+    estimator = flows.DensityEstimator("gaussian", max_epochs=3, batch_size=100, lr=0.05, num_threads=1)
+    assert estimator.fit(frame, X_val=validation) is estimator
+    assert estimator.columns_ == ["height", "weight", "ratio"]
+    shuffled = frame[["ratio", "height", "weight"]].iloc[:20]
+    np.testing.assert_allclose(
+        estimator.score_samples(shuffled), estimator.score_samples(frame.iloc[:20].to_numpy())
+    )
+    path = estimator.save(tmp_path / "frame.pt")
+    assert flows.DensityEstimator.load(path).columns_ == ["height", "weight", "ratio"]
