@@ -223,3 +223,18 @@ def test_auto_on_cuda_uses_triton_in_eager_and_the_reference_when_compiled(resto
     for ours, theirs in zip(compiled(x), affine_reference(x, x, x)):
         torch.testing.assert_close(ours, theirs)
     assert math.isfinite(float(compiled(x)[1].sum()))
+
+
+def test_seam_compiles_without_graph_breaks(restore_backend: None) -> None:
+    """The dispatch itself must not break `torch.compile(fullgraph=True)` graphs of the layers."""
+    x = torch.randn(4, 3)
+    params = [tensor.float() for tensor in _spline_params((4, 3), 4)]
+
+    def both(x: Tensor) -> tuple[Tensor, Tensor]:
+        y, ladj = ops.rational_quadratic_spline(x, *params)
+        z, ladj_affine = ops.affine(y, x, x, scale_function="softplus")
+        return z, ladj + ladj_affine
+
+    compiled = torch.compile(both, fullgraph=True, backend="eager")
+    for ours, theirs in zip(compiled(x), both(x)):
+        torch.testing.assert_close(ours, theirs)
