@@ -336,3 +336,18 @@ def test_invalid_arguments() -> None:
         StudentT(3, df=0.2)
     with pytest.raises(ValueError, match="components"):
         GaussianMixture(3, components=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("name", "context_features"), CASES, ids=IDS)
+def test_to_cuda_moves_everything(name: str, context_features: int) -> None:
+    distribution = build(name, 3, context_features).cuda()
+    assert all(t.is_cuda for t in list(distribution.parameters()) + list(distribution.buffers()))
+    context = torch.randn(2, context_features or 1, dtype=torch.float64, device="cuda")
+    samples = distribution.rsample((4,), context)
+    assert samples.is_cuda and samples.dtype == torch.float64 and samples.shape == (4, 2, 3)
+    cpu = build(name, 3, context_features)
+    torch.testing.assert_close(
+        distribution.log_prob(samples, context).cpu(), cpu.log_prob(samples.cpu(), context.cpu())
+    )
