@@ -34,11 +34,14 @@ __all__ = [
     "DiagonalNormal",
     "Distribution",
     "GaussianMixture",
+    "ParametricDistribution",
     "RawParameters",
     "StandardNormal",
     "StudentT",
     "as_shape",
     "make_base",
+    "normal_log_density",
+    "student_t_log_density",
 ]
 
 Shape = Union[int, Sequence[int], torch.Size]
