@@ -85,12 +85,10 @@ def _compare(
     grad_ladj = torch.randn(ladj.shape, generator=generator).to(ladj)
     ((y * grad_y).sum() + (ladj * grad_ladj).sum()).backward()
     # Gradients against the float64 reference. Its inverse clamps the root to [0, 1] and loses the
-    # gradient where the root rounds to 1 + 1e-16 at +-bound, so there it is taken one float64 ulp inside.
+    # gradient where the root rounds to 1 + 1e-16 at +-bound, so there it is taken 1e-9 inside.
     exact_inputs = [tensor.detach().double() for tensor in inputs]
     x_exact = exact_inputs[0]
-    exact_inputs[0] = torch.where(
-        x_exact.abs() == BOUND, torch.nextafter(x_exact, torch.zeros_like(x_exact)), x_exact
-    )
+    exact_inputs[0] = torch.where(x_exact.abs() == BOUND, x_exact * (1.0 - 1e-9), x_exact)
     exact_inputs = [tensor.requires_grad_() for tensor in exact_inputs]
     y_exact, ladj_exact = reference(*exact_inputs, **options)
     ((y_exact * grad_y.double()).sum() + (ladj_exact * grad_ladj.double()).sum()).backward()
@@ -167,6 +165,29 @@ def test_spline_round_trip_and_batch_shapes() -> None:
     assert y.shape == (2, 3, 4) and ladj.shape == (2, 3)
     torch.testing.assert_close(x_back, x, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ladj + ladj_back, torch.zeros_like(ladj), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+def test_spline_extreme_parameters_and_options(inverse: bool) -> None:
+    """Saturated softmaxes and derivatives near their minimum; then other bound and minimum sizes."""
+    x = _test_inputs(4, 6, seed=2)
+    _compare(
+        triton_ops.rational_quadratic_spline,
+        rational_quadratic_spline_reference,
+        [x, *_spline_params((4, 6), 8, scale=5.0, seed=4)],
+        rtol=1e-3,
+        atol=1e-3,
+        inverse=inverse,
+        bound=BOUND,
+    )
+    options = {"bound": 1.5, "min_bin_width": 0.05, "min_bin_height": 0.02, "min_derivative": 0.1}
+    _compare(
+        triton_ops.rational_quadratic_spline,
+        rational_quadratic_spline_reference,
+        [x, *_spline_params((4, 6), 8, seed=5)],
+        inverse=inverse,
+        **options,
+    )
 
 
 def test_spline_broadcast_parameters() -> None:
