@@ -89,26 +89,36 @@ def test_plot_bounds_cover_data_with_padding() -> None:
     assert b[1, 0] < 5.0 < b[1, 1]
 
 
-def _metrics_csv(path: Path) -> None:
-    """A CSVLogger-style file: train loss every step, val loss every 3 steps (empty cells elsewhere)."""
+def _metrics_csv(path: Path, family: str = "nll") -> None:
+    """A CSVLogger-style file: train curve every step, val curve and a bpd column every 3 steps, a learning
+    rate column; empty cells elsewhere."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["epoch,step,train_loss,val_loss"]
+    lines = [f"epoch,step,lr,train_{family},val_{family},val_bpd"]
     for step in range(10):
-        lines.append(f"0,{step},{3.0 - 0.1 * step},")
+        lines.append(f"0,{step},0.001,{3.0 - 0.1 * step},,")
         if step % 3 == 2:
-            lines.append(f"0,{step},,{2.9 - 0.1 * step}")
+            lines.append(f"0,{step},,,{2.9 - 0.1 * step},{1.5 - 0.01 * step}")
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_read_loss_history_skips_empty_cells(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["nll", "loss"])
+def test_read_loss_history_skips_empty_cells(tmp_path: Path, family: str) -> None:
     csv_path = tmp_path / "metrics.csv"
-    _metrics_csv(csv_path)
+    _metrics_csv(csv_path, family)
     series = read_loss_history(csv_path)
-    assert set(series) == {"train_loss", "val_loss"}
-    steps, values = series["train_loss"]
+    # one family of curves (same units): the lr and bits/dim columns are left out
+    assert set(series) == {f"train_{family}", f"val_{family}"}
+    steps, values = series[f"train_{family}"]
     np.testing.assert_allclose(steps, np.arange(10))
     np.testing.assert_allclose(values, 3.0 - 0.1 * np.arange(10))
-    np.testing.assert_allclose(series["val_loss"][0], [2, 5, 8])
+    np.testing.assert_allclose(series[f"val_{family}"][0], [2, 5, 8])
+
+
+def test_read_loss_history_falls_back_to_bits_per_dim(tmp_path: Path) -> None:
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text("epoch,step,train_bpd,val_bpd\n0,0,3.0,\n0,1,,2.5\n")
+    series = read_loss_history(csv_path)
+    assert set(series) == {"train_bpd", "val_bpd"} and series["val_bpd"][1].tolist() == [2.5]
 
 
 def test_write_plots_2d_writes_density_and_loss(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ def _save_atomic(fig: Any, path: Path, dpi: int) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
+            fig.savefig(fh, format="png", dpi=dpi)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -142,10 +142,15 @@ def density_grid(
     return xs, ys, density
 
 
-def read_loss_history(path: Union[str, Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Loss columns of a Lightning CSVLogger ``metrics.csv``: ``{column: (steps (k,), values (k,))}``.
+#: metric-name fragments of training curves, in order of preference; one family is plotted (units differ)
+LOSS_FAMILIES: tuple[str, ...] = ("nll", "loss", "bpd")
 
-    Every column whose name contains ``loss`` is returned with its non-empty rows, plotted against the
+
+def read_loss_history(path: Union[str, Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Training curves of a Lightning CSVLogger ``metrics.csv``: ``{column: (steps (k,), values (k,))}``.
+
+    The columns of the first family in ``LOSS_FAMILIES`` that occurs in a column name (``train_nll`` and
+    ``val_nll``; else ``*loss*``; else ``*bpd*``) are returned with their non-empty rows, against the
     ``step`` column when there is one (else the row index).
     """
     path = Path(path)
@@ -153,7 +158,12 @@ def read_loss_history(path: Union[str, Path]) -> dict[str, tuple[np.ndarray, np.
         rows = list(csv.DictReader(fh))
     if not rows:
         return {}
-    columns = [c for c in rows[0] if c is not None and "loss" in c.lower()]
+    names = [c for c in rows[0] if c is not None and c not in ("step", "epoch")]
+    columns: list[str] = []
+    for family in LOSS_FAMILIES:
+        columns = [c for c in names if family in c.lower()]
+        if columns:
+            break
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for column in columns:
         steps, values = [], []
@@ -219,7 +229,7 @@ def _plot_density_2d(
     figure_cls, _ = _matplotlib()
     bounds = plot_bounds(np.concatenate([data, samples[np.all(np.isfinite(samples), axis=1)]]))
     xs, ys, density = density_grid(flow, bounds, grid_size)
-    fig = figure_cls(figsize=(13.5, 4.5))
+    fig = figure_cls(figsize=(13.5, 4.5), layout="constrained")
     axes = fig.subplots(1, 3)
     extent = (bounds[0, 0], bounds[0, 1], bounds[1, 0], bounds[1, 1])
     image = axes[0].imshow(density, origin="lower", extent=extent, aspect="auto", cmap="viridis")
@@ -242,7 +252,7 @@ def _plot_density_2d(
 
 def _plot_marginal_1d(run_dir: Path, data: np.ndarray, samples: np.ndarray, dpi: int) -> Path:
     figure_cls, _ = _matplotlib()
-    fig = figure_cls(figsize=(6, 4))
+    fig = figure_cls(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     bounds = plot_bounds(np.concatenate([data, samples]))[0]
     bins = np.linspace(bounds[0], bounds[1], 60)
@@ -262,7 +272,7 @@ def _plot_pairs(
     samples_k = samples_k[np.all(np.isfinite(samples_k), axis=1)]
     bounds = plot_bounds(data_k)
     data_k, samples_k = _subsample(data_k, max_points), _subsample(samples_k, max_points, seed=1)
-    fig = figure_cls(figsize=(2.2 * k, 2.2 * k))
+    fig = figure_cls(figsize=(2.2 * k, 2.2 * k), layout="constrained")
     axes = np.asarray(fig.subplots(k, k, squeeze=False))
     for i in range(k):
         for j in range(k):
@@ -291,7 +301,7 @@ def _plot_images(run_dir: Path, samples: np.ndarray, dpi: int, n_max: int = 64) 
     figure_cls, _ = _matplotlib()
     images = samples[:n_max]
     side = int(math.ceil(math.sqrt(images.shape[0])))
-    fig = figure_cls(figsize=(1.2 * side, 1.2 * side))
+    fig = figure_cls(figsize=(1.2 * side, 1.2 * side), layout="constrained")
     axes = np.asarray(fig.subplots(side, side, squeeze=False)).ravel()
     for ax in axes:
         ax.axis("off")
@@ -305,13 +315,16 @@ def _plot_images(run_dir: Path, samples: np.ndarray, dpi: int, n_max: int = 64) 
 
 def _plot_losses(run_dir: Path, series: Mapping[str, tuple[np.ndarray, np.ndarray]], dpi: int) -> Path:
     figure_cls, _ = _matplotlib()
-    fig = figure_cls(figsize=(7, 4))
+    fig = figure_cls(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
     for name, (steps, values) in sorted(series.items()):
         marker = "o" if values.size < 50 else None
         ax.plot(steps, values, label=name, marker=marker, markersize=3, linewidth=1)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (negative log-likelihood, nats)")
+    names = " ".join(series).lower()
+    ax.set_ylabel(
+        "bits/dim" if "bpd" in names else "negative log-likelihood (nats)" if "nll" in names else "loss"
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save_atomic(fig, run_dir / "loss.png", dpi)
