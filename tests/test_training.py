@@ -389,3 +389,21 @@ def test_cpu_runs_are_deterministic_and_mollification_changes_training(tmp_path:
         for a, b in zip(first.flow.state_dict().values(), mollified.flow.state_dict().values())
     ]
     assert any(changed)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_training_noise_does_not_depend_on_the_number_of_devices(world: int) -> None:
+    """Rank r of W draws the noise rows r, r + W, ... of the single-process global batch."""
+    import types
+
+    per_device = 5
+    single = FlowModule(torch.nn.Identity(), TrainConfig(batch_size=per_device * world), seed=7)
+    single._trainer = types.SimpleNamespace(world_size=1, global_rank=0, global_step=3)
+    x = torch.zeros(per_device * world, 2)
+    expected = single._noise(x, 1, "normal")
+    sharded = FlowModule(torch.nn.Identity(), TrainConfig(batch_size=per_device), seed=7)
+    for rank in range(world):
+        sharded._trainer = types.SimpleNamespace(world_size=world, global_rank=rank, global_step=3)
+        torch.testing.assert_close(sharded._noise(x[:per_device], 1, "normal"), expected[rank::world])
+    single._trainer = types.SimpleNamespace(world_size=1, global_rank=0, global_step=4)
+    assert not torch.equal(single._noise(x, 1, "normal"), expected)  # a new draw every step

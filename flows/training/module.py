@@ -59,7 +59,8 @@ class FlowModule(L.LightningModule):
 
     `mean`/`std` (`(D,)`) are the standardisation folded into the flow; the training noise is added in
     those standardised units. `dequantize` adds U[0, 1) noise (data units) to training batches.
-    `hparams` carries what `flows.training.checkpoints` needs to rebuild the model.
+    `hparams` carries what `flows.training.checkpoints` needs to rebuild the model. `seed` seeds the
+    training noise, which depends only on (seed, step, row position in the global batch).
     """
 
     def __init__(
@@ -70,9 +71,11 @@ class FlowModule(L.LightningModule):
         std: Optional[np.ndarray] = None,
         dequantize: bool = False,
         hparams: Optional[dict[str, Any]] = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.flow = flow
+        self.seed = int(seed)
         self.train_config = train_config
         self.dequantize = dequantize
         features = int(np.shape(mean)[0]) if mean is not None else None
@@ -104,19 +107,43 @@ class FlowModule(L.LightningModule):
         except (RuntimeError, AttributeError):
             return 0
 
+    def _noise(self, x: Tensor, stream: int, kind: str) -> Tensor:
+        """Noise like `x (b, D)` that is a function of (seed, step, position in the global batch) only.
+
+        Rank `r` of `W` holds rows `r, r + W, ...` of the global batch (see `GlobalBatchSampler`), so the
+        noise is drawn on the CPU for the whole configured global batch from a generator seeded by
+        (seed, step, stream), and each rank takes its rows: the training noise, like the batches, does not
+        depend on the number of devices.
+        """
+        world, rank = self._world_and_rank()
+        global_rows = max(self.train_config.batch_size * world, rank + world * (x.shape[0] - 1) + 1)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.global_step) * 8 + stream)
+        shape = (global_rows,) + tuple(x.shape[1:])
+        if kind == "uniform":
+            noise = torch.rand(shape, generator=generator, dtype=torch.float32)
+        else:
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        return noise[rank : rank + world * x.shape[0] : world].to(device=x.device, dtype=x.dtype)
+
+    def _world_and_rank(self) -> tuple[int, int]:
+        trainer = self._trainer
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
     def perturb(self, x: Tensor, progress: float) -> Tensor:
         """Training-time noise: dequantisation, then mollification and noise augmentation (standardised units)."""
         if self.dequantize:
-            x = x + torch.rand_like(x)
+            x = x + self._noise(x, 0, "uniform")
         config = self.train_config
         sigma = mollification_sigma(progress, config.mollification)
         if sigma > 0.0 or config.noise_std > 0.0:
             mean, std = self.data_mean.to(x.dtype), self.data_std.to(x.dtype)
             z = (x - mean) / std
             if sigma > 0.0:
-                z = math.sqrt(1.0 - sigma**2) * z + sigma * torch.randn_like(z)
+                z = math.sqrt(1.0 - sigma**2) * z + sigma * self._noise(z, 1, "normal")
             if config.noise_std > 0.0:
-                z = z + config.noise_std * torch.randn_like(z)
+                z = z + config.noise_std * self._noise(z, 2, "normal")
             x = z * std + mean
         return x
 

@@ -288,7 +288,7 @@ def _fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool) ->
             first_rows = dequantize_fixed(first_rows, seed + 3)
         initialize_flow(flow, torch.as_tensor(first_rows, dtype=torch.get_default_dtype()))
 
-    module = FlowModule(flow, train, mean, std, dequantize=dequantize, hparams=record)
+    module = FlowModule(flow, train, mean, std, dequantize=dequantize, hparams=record, seed=seed)
     datamodule = TableDataModule(
         splits.train,
         splits.val,
