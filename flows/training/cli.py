@@ -68,8 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="draw samples from a checkpoint")
     sample.add_argument("--ckpt", required=True)
     sample.add_argument("-n", "--num_samples", type=int, required=True)
-    sample.add_argument("--out", required=True, help="output file: .csv, .tsv or .npy")
+    sample.add_argument(
+        "--out", required=True, help="output file: .csv, .tsv or .npy (image models: .png or .npy)"
+    )
     sample.add_argument("--seed", type=int, default=None)
+    sample.add_argument("--temperature", type=float, default=1.0, help="image models: base temperature")
+    sample.add_argument("--label", type=int, default=None, help="class-conditional image models: the class")
 
     score = commands.add_parser("score", help="log density of each row of a table under a checkpoint")
     score.add_argument("--ckpt", required=True)
@@ -102,10 +106,31 @@ def _fit(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int
     return 0
 
 
+def _is_image_checkpoint(path: str) -> bool:
+    """True for a checkpoint of an image run (its record has an `image` entry)."""
+    import torch
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    record = payload.get("hyper_parameters") if isinstance(payload, dict) else None
+    return isinstance(record, dict) and "image" in record
+
+
 def _test(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int:
     from flows.training.checkpoints import load_model
     from flows.training.run import evaluate_checkpoint
 
+    if _is_image_checkpoint(arguments.ckpt):
+        from flows.training.image_data import evaluate_image_checkpoint
+
+        values: dict = {}
+        for path in arguments.config:
+            values = merge(values, read_yaml(path))
+        for key, value in overrides:
+            values = apply_override(values, key, value)
+        evaluate_image_checkpoint(arguments.ckpt, values)
+        return 0
     values = load_model(arguments.ckpt).config.to_dict()
     for path in arguments.config:
         values = merge(values, read_yaml(path))
@@ -121,6 +146,19 @@ def _sample(arguments: argparse.Namespace) -> int:
 
     if arguments.num_samples < 1:
         raise ConfigError(f"-n must be a positive integer, got {arguments.num_samples}")
+    if _is_image_checkpoint(arguments.ckpt):
+        from flows.training.image_data import sample_images
+
+        path = sample_images(
+            arguments.ckpt,
+            arguments.out,
+            count=arguments.num_samples,
+            temperature=arguments.temperature,
+            label=arguments.label,
+            seed=arguments.seed,
+        )
+        print(f"wrote {arguments.num_samples} images to {path}")
+        return 0
     loaded = load_model(arguments.ckpt)
     samples = draw_samples(loaded.flow, arguments.num_samples, seed=arguments.seed)
     path = write_samples(Path(arguments.out), samples, loaded.columns)
