@@ -22,7 +22,7 @@ from flows.training.config import (
     yaml_load,
 )
 from flows.training.data import GlobalBatchSampler, load_splits, splits_from_arrays
-from flows.training.models import build_flow, check_model_options, standardization_of
+from flows.training.models import build_flow, check_model_options, initialize_flow, standardization_of
 from flows.training.module import FlowModule, mollification_sigma, warmup_cosine_factor
 from flows.training.run import evaluate_log_prob, run, trainer_arguments
 
@@ -407,3 +407,40 @@ def test_training_noise_does_not_depend_on_the_number_of_devices(world: int) -> 
         torch.testing.assert_close(sharded._noise(x[:per_device], 1, "normal"), expected[rank::world])
     single._trainer = types.SimpleNamespace(world_size=1, global_rank=0, global_step=4)
     assert not torch.equal(single._noise(x, 1, "normal"), expected)  # a new draw every step
+
+
+def _actnorms(flow: torch.nn.Module) -> list[torch.nn.Module]:
+    from flows.bijectors.normalization import ActNorm
+
+    return [module for module in flow.modules() if isinstance(module, ActNorm)]
+
+
+def test_actnorm_initialisation_sees_the_standardised_batch() -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(512, 4)) * [1.0, 50.0, 0.1, 3.0] + [0.0, 1000.0, -5.0, 2.0]
+    mean, std = standardization_of(data)
+    flow = build_flow(
+        {"name": "realnvp", "normalization": "actnorm", "transforms": 2, "hidden_features": [8]}, 4, mean, std
+    )
+    first = _actnorms(flow)[0]
+    outputs: list[torch.Tensor] = []
+    first.register_forward_hook(lambda module, inputs, output: outputs.append(output[0].detach()))
+    batch = torch.as_tensor(
+        data[:256] * 0.5 + 3.0, dtype=torch.float32
+    )  # a batch unlike the split statistics
+    assert initialize_flow(flow, batch)
+    outputs.clear()
+    flow.log_prob(batch)
+    torch.testing.assert_close(outputs[0].mean(0), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(outputs[0].std(0, unbiased=False), torch.ones(4), atol=1e-3, rtol=0)
+
+
+@pytest.mark.slow
+def test_run_initialises_actnorm_layers_before_training(tmp_path: Path) -> None:
+    model = {"name": "realnvp", "normalization": "actnorm", "transforms": 2, "hidden_features": [8]}
+    result = run(
+        _tiny_config(tmp_path, model=model, train={"max_epochs": None, "max_steps": 2}), verbose=False
+    )
+    layers = _actnorms(result.flow)
+    assert layers and all(bool(layer.initialized) for layer in layers)
+    assert load_model(result.checkpoint).flow.state_dict().keys() == result.flow.state_dict().keys()

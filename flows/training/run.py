@@ -253,7 +253,11 @@ def _fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool) ->
     if train.early_stopping_patience is not None:
         callbacks.append(
             EarlyStopping(
-                monitor=monitor, mode="min", patience=train.early_stopping_patience, check_finite=True
+                monitor=monitor,
+                mode="min",
+                patience=train.early_stopping_patience,
+                check_finite=True,
+                check_on_train_epoch_end=False,  # decide after validations only
             )
         )
     if not config.output.progress_bar and not quiet:
@@ -303,10 +307,13 @@ def _fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool) ->
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
         trainer.fit(module, datamodule=datamodule)
 
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    if best_path is None and checkpoint.last_model_path:  # no validation ran: the final weights
+        best_path = Path(checkpoint.last_model_path)
     best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
     if best_path is not None and best_path.is_file():
         state = torch.load(best_path, map_location=module.device, weights_only=False)["state_dict"]
