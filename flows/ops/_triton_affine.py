@@ -10,8 +10,8 @@ owns `BLOCK_ROWS` rows and one split of the features, walked in tiles of `BLOCK_
 forward pass writes one partial log-det per (row, split), summed on the host. Arithmetic is float32.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Triton < 3.2's interpreter finds constexpr arguments by
+# their annotation objects.
 import triton
 import triton.language as tl
 
@@ -58,7 +58,9 @@ def affine_kernel(
 
     first_feature = split * split_features
     last_feature = tl.minimum(first_feature + split_features, features)
-    for start in range(first_feature, last_feature, BLOCK_FEATURES):
+    # A while loop: Triton < 3.7's interpreter cannot take tensor bounds in range() under numpy 2.
+    start = first_feature
+    while start < last_feature:
         feature = start + local % BLOCK_FEATURES
         mask = row_mask & (feature < last_feature)
         element = row.to(tl.int64) * features + feature
@@ -134,6 +136,8 @@ def affine_kernel(
             tl.store(
                 grad_raw_scale_ptr + element, grad_raw.to(grad_raw_scale_ptr.dtype.element_ty), mask=mask
             )
+
+        start += BLOCK_FEATURES
 
     if not BACKWARD:
         ladj_rows = row_block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)

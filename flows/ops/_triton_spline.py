@@ -18,8 +18,8 @@ All arithmetic is float32 whatever the storage dtype (float32 or bfloat16); load
 cast to the pointer's element type.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Triton < 3.2's interpreter finds constexpr arguments by
+# their annotation objects.
 import triton
 import triton.language as tl
 
@@ -73,7 +73,9 @@ def rational_quadratic_spline_kernel(
 
     first_feature = split * split_features
     last_feature = tl.minimum(first_feature + split_features, features)
-    for start in range(first_feature, last_feature, BLOCK_FEATURES):
+    # A while loop: Triton < 3.7's interpreter cannot take tensor bounds in range() under numpy 2.
+    start = first_feature
+    while start < last_feature:
         feature = start + local % BLOCK_FEATURES
         mask = row_mask & (feature < last_feature)
         element = row.to(tl.int64) * features + feature
@@ -289,6 +291,8 @@ def rational_quadratic_spline_kernel(
                 grad_raw_derivatives.to(grad_derivatives_ptr.dtype.element_ty),
                 mask=derivative_mask,
             )
+
+        start += BLOCK_FEATURES
 
     if not BACKWARD:
         ladj_rows = row_block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
