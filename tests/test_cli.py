@@ -150,14 +150,6 @@ def test_console_script_module_runs_in_a_fresh_process(tmp_path: Path) -> None:
     path = _write_tiny_config(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     command = [sys.executable, "-m", "flows.training.cli"]
-    bad = subprocess.run(
-        [*command, "fit", "--config", str(path), "--train.batch_size", "many"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert bad.returncode == 2 and "'train.batch_size'" in bad.stderr
     fit = subprocess.run(
         [*command, "fit", "--config", str(path), "--output.name", "fresh"],
         capture_output=True,

@@ -30,6 +30,7 @@ def fitted() -> flows.DensityEstimator:
     )
 
 
+@pytest.mark.slow
 def test_import_flows_does_not_import_lightning() -> None:
     code = "import sys, flows; assert 'lightning' not in sys.modules; flows.DensityEstimator; assert 'lightning' in sys.modules"
     import subprocess
