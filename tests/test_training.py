@@ -444,3 +444,24 @@ def test_run_initialises_actnorm_layers_before_training(tmp_path: Path) -> None:
     layers = _actnorms(result.flow)
     assert layers and all(bool(layer.initialized) for layer in layers)
     assert load_model(result.checkpoint).flow.state_dict().keys() == result.flow.state_dict().keys()
+
+
+def test_integer_data_are_dequantised_with_uniform_noise() -> None:
+    from flows.training.run import _prepare
+
+    rng = np.random.default_rng(0)
+    table = rng.integers(0, 5, size=(300, 2)).astype(float)
+    splits = splits_from_arrays(table, table[:50], table[50:90])
+    with pytest.warns(UserWarning, match="integer"):
+        prepared, dequantize = _prepare(splits, parse_config({}), seed=0)
+    assert dequantize
+    for name in ("val", "test"):
+        original, noisy = getattr(splits, name), getattr(prepared, name)
+        np.testing.assert_array_equal(np.floor(noisy), original)
+        assert np.all(noisy - original > 0)
+    _, off = _prepare(splits, parse_config({"data": {"dequantize": False}}), seed=0)
+    assert not off
+    module = FlowModule(torch.nn.Identity(), TrainConfig(), dequantize=True)
+    x = torch.as_tensor(table, dtype=torch.float32)
+    noise = module.perturb(x, 0.0) - x
+    assert noise.min() >= 0 and noise.max() < 1 and abs(float(noise.mean()) - 0.5) < 0.05

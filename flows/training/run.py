@@ -157,8 +157,15 @@ def resolve_run_dir(config: Config) -> Path:
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited and _launched_worker():
         return Path(inherited)
-    name = config.output.name or default_run_name(config)
-    return Path(config.output.dir).expanduser() / name
+    parent = Path(config.output.dir).expanduser()
+    if config.output.name:
+        return parent / config.output.name
+    name = default_run_name(config)
+    candidate, suffix = parent / name, 1
+    while candidate.exists():  # two runs started within the same second
+        suffix += 1
+        candidate = parent / f"{name}-{suffix}"
+    return candidate
 
 
 class _PrintValidation(Callback):
@@ -181,6 +188,12 @@ def _prepare(splits: DataSplits, config: Config, seed: int) -> tuple[DataSplits,
     dequantize = config.data.dequantize
     if dequantize is None:
         dequantize = splits.discrete or bool(np.all(splits.train == np.round(splits.train)))
+        if dequantize:
+            warnings.warn(
+                f"every training value of {splits.name} is an integer: adding U[0, 1) dequantisation noise "
+                "(set data.dequantize: false to fit the values as they are)",
+                stacklevel=2,
+            )
     if dequantize:
         splits = DataSplits(
             splits.train,
