@@ -6,6 +6,17 @@ Importing this package imports lightning; `import flows` does not (it exposes `D
 from __future__ import annotations
 
 from flows.training.config import Config, ConfigError, load_config, parse_config
-from flows.training.run import RunResult, evaluate_checkpoint, run
+from flows.training.estimator import DensityEstimator
+from flows.training.run import RunResult, evaluate_checkpoint, run, validate
 
-__all__ = ["Config", "ConfigError", "RunResult", "evaluate_checkpoint", "load_config", "parse_config", "run"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DensityEstimator",
+    "RunResult",
+    "evaluate_checkpoint",
+    "load_config",
+    "parse_config",
+    "run",
+    "validate",
+]
