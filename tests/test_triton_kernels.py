@@ -335,6 +335,36 @@ def test_seam_routes_to_triton_when_forced() -> None:
         assert torch.equal(ours, theirs)
 
 
+def test_triton_backend_under_torch_compile_fullgraph() -> None:
+    """The kernels are custom ops: one graph under `torch.compile(fullgraph=True)`, with their fused
+    backward as the gradient (AOT autograd traces it with the fake implementations)."""
+    x = _test_inputs(3, 4)
+    params = _spline_params((3, 4), 4, seed=11)
+
+    def layer(x: Tensor, widths: Tensor, heights: Tensor, derivatives: Tensor) -> Tensor:
+        y, ladj = ops.rational_quadratic_spline(x, widths, heights, derivatives, bound=BOUND)
+        z, ladj_affine = ops.affine(y, widths[..., 0], heights[..., 0], scale_function="sigmoid")
+        return (z * z).sum() + (ladj + ladj_affine).sum()
+
+    graphs: list[str] = []
+
+    def recording_aot_eager(graph: torch.fx.GraphModule, example_inputs: list[Tensor]) -> Callable:
+        graphs.append(str(graph.graph))
+        return torch._dynamo.lookup_backend("aot_eager")(graph, example_inputs)
+
+    compiled = torch.compile(layer, fullgraph=True, backend=recording_aot_eager)
+    results = []
+    for function in (layer, compiled):
+        inputs = [tensor.clone().requires_grad_() for tensor in (x, *params)]
+        with ops.use_backend("triton"):
+            value = function(*inputs)
+            value.backward()
+        results.append([value.detach()] + [tensor.grad for tensor in inputs])
+    for eager, graph in zip(*results):
+        torch.testing.assert_close(graph, eager)
+    assert len(graphs) == 1 and "flows.rational_quadratic_spline" in graphs[0] and "flows.affine" in graphs[0]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])

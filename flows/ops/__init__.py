@@ -8,8 +8,9 @@ or forced with `set_backend` / `use_backend`:
   the reference everywhere else - on the CPU, for float64, and while `torch.compile` traces (Inductor
   then fuses the reference into its own kernels).
 - `"reference"`: always the reference.
-- `"triton"`: always the Triton kernels (float64 still falls back to the reference inside them). CPU
-  tensors need Triton's interpreter (`TRITON_INTERPRET=1` before Triton is first imported).
+- `"triton"`: always the Triton kernels (float64 still falls back to the reference inside them), also
+  under `torch.compile` (they are custom ops). CPU tensors need Triton's interpreter
+  (`TRITON_INTERPRET=1` before Triton is first imported).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def use_backend(name: str) -> Iterator[None]:
 def _triton_ops() -> ModuleType | None:
     try:
         from flows.ops import triton_ops
-    except ImportError:
+    except (ImportError, AttributeError):  # no triton, or a torch without torch.library.custom_op
         return None
     return triton_ops if triton_ops.AVAILABLE else None
 

@@ -1,7 +1,8 @@
 """Triton backend of the element-wise ops, with the signatures of the references.
 
 `rational_quadratic_spline` and `affine` run fused Triton kernels (forward, inverse, and a fused
-backward inside a `torch.autograd.Function`) on CUDA tensors. With `TRITON_INTERPRET=1` set before
+backward, registered as `torch.library` custom ops with their autograd formula, so `torch.compile`
+keeps them in a full graph; torch >= 2.4) on CUDA tensors. With `TRITON_INTERPRET=1` set before
 Triton is first imported (Triton decides per `@triton.jit` at import time, for its own library too),
 the same kernels run on CPU tensors under Triton's interpreter: slow, for tests and debugging.
 
@@ -102,121 +103,208 @@ def _uses_kernel(x: Tensor) -> bool:
     return x.dtype in _KERNEL_DTYPES and x.numel() > 0
 
 
-class _SplineFunction(torch.autograd.Function):
-    """Fused spline on contiguous `x (rows, features)` and params `(rows, features, K[+1])`."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        widths: Tensor,
-        heights: Tensor,
-        derivatives: Tensor,
-        inverse: bool,
-        bound: float,
-        min_bin_width: float,
-        min_bin_height: float,
-        min_derivative: float,
-    ) -> tuple[Tensor, Tensor]:
-        rows, features = x.shape
-        bins = widths.shape[-1]
-        padded = _next_power_of_2(bins + 1)
-        config = _launch_config(rows, features, padded, _SPLINE_TILE_VALUES)
+def _launch_spline(
+    x: Tensor,
+    widths: Tensor,
+    heights: Tensor,
+    derivatives: Tensor,
+    inverse: bool,
+    scalars: tuple[float, ...],
+    grad_out: Tensor | None = None,
+    grad_ladj: Tensor | None = None,
+) -> tuple[Tensor, ...]:
+    """Forward `(y, ladj)` or, given the output gradients, backward `(grad_x, grad_widths, ...)`."""
+    rows, features = x.shape
+    bins = widths.shape[-1]
+    padded = _next_power_of_2(bins + 1)
+    config = _launch_config(rows, features, padded, _SPLINE_TILE_VALUES)
+    backward = grad_out is not None
+    if backward:
+        grads = tuple(torch.empty_like(tensor) for tensor in (x, widths, heights, derivatives))
+        pointers = (x, x, grad_out, grad_ladj, *grads)  # the two output pointers are unused
+    else:
         out = torch.empty_like(x)
         ladj_partial = torch.empty(rows, config["splits"], dtype=torch.float32, device=x.device)
-        scalars = (
-            float(bound),
-            float(min_bin_width),
-            float(min_bin_height),
-            float(min_derivative),
-            math.log(math.expm1(1.0 - min_derivative)),
-        )
-        grid = (config["row_blocks"], config["splits"])
-        rational_quadratic_spline_kernel[grid](
-            x, widths, heights, derivatives, out, ladj_partial,
-            x, x, x, x, x, x,  # unused gradient pointers
-            rows, features, config["split_features"], config["splits"], *scalars,
-            BINS=bins, PADDED=padded, BLOCK_ROWS=config["block_rows"],
-            BLOCK_FEATURES=config["block_features"], INVERSE=inverse, BACKWARD=False, num_warps=_NUM_WARPS,
-        )  # fmt: skip
-        ctx.save_for_backward(x, widths, heights, derivatives)
-        ctx.settings = (inverse, scalars, config, padded)
-        return out, ladj_partial.sum(dim=-1).to(x.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: Tensor, grad_ladj: Tensor) -> tuple[Tensor | None, ...]:
-        x, widths, heights, derivatives = ctx.saved_tensors
-        inverse, scalars, config, padded = ctx.settings
-        rows, features = x.shape
-        grad_out = torch.zeros_like(x) if grad_out is None else grad_out.contiguous()
-        grad_ladj = x.new_zeros(rows) if grad_ladj is None else grad_ladj.contiguous()
-        grad_x = torch.empty_like(x)
-        grad_widths = torch.empty_like(widths)
-        grad_heights = torch.empty_like(heights)
-        grad_derivatives = torch.empty_like(derivatives)
-        grid = (config["row_blocks"], config["splits"])
-        rational_quadratic_spline_kernel[grid](
-            x, widths, heights, derivatives, x, x,  # unused output pointers
-            grad_out, grad_ladj, grad_x, grad_widths, grad_heights, grad_derivatives,
-            rows, features, config["split_features"], config["splits"], *scalars,
-            BINS=widths.shape[-1], PADDED=padded, BLOCK_ROWS=config["block_rows"],
-            BLOCK_FEATURES=config["block_features"], INVERSE=inverse, BACKWARD=True, num_warps=_NUM_WARPS,
-        )  # fmt: skip
-        return grad_x, grad_widths, grad_heights, grad_derivatives, None, None, None, None, None
+        pointers = (out, ladj_partial, x, x, x, x, x, x)  # the gradient pointers are unused
+    grid = (config["row_blocks"], config["splits"])
+    rational_quadratic_spline_kernel[grid](
+        x, widths, heights, derivatives, *pointers,
+        rows, features, config["split_features"], config["splits"], *scalars,
+        BINS=bins, PADDED=padded, BLOCK_ROWS=config["block_rows"], BLOCK_FEATURES=config["block_features"],
+        INVERSE=inverse, BACKWARD=backward, num_warps=_NUM_WARPS,
+    )  # fmt: skip
+    if backward:
+        return grads
+    return out, ladj_partial.sum(dim=-1).to(x.dtype)
 
 
-class _AffineFunction(torch.autograd.Function):
+def _launch_affine(
+    x: Tensor,
+    shift: Tensor,
+    raw_scale: Tensor,
+    inverse: bool,
+    scale_function: str,
+    scale_bound: float,
+    grad_out: Tensor | None = None,
+    grad_ladj: Tensor | None = None,
+) -> tuple[Tensor, ...]:
+    """Forward `(y, ladj)` or, given the output gradients, backward `(grad_x, grad_shift, grad_raw)`."""
+    rows, features = x.shape
+    config = _launch_config(rows, features, 1, _AFFINE_TILE_VALUES)
+    backward = grad_out is not None
+    if backward:
+        grads = tuple(torch.empty_like(tensor) for tensor in (x, shift, raw_scale))
+        pointers = (x, x, grad_out, grad_ladj, *grads)
+    else:
+        out = torch.empty_like(x)
+        ladj_partial = torch.empty(rows, config["splits"], dtype=torch.float32, device=x.device)
+        pointers = (out, ladj_partial, x, x, x, x, x)
+    scalars = (float(scale_bound), _SOFTPLUS_SHIFT, _MIN_SCALE, _SIGMOID_SHIFT, _LOG_SIGMOID_SHIFT)
+    grid = (config["row_blocks"], config["splits"])
+    affine_kernel[grid](
+        x, shift, raw_scale, *pointers,
+        rows, features, config["split_features"], config["splits"], *scalars,
+        SCALE=SCALE_FUNCTIONS.index(scale_function), BLOCK_ROWS=config["block_rows"],
+        BLOCK_FEATURES=config["block_features"], INVERSE=inverse, BACKWARD=backward, num_warps=_NUM_WARPS,
+    )  # fmt: skip
+    if backward:
+        return grads
+    return out, ladj_partial.sum(dim=-1).to(x.dtype)
+
+
+# Custom ops, so that `torch.compile` keeps them in its graph as opaque calls (no graph break) and the
+# fused backward kernel is the registered gradient. The backward ops have no gradient themselves:
+# second derivatives through the Triton backend raise.
+
+
+@torch.library.custom_op("flows::rational_quadratic_spline", mutates_args=())
+def _spline_op(
+    x: Tensor,
+    widths: Tensor,
+    heights: Tensor,
+    derivatives: Tensor,
+    inverse: bool,
+    bound: float,
+    min_bin_width: float,
+    min_bin_height: float,
+    min_derivative: float,
+) -> tuple[Tensor, Tensor]:
+    """Fused spline on contiguous `x (rows, features)` and parameters `(rows, features, K[+1])`."""
+    shift = math.log(math.expm1(1.0 - min_derivative))
+    scalars = (bound, min_bin_width, min_bin_height, min_derivative, shift)
+    y, ladj = _launch_spline(x, widths, heights, derivatives, inverse, scalars)
+    return y, ladj
+
+
+@_spline_op.register_fake
+def _(x: Tensor, widths: Tensor, *args: object) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), x.new_empty(x.shape[0])
+
+
+@torch.library.custom_op("flows::rational_quadratic_spline_backward", mutates_args=())
+def _spline_backward_op(
+    grad_out: Tensor,
+    grad_ladj: Tensor,
+    x: Tensor,
+    widths: Tensor,
+    heights: Tensor,
+    derivatives: Tensor,
+    inverse: bool,
+    bound: float,
+    min_bin_width: float,
+    min_bin_height: float,
+    min_derivative: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    shift = math.log(math.expm1(1.0 - min_derivative))
+    scalars = (bound, min_bin_width, min_bin_height, min_derivative, shift)
+    grad_x, grad_widths, grad_heights, grad_derivatives = _launch_spline(
+        x, widths, heights, derivatives, inverse, scalars, grad_out.contiguous(), grad_ladj.contiguous()
+    )
+    return grad_x, grad_widths, grad_heights, grad_derivatives
+
+
+@_spline_backward_op.register_fake
+def _(grad_out: Tensor, grad_ladj: Tensor, *args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(torch.empty_like(tensor) for tensor in args[:4])  # type: ignore[return-value]
+
+
+def _spline_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    ctx.save_for_backward(*inputs[:4])
+    ctx.options = inputs[4:]
+
+
+def _spline_backward(
+    ctx: Any, grad_out: Tensor | None, grad_ladj: Tensor | None
+) -> tuple[Tensor | None, ...]:
+    x = ctx.saved_tensors[0]
+    grad_out = torch.zeros_like(x) if grad_out is None else grad_out
+    grad_ladj = x.new_zeros(x.shape[0]) if grad_ladj is None else grad_ladj
+    grads = _spline_backward_op(grad_out, grad_ladj, *ctx.saved_tensors, *ctx.options)
+    return (*grads, None, None, None, None, None)
+
+
+_spline_op.register_autograd(_spline_backward, setup_context=_spline_setup_context)
+
+
+@torch.library.custom_op("flows::affine", mutates_args=())
+def _affine_op(
+    x: Tensor, shift: Tensor, raw_scale: Tensor, inverse: bool, scale_function: str, scale_bound: float
+) -> tuple[Tensor, Tensor]:
     """Fused affine map on contiguous `x`, `shift`, `raw_scale` of shape `(rows, features)`."""
+    y, ladj = _launch_affine(x, shift, raw_scale, inverse, scale_function, scale_bound)
+    return y, ladj
 
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        shift: Tensor,
-        raw_scale: Tensor,
-        inverse: bool,
-        scale_function: str,
-        scale_bound: float,
-    ) -> tuple[Tensor, Tensor]:
-        rows, features = x.shape
-        config = _launch_config(rows, features, 1, _AFFINE_TILE_VALUES)
-        out = torch.empty_like(x)
-        ladj_partial = torch.empty(rows, config["splits"], dtype=torch.float32, device=x.device)
-        scalars = (float(scale_bound), _SOFTPLUS_SHIFT, _MIN_SCALE, _SIGMOID_SHIFT, _LOG_SIGMOID_SHIFT)
-        scale_code = SCALE_FUNCTIONS.index(scale_function)
-        grid = (config["row_blocks"], config["splits"])
-        affine_kernel[grid](
-            x, shift, raw_scale, out, ladj_partial,
-            x, x, x, x, x,  # unused gradient pointers
-            rows, features, config["split_features"], config["splits"], *scalars,
-            SCALE=scale_code, BLOCK_ROWS=config["block_rows"], BLOCK_FEATURES=config["block_features"],
-            INVERSE=inverse, BACKWARD=False, num_warps=_NUM_WARPS,
-        )  # fmt: skip
-        ctx.save_for_backward(x, shift, raw_scale)
-        ctx.settings = (inverse, scalars, scale_code, config)
-        return out, ladj_partial.sum(dim=-1).to(x.dtype)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: Tensor, grad_ladj: Tensor) -> tuple[Tensor | None, ...]:
-        x, shift, raw_scale = ctx.saved_tensors
-        inverse, scalars, scale_code, config = ctx.settings
-        rows, features = x.shape
-        grad_out = torch.zeros_like(x) if grad_out is None else grad_out.contiguous()
-        grad_ladj = x.new_zeros(rows) if grad_ladj is None else grad_ladj.contiguous()
-        grad_x = torch.empty_like(x)
-        grad_shift = torch.empty_like(shift)
-        grad_raw_scale = torch.empty_like(raw_scale)
-        grid = (config["row_blocks"], config["splits"])
-        affine_kernel[grid](
-            x, shift, raw_scale, x, x,  # unused output pointers
-            grad_out, grad_ladj, grad_x, grad_shift, grad_raw_scale,
-            rows, features, config["split_features"], config["splits"], *scalars,
-            SCALE=scale_code, BLOCK_ROWS=config["block_rows"], BLOCK_FEATURES=config["block_features"],
-            INVERSE=inverse, BACKWARD=True, num_warps=_NUM_WARPS,
-        )  # fmt: skip
-        return grad_x, grad_shift, grad_raw_scale, None, None, None
+@_affine_op.register_fake
+def _(x: Tensor, *args: object) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), x.new_empty(x.shape[0])
+
+
+@torch.library.custom_op("flows::affine_backward", mutates_args=())
+def _affine_backward_op(
+    grad_out: Tensor,
+    grad_ladj: Tensor,
+    x: Tensor,
+    shift: Tensor,
+    raw_scale: Tensor,
+    inverse: bool,
+    scale_function: str,
+    scale_bound: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    grad_x, grad_shift, grad_raw_scale = _launch_affine(
+        x,
+        shift,
+        raw_scale,
+        inverse,
+        scale_function,
+        scale_bound,
+        grad_out.contiguous(),
+        grad_ladj.contiguous(),
+    )
+    return grad_x, grad_shift, grad_raw_scale
+
+
+@_affine_backward_op.register_fake
+def _(grad_out: Tensor, grad_ladj: Tensor, *args: Any) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(torch.empty_like(tensor) for tensor in args[:3])  # type: ignore[return-value]
+
+
+def _affine_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    ctx.save_for_backward(*inputs[:3])
+    ctx.options = inputs[3:]
+
+
+def _affine_backward(
+    ctx: Any, grad_out: Tensor | None, grad_ladj: Tensor | None
+) -> tuple[Tensor | None, ...]:
+    x = ctx.saved_tensors[0]
+    grad_out = torch.zeros_like(x) if grad_out is None else grad_out
+    grad_ladj = x.new_zeros(x.shape[0]) if grad_ladj is None else grad_ladj
+    grads = _affine_backward_op(grad_out, grad_ladj, *ctx.saved_tensors, *ctx.options)
+    return (*grads, None, None, None)
+
+
+_affine_op.register_autograd(_affine_backward, setup_context=_affine_setup_context)
 
 
 def rational_quadratic_spline(
@@ -271,7 +359,7 @@ def rational_quadratic_spline(
     widths, heights, derivatives = (
         parameters.reshape(rows, features, -1).contiguous() for parameters in (widths, heights, derivatives)
     )
-    y, ladj = _SplineFunction.apply(
+    y, ladj = _spline_op(
         x_flat, widths, heights, derivatives, bool(inverse),
         float(bound), float(min_bin_width), float(min_bin_height), float(min_derivative),
     )  # fmt: skip
@@ -308,7 +396,5 @@ def affine(
     x_flat, shift_flat, raw_flat = (
         tensor.reshape(rows, features).contiguous() for tensor in (x, shift, raw_scale)
     )
-    y, ladj = _AffineFunction.apply(
-        x_flat, shift_flat, raw_flat, bool(inverse), scale_function, float(scale_bound)
-    )
+    y, ladj = _affine_op(x_flat, shift_flat, raw_flat, bool(inverse), scale_function, float(scale_bound))
     return y.reshape(batch), ladj.reshape(batch[:-1])
