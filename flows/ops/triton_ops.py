@@ -9,8 +9,9 @@ the same kernels run on CPU tensors under Triton's interpreter: slow, for tests 
 Dtypes: float32 and bfloat16 (and float16) are computed in float32 registers and stored in the input
 dtype; `y` and `ladj` come back in `x.dtype`, like the reference. float64 inputs fall back to the
 reference, which computes in float64. Gradients are first-order only (no double backward).
-Parameters may broadcast against `x` as in the reference; they are expanded (and made contiguous)
-before the kernel, so autograd reduces their gradients back to the original shapes.
+Parameters may broadcast against `x` (the references need them expanded); they are expanded and made
+contiguous before the kernel (a copy when they really broadcast), and autograd sums their gradients
+back to the original shapes.
 """
 
 from __future__ import annotations
