@@ -13,6 +13,14 @@ from flows.bijectors.linear import LULinear, Permutation
 from flows.bijectors.normalization import ActNorm, BatchNorm, initialize_actnorms
 from flows.bijectors.reshape import MultiscaleSplit, Squeeze
 from flows.core import Bijector, Chain, Inverse
+from flows.dequantization import (
+    DequantizedFlow,
+    LogitPreprocessing,
+    UniformDequantization,
+    VariationalDequantization,
+    bits_per_dim,
+    discrete_log_likelihood_bound,
+)
 from flows.distributions import (
     ConditionalDiagonalNormal,
     ConditionalGaussianMixture,
@@ -47,6 +55,12 @@ __all__ = [
     "Standardize",
     "Tanh",
     "initialize_actnorms",
+    "DequantizedFlow",
+    "LogitPreprocessing",
+    "UniformDequantization",
+    "VariationalDequantization",
+    "bits_per_dim",
+    "discrete_log_likelihood_bound",
     "Additive",
     "Affine",
     "Bijector",
