@@ -363,7 +363,7 @@ def machine_note(threads: Optional[int]) -> str:
     return (
         f"Measured on {platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores ({device}), "
         f"torch {torch.__version__}, torch threads per run: {threads or torch.get_num_threads()}; "
-        f"generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}."
+        f"runs started {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}."
     )
 
 
