@@ -311,7 +311,8 @@ class ImageFlowModule(FlowModule):
     """`FlowModule` for a `DequantizedFlow`: batches are `(integer images, labels)`, losses are the bound.
 
     Logs `train_nll`, `train_bpd`, `val_nll` (the early-stopping monitor) and `val_bpd`; nats per image and
-    bits per dimension of the discrete data.
+    bits per dimension of the discrete data. Validation draws its dequantisation noise from a generator
+    seeded by `validation_seed` and the batch index, the same at every validation.
     """
 
     def __init__(
@@ -321,8 +322,10 @@ class ImageFlowModule(FlowModule):
         num_classes: int = 0,
         eval_samples: int = 1,
         hparams: Optional[dict[str, Any]] = None,
+        validation_seed: int = 0,
     ) -> None:
         super().__init__(model, train_config, hparams=hparams)
+        self.validation_seed = int(validation_seed)
         self.num_classes = int(num_classes)
         self.eval_samples = int(eval_samples)
         self.num_dims = model.num_dims
@@ -345,7 +348,11 @@ class ImageFlowModule(FlowModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> None:
         images, labels = batch
-        total = self.nll(images, labels, self.eval_samples).sum()
+        # The same noise at every validation (common random numbers): val_nll changes only with the model.
+        devices = [images.device] if images.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.validation_seed + batch_index)
+            total = self.nll(images, labels, self.eval_samples).sum()
         self._val_sum = total if self._val_sum is None else self._val_sum + total
         self._val_count += images.shape[0]
 
@@ -482,7 +489,9 @@ def run_image(values: Union[Config, Mapping[str, Any]], verbose: bool = True) ->
         labels = torch.as_tensor(splits.train_labels[first])
         context = one_hot(labels, num_classes) if num_classes else None
         initialize_image_model(model, torch.as_tensor(splits.train[first]), context)
-    module = ImageFlowModule(model, train, num_classes, options.eval_samples, hparams=record)
+    module = ImageFlowModule(
+        model, train, num_classes, options.eval_samples, hparams=record, validation_seed=seed + 7
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
