@@ -398,21 +398,42 @@ def run_experiments(
 
     ``runner(config) -> RunResult`` defaults to ``flows.training.run``; ``overrides`` are ``key=value``
     strings applied after the file (values parsed as YAML). Tables are rewritten after every run.
+    ``threads`` sets ``torch.set_num_threads`` for the runs and is restored afterwards.
     """
-    from flows.training.config import load_config
-    from flows.training.run import validate
-
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     runner = runner or _default_run
     out = Path(out)
     pairs = _parse_overrides(overrides)
-    if threads is not None:
-        import torch
+    import torch
 
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
         torch.set_num_threads(threads)
     note = machine_note(threads)
+    try:
+        return _run_all(config_paths, out, overrides, pairs, repeats, force, runner, log, note)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(previous_threads)
+
+
+def _run_all(
+    config_paths: Sequence[str | Path],
+    out: Path,
+    overrides: Sequence[str],
+    pairs: list[tuple[str, str]],
+    repeats: int,
+    force: bool,
+    runner: Any,
+    log: Any,
+    note: str,
+) -> list[Record]:
+    """Validate every config, then run the (config, repeat) pairs that have no up-to-date record."""
+    from flows.training.config import load_config
+    from flows.training.run import validate
+
     # validate every config before running any, so that a typo fails fast
     planned = []
     for path in config_paths:

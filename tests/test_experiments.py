@@ -219,3 +219,50 @@ def test_cli_main_requires_configs(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main([])
     assert "--configs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_with_the_real_training_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two tiny configs through `python -m experiments.run` and flows.training.run: tables, skip, --force."""
+    pytest.importorskip("lightning")
+    folder = tmp_path / "configs" / "toys"
+    folder.mkdir(parents=True)
+    tiny = (
+        "data: {{dataset: 'toy:{name}', n_train: 64, n_val: 32, n_test: 32}}\n"
+        "model: {{name: {model}, transforms: 1, hidden_features: [8]}}\n"
+        "train: {{batch_size: 16, max_steps: 2, max_epochs: 1, val_every_n_steps: 2, early_stopping_patience: null}}\n"
+        "trainer: {{accelerator: cpu, log_every_n_steps: 1}}\n"
+        "output: {{samples: 8, plots: false, logger: csv}}\n"
+    )
+    paths = []
+    for name, model in (("moons", "maf"), ("8gaussians", "realnvp")):
+        path = folder / f"{name}_{model}.yaml"
+        path.write_text(tiny.format(name=name, model=model))
+        paths.append(str(path))
+    out = tmp_path / "results"
+    argv = ["--configs", *paths, "--out", str(out), "--threads", "1"]
+    import torch
+
+    threads = torch.get_num_threads()
+    assert main(argv) == 0
+    assert torch.get_num_threads() == threads  # --threads applies to the runs only
+    rows = _read_csv(out / "results.csv")
+    assert [(r["config"], r["model"], r["status"]) for r in rows] == [
+        ("toys/8gaussians_realnvp", "realnvp", "ok"),
+        ("toys/moons_maf", "maf", "ok"),
+    ]
+    for row in rows:
+        metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
+        assert float(row["test_log_likelihood"]) == pytest.approx(metrics["test_log_likelihood"])
+        assert (
+            float(row["gap"]) == pytest.approx(metrics["gap"]) and int(row["n_params"]) == metrics["n_params"]
+        )
+    md = (out / "results.md").read_text()
+    assert "`toys/moons_maf`" in md and "`toys/8gaussians_realnvp`" in md
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "(0 new runs)" in capsys.readouterr().out
+    assert main([*argv[:-2], "--force"]) == 0  # threads left at the default
+    assert "(2 new runs)" in capsys.readouterr().out
