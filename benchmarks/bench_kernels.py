@@ -260,17 +260,17 @@ def compile_report(arch: int, bins: Sequence[int], features: int, dtype: torch.d
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     integers = {"rows", "features", "split_features", "splits"}
 
+    def argument_type(name: str, pointer: str, constexprs: dict[str, Any]) -> str:
+        if name in constexprs:
+            return "constexpr"
+        if name.endswith("_ptr"):
+            return pointer
+        if name in integers or name.endswith("_stride"):
+            return "i32"
+        return "fp32"
+
     def compile_one(kernel: Any, pointer: str, constexprs: dict[str, Any]) -> str:
-        signature = {
-            name: "constexpr"
-            if name in constexprs
-            else pointer
-            if name.endswith("_ptr")
-            else "i32"
-            if name in integers
-            else "fp32"
-            for name in kernel.arg_names
-        }
+        signature = {name: argument_type(name, pointer, constexprs) for name in kernel.arg_names}
         compiled = triton.compile(
             ASTSource(kernel, signature, constexprs),
             target=GPUTarget("cuda", arch, 32),

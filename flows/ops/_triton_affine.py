@@ -5,7 +5,8 @@ parameterisation is the constexpr `SCALE` (0 tanh, 1 softplus, 2 sigmoid, 3 exp,
 `SCALE_FUNCTIONS`). Compiled for CUDA tensors, or interpreted on CPU tensors when `TRITON_INTERPRET=1`
 was set before Triton was first imported.
 
-Layout and blocking as in `_triton_spline`: contiguous `(rows, features)` inputs, program `(i, j)`
+Layout and blocking as in `_triton_spline`: `(rows, features)` inputs, `x` contiguous and `shift`,
+`raw_scale` read through their row and feature strides (slices of one parameter tensor), program `(i, j)`
 owns `BLOCK_ROWS` rows and one split of the features, walked in tiles of `BLOCK_FEATURES`; the
 forward pass writes one partial log-det per (row, split), summed on the host. Arithmetic is float32.
 """
@@ -34,6 +35,10 @@ def affine_kernel(
     features,
     split_features,
     splits,
+    shift_row_stride,
+    shift_feature_stride,
+    raw_scale_row_stride,
+    raw_scale_feature_stride,
     scale_bound,
     softplus_shift,
     min_scale,
@@ -63,10 +68,13 @@ def affine_kernel(
     while start < last_feature:
         feature = start + local % BLOCK_FEATURES
         mask = row_mask & (feature < last_feature)
-        element = row.to(tl.int64) * features + feature
+        row_64 = row.to(tl.int64)
+        element = row_64 * features + feature
+        shift_offsets = row_64 * shift_row_stride + feature * shift_feature_stride
+        raw_offsets = row_64 * raw_scale_row_stride + feature * raw_scale_feature_stride
         x = tl.load(x_ptr + element, mask=mask, other=0.0).to(tl.float32)
-        shift = tl.load(shift_ptr + element, mask=mask, other=0.0).to(tl.float32)
-        raw = tl.load(raw_scale_ptr + element, mask=mask, other=0.0).to(tl.float32)
+        shift = tl.load(shift_ptr + shift_offsets, mask=mask, other=0.0).to(tl.float32)
+        raw = tl.load(raw_scale_ptr + raw_offsets, mask=mask, other=0.0).to(tl.float32)
 
         # log s and d(log s)/d(raw) for each parameterisation.
         if SCALE == 0:

@@ -5,8 +5,10 @@ knot construction (softmax, cumulative sum, softplus), the bin search and the ra
 algebra are written once. It compiles for CUDA tensors; with `TRITON_INTERPRET=1` set before Triton
 is first imported, `triton.jit` builds it for Triton's interpreter instead, which runs on CPU tensors.
 
-Layout: the inputs are contiguous `x (rows, features)`, widths and heights `(rows, features, BINS)`
-and derivatives `(rows, features, BINS + 1)`. Program `(i, j)` owns `BLOCK_ROWS` rows and the feature
+Layout: `x (rows, features)` is contiguous; widths and heights `(rows, features, BINS)` and derivatives
+`(rows, features, BINS + 1)` are read through row and feature strides (their last stride is 1), so
+slices of one parameter tensor and parameters broadcast over rows need no copy. Gradients are
+written contiguously. Program `(i, j)` owns `BLOCK_ROWS` rows and the feature
 range `[j * split_features, (j + 1) * split_features)`, which it walks in tiles of `BLOCK_FEATURES`.
 A tile holds `BLOCK_ROWS * BLOCK_FEATURES` elements as a flat vector and their knot parameters as an
 `(elements, PADDED)` matrix (`PADDED` = next power of two >= BINS + 1). The forward pass sums the
@@ -44,6 +46,12 @@ def rational_quadratic_spline_kernel(
     features,
     split_features,
     splits,
+    widths_row_stride,
+    widths_feature_stride,
+    heights_row_stride,
+    heights_feature_stride,
+    derivatives_row_stride,
+    derivatives_feature_stride,
     bound,
     min_bin_width,
     min_bin_height,
@@ -78,16 +86,24 @@ def rational_quadratic_spline_kernel(
     while start < last_feature:
         feature = start + local % BLOCK_FEATURES
         mask = row_mask & (feature < last_feature)
-        element = row.to(tl.int64) * features + feature
+        row_64 = row.to(tl.int64)
+        element = row_64 * features + feature
+        # Parameters are read through their strides (slices of one parameter tensor, broadcast rows);
+        # gradients are written contiguously.
+        widths_offsets = (row_64 * widths_row_stride + feature * widths_feature_stride)[:, None] + column
+        heights_offsets = (row_64 * heights_row_stride + feature * heights_feature_stride)[:, None] + column
+        derivatives_offsets = (row_64 * derivatives_row_stride + feature * derivatives_feature_stride)[
+            :, None
+        ] + column
         bin_offsets = element[:, None] * BINS + column
         derivative_offsets = element[:, None] * (BINS + 1) + column
         bin_mask = mask[:, None] & is_bin
         derivative_mask = mask[:, None] & is_derivative
 
         x = tl.load(x_ptr + element, mask=mask, other=0.0).to(tl.float32)
-        raw_widths = tl.load(widths_ptr + bin_offsets, mask=bin_mask, other=0.0).to(tl.float32)
-        raw_heights = tl.load(heights_ptr + bin_offsets, mask=bin_mask, other=0.0).to(tl.float32)
-        raw_derivatives = tl.load(derivatives_ptr + derivative_offsets, mask=derivative_mask, other=0.0)
+        raw_widths = tl.load(widths_ptr + widths_offsets, mask=bin_mask, other=0.0).to(tl.float32)
+        raw_heights = tl.load(heights_ptr + heights_offsets, mask=bin_mask, other=0.0).to(tl.float32)
+        raw_derivatives = tl.load(derivatives_ptr + derivatives_offsets, mask=derivative_mask, other=0.0)
         raw_derivatives = raw_derivatives.to(tl.float32)
 
         # Softmax over the bins, then minimum sizes; knot_next[j] is the right knot of bin j.

@@ -104,6 +104,10 @@ def _uses_kernel(x: Tensor) -> bool:
     return x.dtype in _KERNEL_DTYPES and x.numel() > 0
 
 
+def _contiguous_empty(tensor: Tensor) -> Tensor:
+    return torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
+
+
 def _launch_spline(
     x: Tensor,
     widths: Tensor,
@@ -121,7 +125,7 @@ def _launch_spline(
     config = _launch_config(rows, features, padded, _SPLINE_TILE_VALUES)
     backward = grad_out is not None
     if backward:
-        grads = tuple(torch.empty_like(tensor) for tensor in (x, widths, heights, derivatives))
+        grads = tuple(_contiguous_empty(tensor) for tensor in (x, widths, heights, derivatives))
         pointers = (x, x, grad_out, grad_ladj, *grads)  # the two output pointers are unused
     else:
         out = torch.empty_like(x)
@@ -130,7 +134,8 @@ def _launch_spline(
     grid = (config["row_blocks"], config["splits"])
     rational_quadratic_spline_kernel[grid](
         x, widths, heights, derivatives, *pointers,
-        rows, features, config["split_features"], config["splits"], *scalars,
+        rows, features, config["split_features"], config["splits"],
+        *(stride for tensor in (widths, heights, derivatives) for stride in tensor.stride()[:2]), *scalars,
         BINS=bins, PADDED=padded, BLOCK_ROWS=config["block_rows"], BLOCK_FEATURES=config["block_features"],
         INVERSE=inverse, BACKWARD=backward, num_warps=_NUM_WARPS,
     )  # fmt: skip
@@ -154,7 +159,7 @@ def _launch_affine(
     config = _launch_config(rows, features, 1, _AFFINE_TILE_VALUES)
     backward = grad_out is not None
     if backward:
-        grads = tuple(torch.empty_like(tensor) for tensor in (x, shift, raw_scale))
+        grads = tuple(_contiguous_empty(tensor) for tensor in (x, shift, raw_scale))
         pointers = (x, x, grad_out, grad_ladj, *grads)
     else:
         out = torch.empty_like(x)
@@ -164,7 +169,8 @@ def _launch_affine(
     grid = (config["row_blocks"], config["splits"])
     affine_kernel[grid](
         x, shift, raw_scale, *pointers,
-        rows, features, config["split_features"], config["splits"], *scalars,
+        rows, features, config["split_features"], config["splits"],
+        *shift.stride(), *raw_scale.stride(), *scalars,
         SCALE=SCALE_FUNCTIONS.index(scale_function), BLOCK_ROWS=config["block_rows"],
         BLOCK_FEATURES=config["block_features"], INVERSE=inverse, BACKWARD=backward, num_warps=_NUM_WARPS,
     )  # fmt: skip
@@ -226,7 +232,7 @@ def _spline_backward_op(
 
 @_spline_backward_op.register_fake
 def _(grad_out: Tensor, grad_ladj: Tensor, *args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return tuple(torch.empty_like(tensor) for tensor in args[:4])  # type: ignore[return-value]
+    return tuple(_contiguous_empty(tensor) for tensor in args[:4])  # type: ignore[return-value]
 
 
 def _spline_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -287,7 +293,7 @@ def _affine_backward_op(
 
 @_affine_backward_op.register_fake
 def _(grad_out: Tensor, grad_ladj: Tensor, *args: Any) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(torch.empty_like(tensor) for tensor in args[:3])  # type: ignore[return-value]
+    return tuple(_contiguous_empty(tensor) for tensor in args[:3])  # type: ignore[return-value]
 
 
 def _affine_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -357,8 +363,13 @@ def rational_quadratic_spline(
     features = batch[-1]
     rows = math.prod(batch[:-1])
     x_flat = x.reshape(rows, features).contiguous()
+    # Views where possible (the kernel takes row and feature strides); a copy only for a bin stride != 1.
     widths, heights, derivatives = (
-        parameters.reshape(rows, features, -1).contiguous() for parameters in (widths, heights, derivatives)
+        parameters.reshape(rows, features, -1) for parameters in (widths, heights, derivatives)
+    )
+    widths, heights, derivatives = (
+        parameters if parameters.stride(-1) == 1 else parameters.contiguous()
+        for parameters in (widths, heights, derivatives)
     )
     y, ladj = _spline_op(
         x_flat, widths, heights, derivatives, bool(inverse),
@@ -394,8 +405,8 @@ def affine(
     _check_device(x)
     features = batch[-1]
     rows = math.prod(batch[:-1])
-    x_flat, shift_flat, raw_flat = (
-        tensor.reshape(rows, features).contiguous() for tensor in (x, shift, raw_scale)
-    )
+    # x contiguous; shift and raw_scale as views where possible (the kernel takes their strides).
+    x_flat, shift_flat, raw_flat = (tensor.reshape(rows, features) for tensor in (x, shift, raw_scale))
+    x_flat = x_flat.contiguous()
     y, ladj = _affine_op(x_flat, shift_flat, raw_flat, bool(inverse), scale_function, float(scale_bound))
     return y.reshape(batch), ladj.reshape(batch[:-1])
