@@ -37,6 +37,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+#: the default tile size of `image_grid` (small images are upscaled to it)
+TILE = 64
+
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "images").glob("*.yaml"))
 
 
@@ -200,17 +203,18 @@ def test_sample_grids_per_temperature_and_class(tmp_path: Path) -> None:
         "samples_temperatures.png",
     ]
     cold = read_png(tmp_path / "plain" / "samples_t0.00.png")
-    tile = cold[1:33, 1:33]
-    assert (cold[1:33, 34:66] == tile).all()  # temperature 0: every sample is the same image
+    size = TILE  # 4x4 images upscaled to the default 64-pixel tiles, 1 pixel of padding
+    tile = cold[1 : 1 + size, 1 : 1 + size]
+    assert (cold[1 : 1 + size, 2 + size : 2 + 2 * size] == tile).all()  # temperature 0: all the same image
     hot = read_png(tmp_path / "plain" / "samples_t1.00.png")
-    assert not (hot[1:33, 34:66] == hot[1:33, 1:33]).all()
+    assert not (hot[1 : 1 + size, 2 + size : 2 + 2 * size] == hot[1 : 1 + size, 1 : 1 + size]).all()
     again = write_sample_grids(model, tmp_path / "again", temperatures=(1.0,), count=9)
     np.testing.assert_array_equal(read_png(again[0]), hot)  # seeded
 
     conditional = tiny_model((1, 4, 4), context_features=3)
     write_sample_grids(conditional, tmp_path / "classes", temperatures=(0.7,), count=6, num_classes=3)
     grid = read_png(tmp_path / "classes" / "samples_t0.70.png")
-    assert grid.shape == (3 * 32 + 4, 2 * 32 + 3)  # one row per class, two samples each
+    assert grid.shape == (3 * TILE + 4, 2 * TILE + 3)  # one row per class, two samples each
 
 
 def test_reconstructions_are_exact_up_to_round_off(tmp_path: Path) -> None:
@@ -222,7 +226,7 @@ def test_reconstructions_are_exact_up_to_round_off(tmp_path: Path) -> None:
     error = write_reconstructions(model, images, tmp_path / "reconstructions.png")
     assert error < 1e-4
     picture = read_png(tmp_path / "reconstructions.png")
-    assert picture.shape == (2 * 32 + 3, 6 * 32 + 7)  # originals over reconstructions
+    assert picture.shape == (2 * TILE + 3, 6 * TILE + 7)  # originals over reconstructions
 
 
 # ------------------------------------------------------------------------------------ configs end to end
