@@ -325,8 +325,9 @@ def _fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool) ->
         trainer.fit(module, datamodule=datamodule)
 
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-    if best_path is None and checkpoint.last_model_path:  # no validation ran: the final weights
-        best_path = Path(checkpoint.last_model_path)
+    last = run_dir / "checkpoints" / "last.ckpt"  # (ddp_spawn leaves last_model_path unset in this process)
+    if best_path is None and last.is_file():  # no validation ran: the final weights
+        best_path = last
     best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
     if best_path is not None and best_path.is_file():
         state = torch.load(best_path, map_location=module.device, weights_only=False)["state_dict"]
@@ -334,9 +335,13 @@ def _fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool) ->
     flow.eval()
     if best_score is None and splits.val.shape[0] > 0:  # training ended before any validation ran
         best_score = float(-np.mean(evaluate_log_prob(flow, splits.val, train.eval_batch_size)))
+    epochs, steps = int(trainer.current_epoch), int(trainer.global_step)
+    if steps == 0 and last.is_file():  # ddp_spawn: the counters stayed in the workers
+        saved = torch.load(last, map_location="cpu", weights_only=False)
+        epochs, steps = int(saved.get("epoch", 0)), int(saved.get("global_step", 0))
     info = {
-        "epochs": int(trainer.current_epoch),
-        "steps": int(trainer.global_step),
+        "epochs": epochs,
+        "steps": steps,
         "dequantized": dequantize,
         "world_size": int(trainer.world_size),
         "splits": splits,
