@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from experiments.figures import toy_density_figure
 from experiments.published import PUBLISHED_UCI, published_for
 from experiments.run import CSV_COLUMNS, experiment_from_path, main, metrics_from_result, run_experiments
 
@@ -261,6 +262,9 @@ def test_cli_end_to_end_with_the_real_training_run(
         )
     md = (out / "results.md").read_text()
     assert "`toys/moons_maf`" in md and "`toys/8gaussians_realnvp`" in md
+    # the docs figure reloads both best checkpoints and draws their densities
+    figure = toy_density_figure(out, tmp_path / "toys.png", grid_size=20, dpi=30)
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
     assert main(argv) == 0
     assert "(0 new runs)" in capsys.readouterr().out

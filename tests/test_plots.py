@@ -133,8 +133,11 @@ def test_write_plots_2d_writes_density_and_loss(tmp_path: Path) -> None:
         assert p.is_file() and p.parent == tmp_path / "plots"
         width, height = _png_size(p)
         assert width > 100 and height > 100
-    # no temporary files left behind
+    # no temporary files left behind, and the usual permissions (not mkstemp's 0600)
     assert sorted(q.name for q in (tmp_path / "plots").iterdir()) == ["density.png", "loss.png"]
+    reference = tmp_path / "reference.txt"
+    reference.write_text("x")
+    assert all(p.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 for p in paths)
 
 
 def test_write_plots_tabular_pairs_and_history_mapping(tmp_path: Path) -> None:

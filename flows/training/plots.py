@@ -47,6 +47,13 @@ def _matplotlib() -> tuple[Any, Any]:
     return Figure, FigureCanvasAgg
 
 
+def _default_file_mode() -> int:
+    """0o666 minus the process umask: the mode ``open(path, "w")`` would have given."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _save_atomic(fig: Any, path: Path, dpi: int) -> Path:
     """Render ``fig`` as PNG to a temp file beside ``path``, then ``os.replace`` it into place."""
     _, canvas_cls = _matplotlib()
@@ -56,6 +63,7 @@ def _save_atomic(fig: Any, path: Path, dpi: int) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png", dpi=dpi)
+        os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600; give the plot the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
