@@ -289,3 +289,34 @@ def test_every_image_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None
     channels, height, width = metrics["shape"]
     assert drawn.shape[-3:] == (channels, height, width) and drawn.min() >= 0
     assert drawn.max() < metrics["num_levels"]
+
+
+# ------------------------------------------------------------------------------------------- validation
+def test_image_options_and_models_are_validated_by_key() -> None:
+    from flows.training.config import ConfigError
+    from flows.training.image_data import build_image_model, parse_image_options, split_image_options
+
+    with pytest.raises(ConfigError, match="did you mean 'dequantization'"):
+        parse_image_options({"dequantisation": "uniform"})
+    with pytest.raises(ConfigError, match="image.dequantization"):
+        parse_image_options({"dequantization": "gaussian"})
+    with pytest.raises(ConfigError, match="variational only"):
+        parse_image_options({"dequantization": "uniform", "dequantizer": {"steps": 2}})
+    with pytest.raises(ConfigError, match="image.dequantizer.depth"):
+        parse_image_options({"dequantization": "variational", "dequantizer": {"depth": 2}})
+    with pytest.raises(ConfigError, match="logit_alpha"):
+        parse_image_options({"logit_alpha": 0.5})
+    options = parse_image_options({"conditional": True, "dequantization": "variational"})
+    with pytest.raises(ConfigError, match="model.depth"):
+        build_image_model({"name": "glow", "depth": 3}, options, (1, 8, 8), 17, 10)
+    with pytest.raises(ConfigError, match="set from the data"):
+        build_image_model({"name": "glow", "shape": [1, 8, 8]}, options, (1, 8, 8), 17, 10)
+    with pytest.raises(ConfigError, match="image models"):
+        build_image_model({"name": "maf"}, options, (1, 8, 8), 17, 10)
+    model = build_image_model({"name": "realnvp", "hidden_channels": 4}, options, (1, 8, 8), 17, 10)
+    assert model.flow.transform is not None and model.dequantizer.context_features == 10
+    config, parsed, plain = split_image_options(
+        {"data": {"dataset": "image:digits"}, "model": {"name": "glow"}, "image": {"preprocessing": "center"}}
+    )
+    assert parsed.preprocessing == "center" and plain["image"] == {"preprocessing": "center"}
+    assert config.data.dataset == "image:digits"
