@@ -119,7 +119,10 @@ def rational_quadratic_spline_reference(
         a = height * (slope - d_k) + offset * curvature
         b = height * d_k - offset * curvature
         c = -slope * offset
-        discriminant = (b.square() - 4.0 * a * c).clamp_min(0.0)
+        # Clamp to the smallest positive normal rather than 0: rounding can make the discriminant slightly
+        # negative (at the top knot with a tiny derivative), and sqrt's gradient at 0 is inf, which turns the
+        # zero gradient of an unselected branch (inputs in the tails) into NaN.
+        discriminant = (b.square() - 4.0 * a * c).clamp_min(torch.finfo(b.dtype).tiny)
         xi = (2.0 * c) / (-b - discriminant.sqrt())
         xi = xi.clamp(0.0, 1.0)
         spline_out = x_k + xi * width
