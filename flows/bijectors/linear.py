@@ -54,12 +54,13 @@ class Permutation(Bijector):
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """`x (batch, features) -> (x[..., indices], zeros(batch))`; the context is ignored."""
         self.check_event(x, (self.features,))
-        return x[..., self.indices], self.zero_ladj(x)
+        # index_select: several times faster than advanced indexing on CPUs, forward and backward.
+        return x.index_select(-1, self.indices), self.zero_ladj(x)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """`y (batch, features) -> (y[..., inverse_indices], zeros(batch))`; the context is ignored."""
         self.check_event(y, (self.features,))
-        return y[..., self.inverse_indices], self.zero_ladj(y)
+        return y.index_select(-1, self.inverse_indices), self.zero_ladj(y)
 
 
 class LUMatrix(nn.Module):
