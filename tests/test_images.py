@@ -185,9 +185,13 @@ def test_png_round_trip_and_grid_layout(tmp_path: Path) -> None:
     assert colour.shape == (6, 11, 3)
 
 
-def tiny_model(shape: tuple[int, int, int], context_features: int = 0, levels: int = 17) -> DequantizedFlow:
+def tiny_model(
+    shape: tuple[int, int, int], context_features: int = 0, levels: int = 17, coupling: str = "affine"
+) -> DequantizedFlow:
     torch.manual_seed(0)
-    flow = Glow(shape, context_features=context_features, levels=1, steps=1, hidden_channels=4)
+    flow = Glow(
+        shape, context_features=context_features, levels=1, steps=1, hidden_channels=4, coupling=coupling
+    )
     dequantizer = make_dequantizer("uniform", shape, levels)
     return DequantizedFlow(flow, dequantizer, make_preprocessing("logit", 0.05))
 
@@ -217,8 +221,9 @@ def test_sample_grids_per_temperature_and_class(tmp_path: Path) -> None:
     assert grid.shape == (3 * TILE + 4, 2 * TILE + 3)  # one row per class, two samples each
 
 
-def test_reconstructions_are_exact_up_to_round_off(tmp_path: Path) -> None:
-    model = tiny_model((1, 8, 8))
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
+def test_reconstructions_are_exact_up_to_round_off(tmp_path: Path, coupling: str) -> None:
+    model = tiny_model((1, 8, 8), coupling=coupling)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
