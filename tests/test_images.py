@@ -115,7 +115,7 @@ def test_mnist_idx_reader_round_trips_tiny_files(tmp_path: Path, gz: bool) -> No
     for image, label in zip(pooled, pooled_labels):
         index = np.flatnonzero((arrays["train_images"] == image).all(axis=(1, 2)))
         assert arrays["train_labels"][index[0]] == label
-    assert splits.num_levels == 256 and splits.train.dtype == np.int64
+    assert splits.num_levels == 256 and splits.train.dtype == np.uint8
 
 
 def test_idx_reader_rejects_bad_files(tmp_path: Path) -> None:
