@@ -37,6 +37,7 @@ from flows.training.config import (
 from flows.training.data import DataSplits, GlobalBatchSampler, dequantize_fixed, load_splits, standard_error
 from flows.training.models import build_flow, check_model_options, initialize_flow, standardization_of
 from flows.training.module import FlowModule, TableDataModule
+from flows.training.safety import resume_checkpoint, safety_callbacks, warn_about_columns
 
 __all__ = ["FitOutcome", "RunResult", "evaluate_log_prob", "fit_flow", "run", "trainer_arguments", "validate"]
 
@@ -209,14 +210,16 @@ def _prepare(splits: DataSplits, config: Config, seed: int) -> tuple[DataSplits,
     return splits, bool(dequantize)
 
 
-def fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool = False) -> FitOutcome:
+def fit_flow(
+    config: Config, splits: DataSplits, run_dir: Path, quiet: bool = False, resume: Optional[Path] = None
+) -> FitOutcome:
     """Build the flow for `splits`, train it with Lightning into `run_dir`, restore the best weights.
 
     Returns on every rank; only rank 0 should evaluate and write outputs. `quiet` drops the per-validation
-    lines printed when the progress bar is off.
+    lines printed when the progress bar is off. `resume`: a checkpoint to continue training from.
     """
     with torch_threads(config.train.num_threads):
-        return _fit_flow(config, splits, run_dir, quiet)
+        return _fit_flow(config, splits, run_dir, quiet, resume)
 
 
 @contextlib.contextmanager
@@ -231,10 +234,13 @@ def torch_threads(threads: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool) -> FitOutcome:
+def _fit_flow(
+    config: Config, splits: DataSplits, run_dir: Path, quiet: bool, resume: Optional[Path] = None
+) -> FitOutcome:
     seed = config.seed
     L.seed_everything(seed, workers=True, verbose=False)
     splits, dequantize = _prepare(splits, config, seed)
+    warn_about_columns(splits.train, splits.columns, dequantized=dequantize)
     features = splits.features
     mean = std = None
     if config.data.standardize:
@@ -262,7 +268,7 @@ def _fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool) ->
         save_last=True,
         enable_version_counter=False,
     )
-    callbacks: list[Callback] = [checkpoint]
+    callbacks: list[Callback] = [checkpoint, *safety_callbacks()]
     if train.early_stopping_patience is not None:
         callbacks.append(
             EarlyStopping(
@@ -322,7 +328,7 @@ def _fit_flow(config: Config, splits: DataSplits, run_dir: Path, quiet: bool) ->
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
 
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     last = run_dir / "checkpoints" / "last.ckpt"  # (ddp_spawn leaves last_model_path unset in this process)
@@ -473,7 +479,7 @@ def format_summary(metrics: dict[str, Any]) -> str:
 # The entry point
 
 
-def run(config: Union[Config, dict[str, Any]], verbose: bool = True) -> RunResult:
+def run(config: Union[Config, dict[str, Any]], verbose: bool = True, resume: bool = False) -> RunResult:
     """Train and evaluate one config; returns metrics (rank 0) and writes the run directory.
 
     The run directory holds `config.yaml` (the resolved config), `checkpoints/best.ckpt` and `last.ckpt`,
@@ -482,6 +488,7 @@ def run(config: Union[Config, dict[str, Any]], verbose: bool = True) -> RunResul
     (std / sqrt(N)), `test_log_likelihood_2se` (2 std / sqrt(N), the NSF paper's error bar),
     `best_val_nll`, `entropy` / `entropy_se` / `gap` (test NLL - entropy) when the true density is known,
     `n_params`, `epochs`, `steps`, `wall_time` (s), `run_dir`.
+    `resume=True` continues from `run_dir/checkpoints/last.ckpt` when it exists (needs `output.name`).
     """
     config = parse_config(config)
     if config.data.dataset.startswith("image:"):
@@ -494,7 +501,7 @@ def run(config: Union[Config, dict[str, Any]], verbose: bool = True) -> RunResul
         with torch_threads(config.train.num_threads):
             return run_image(config, verbose=verbose)
     with torch_threads(config.train.num_threads):
-        return _run(config, verbose)
+        return _run(config, verbose, resume)
 
 
 def validate(config: Config) -> None:
@@ -505,10 +512,15 @@ def validate(config: Config) -> None:
     trainer_arguments(config.trainer)
 
 
-def _run(config: Config, verbose: bool) -> RunResult:
+def _run(config: Config, verbose: bool, resume: bool = False) -> RunResult:
     start = time.perf_counter()
     validate(config)
+    if resume and not config.output.name:
+        raise ConfigError("resuming needs a fixed run directory: set output.name (the run to continue)")
     run_dir = resolve_run_dir(config)
+    resume_from = resume_checkpoint(run_dir, config.model) if resume else None
+    if resume and resume_from is None and verbose:
+        print(f"no checkpoint in {run_dir / 'checkpoints'} to resume from; starting from scratch", flush=True)
     worker = _launched_worker()
     if not worker:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -517,7 +529,7 @@ def _run(config: Config, verbose: bool) -> RunResult:
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     try:
-        outcome = fit_flow(config, splits, run_dir)
+        outcome = fit_flow(config, splits, run_dir, resume=resume_from)
     finally:
         if not worker:
             if previous is None:

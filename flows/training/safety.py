@@ -1,0 +1,251 @@
+"""Training safety: stop on a non-finite loss or gradient, resumable random state, checks of data and checkpoints.
+
+- `NonFiniteGuard` (a Lightning callback) checks the loss before every backward pass, the gradients before
+  every optimiser step and `val_nll` after every validation. On a non-finite value it raises
+  `TrainingDivergedError` *before* the parameters are updated or a checkpoint is written, so the last
+  checkpoint on disk stays the last good one; the message names the step and what to try.
+- `RandomStateCheckpoint` stores the torch / numpy / Python random states in every checkpoint and restores
+  them on resume, so a resumed run draws the same training noise as an uninterrupted one.
+- `column_warnings` finds constant and discrete (heavily repeated) columns before training.
+- `read_checkpoint` loads a checkpoint file with a clear error for a missing, truncated or foreign file;
+  `resume_checkpoint` finds and checks the checkpoint that `flows fit --resume` continues from.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+__all__ = [
+    "NonFiniteGuard",
+    "RandomStateCheckpoint",
+    "TrainingDivergedError",
+    "column_warnings",
+    "read_checkpoint",
+    "resume_checkpoint",
+    "safety_callbacks",
+    "warn_about_columns",
+]
+
+#: what to try when training diverges, in the config's terms
+ADVICE = (
+    "try a lower learning rate (train.lr), gradient clipping (train.gradient_clip, e.g. 1.0), a learning-rate "
+    "warm-up (train.warmup_steps), standardised data (data.standardize: true), dequantisation of discrete "
+    "columns (data.dequantize: true), or dropping constant columns"
+)
+
+
+class TrainingDivergedError(RuntimeError):
+    """Training produced a non-finite loss, gradient or validation NLL; the message says where and what to try."""
+
+
+def _describe_checkpoint(trainer: L.Trainer) -> str:
+    callback = trainer.checkpoint_callback
+    paths = []
+    if callback is not None:
+        paths = [p for p in (getattr(callback, "last_model_path", ""), callback.best_model_path) if p]
+    existing = [p for p in paths if Path(p).is_file()]
+    if not existing:
+        return "no checkpoint had been written yet (it diverged before the first validation)"
+    return (
+        f"the last good checkpoint is kept at {existing[0]} (continue from it with `flows fit ... --resume`)"
+    )
+
+
+class NonFiniteGuard(Callback):
+    """Stops training with `TrainingDivergedError` at the first non-finite loss, gradient or `val_nll`.
+
+    The checks run before `backward` (loss), before the optimiser step (gradients) and at the end of
+    validation (before checkpoint callbacks, which Lightning runs last), so neither the parameters nor the
+    checkpoints on disk ever hold the diverged state. Each check costs one device-to-host sync per step.
+    """
+
+    def __init__(self, monitor: str = "val_nll") -> None:
+        self.monitor = monitor
+
+    def _fail(self, trainer: L.Trainer, what: str) -> None:
+        epoch, step = trainer.current_epoch, trainer.global_step
+        raise TrainingDivergedError(
+            f"training stopped at optimiser step {step} (epoch {epoch}): {what}. {_describe_checkpoint(trainer)}; "
+            f"{ADVICE}"
+        )
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        if not bool(torch.isfinite(loss.detach()).all()):
+            self._fail(trainer, f"the training loss is {float(loss.detach().float().mean())}")
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        gradients = [
+            p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+        ]
+        if not gradients:
+            return
+        finite = torch.stack([torch.isfinite(g).all() for g in gradients]).all()
+        if not bool(finite):
+            names = {id(p): n for n, p in pl_module.named_parameters()}
+            bad = [
+                names.get(id(p), "?")
+                for group in optimizer.param_groups
+                for p in group["params"]
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+            ]
+            self._fail(trainer, f"non-finite gradients in {len(bad)} parameters (first: {bad[:3]})")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and not math.isfinite(float(value)):
+            self._fail(trainer, f"{self.monitor} is {float(value)} on the validation split")
+
+
+class RandomStateCheckpoint(Callback):
+    """Saves the global random states (torch CPU and CUDA, numpy, Python) with each checkpoint; restores them on resume.
+
+    Lightning restores weights, optimiser, scheduler and loop counters but not the random generators that
+    draw dequantisation and mollification noise; with this callback a resumed run continues the same stream.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        # Plain types and tensors only: Lightning resumes with torch.load(weights_only=True).
+        kind, keys, position, has_gauss, cached = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [
+                str(kind),
+                torch.from_numpy(keys.astype(np.int64)),
+                int(position),
+                int(has_gauss),
+                float(cached),
+            ],
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "torch" in state_dict:
+            torch.set_rng_state(state_dict["torch"])
+        if "numpy" in state_dict:
+            kind, keys, position, has_gauss, cached = state_dict["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+        if "python" in state_dict:
+            random.setstate(state_dict["python"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            states = state_dict["cuda"]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)
+
+
+def safety_callbacks() -> list[Callback]:
+    """The callbacks every flows training run gets: `NonFiniteGuard` and `RandomStateCheckpoint`."""
+    return [NonFiniteGuard(), RandomStateCheckpoint()]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data checks
+
+
+def column_warnings(
+    train: np.ndarray, columns: Sequence[str], dequantized: bool, repeated_fraction: float = 0.5
+) -> list[str]:
+    """Warnings about columns of `train (n, D)` that make the likelihood unbounded.
+
+    A constant column has zero variance: a continuous density can concentrate on it without limit. A column
+    of integers, or one whose most frequent value covers at least `repeated_fraction` of the rows, is
+    (partly) discrete: without dequantisation the same happens on its repeated values.
+    """
+    messages: list[str] = []
+    train = train[:100_000]  # the training split is shuffled: its first rows are a fair sample
+    rows = train.shape[0]
+    constant = [str(columns[j]) for j in range(train.shape[1]) if np.all(train[:, j] == train[0, j])]
+    if constant:
+        messages.append(
+            f"constant columns {constant} (zero variance): their log-likelihood grows without bound as training "
+            "proceeds; drop them (a constant carries no density information)"
+        )
+    if dequantized or rows < 2:
+        return messages
+    discrete = []
+    for j in range(train.shape[1]):
+        column = train[:, j]
+        if str(columns[j]) in constant:
+            continue
+        _, counts = np.unique(column, return_counts=True)
+        if np.all(column == np.round(column)) or counts.max() >= repeated_fraction * rows:
+            discrete.append(f"{columns[j]} ({counts.size} distinct values)")
+    if discrete:
+        messages.append(
+            f"discrete or heavily repeated columns {discrete}: a continuous density can put unbounded mass on "
+            "repeated values; set dequantize=True (data.dequantize: true) to add uniform noise to integer data"
+        )
+    return messages
+
+
+def warn_about_columns(train: np.ndarray, columns: Sequence[str], dequantized: bool) -> list[str]:
+    """Emit `column_warnings` as `UserWarning`s; returns them."""
+    messages = column_warnings(train, columns, dequantized)
+    for message in messages:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return messages
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint files
+
+
+def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file as a mapping; ValueError for a truncated, corrupt or non-checkpoint file.
+
+    The file must hold a mapping with a `state_dict` (a Lightning checkpoint or a `DensityEstimator` file).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"checkpoint path {path} is not a file")
+    size = path.stat().st_size
+    try:
+        # Our own files hold config dicts and tensors; Lightning adds a few objects of its own.
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # truncated zip, bad pickle, not a torch file at all
+        raise ValueError(
+            f"{path} ({size} bytes) is not a readable checkpoint: truncated or corrupted "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'})"
+        ) from error
+    if not isinstance(payload, Mapping) or "state_dict" not in payload:
+        kind = type(payload).__name__
+        raise ValueError(
+            f"{path} is not a flows checkpoint: expected a mapping with a state_dict, got {kind}"
+        )
+    return dict(payload)
+
+
+def resume_checkpoint(run_dir: Path, model: Mapping[str, Any]) -> Optional[Path]:
+    """`run_dir/checkpoints/last.ckpt` when it exists, checked to hold the same `model` section; else None."""
+    path = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not path.exists():
+        return None
+    payload = read_checkpoint(path)
+    record = payload.get("hyper_parameters") or {}
+    saved = (record.get("config") or {}).get("model") if isinstance(record, Mapping) else None
+    if saved is None:
+        raise ValueError(f"{path} was not written by `flows fit` (no model record); cannot resume from it")
+    if dict(saved) != dict(model):
+        raise ValueError(
+            f"cannot resume from {path}: it was trained with model {dict(saved)}, the config has {dict(model)}"
+        )
+    return path
