@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
 import time
 import typing
 import warnings
@@ -426,8 +427,10 @@ def run_image(values: Union[Config, Mapping[str, Any]], verbose: bool = True) ->
     start = time.perf_counter()
     config, options, plain = split_image_options(values)
     run_dir = tabular.resolve_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml_atomic(plain, run_dir / "config.yaml")
+    worker = tabular._launched_worker()
+    if not worker:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml_atomic(plain, run_dir / "config.yaml")
     splits = load_image_splits(config, options)
     num_classes = splits.num_classes if options.conditional else 0
 
@@ -492,10 +495,20 @@ def run_image(values: Union[Config, Mapping[str, Any]], verbose: bool = True) ->
     module = ImageFlowModule(
         model, train, num_classes, options.eval_samples, hparams=record, validation_seed=seed + 7
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
-        trainer.fit(module, datamodule=datamodule)
+    # DDP workers started by Lightning find rank 0's run directory through this variable.
+    previous = os.environ.get(tabular.RUN_DIR_ENV)
+    os.environ[tabular.RUN_DIR_ENV] = str(run_dir.resolve())
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+            trainer.fit(module, datamodule=datamodule)
+    finally:
+        if not worker:
+            if previous is None:
+                os.environ.pop(tabular.RUN_DIR_ENV, None)
+            else:
+                os.environ[tabular.RUN_DIR_ENV] = previous
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     if best_path is not None and best_path.is_file():
         state = torch.load(best_path, map_location=module.device, weights_only=False)["state_dict"]
