@@ -55,13 +55,10 @@ def build_from_record(record: dict[str, Any]) -> tuple[Flow, Config]:
 
 def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> LoadedModel:
     """Load a `.ckpt` written by `flows fit` or a file written by `DensityEstimator.save`."""
+    from flows.training.safety import read_checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    # Our own files: plain containers, config dicts and tensors (Lightning adds a few of its own objects).
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise ValueError(f"{path} is not a flows checkpoint (no state_dict found)")
+    payload = read_checkpoint(path, map_location)  # clear errors for missing, truncated or foreign files
     record = payload.get("hyper_parameters") or payload.get("record")
     if not isinstance(record, dict) or "config" not in record or "features" not in record:
         raise ValueError(f"{path} has no flows model record (config and features); was it written by flows?")
@@ -69,7 +66,10 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
     state = payload["state_dict"]
     if payload.get("format") != ESTIMATOR_FORMAT:  # a Lightning checkpoint of FlowModule: keys "flow.*"
         state = {key[len("flow.") :]: value for key, value in state.items() if key.startswith("flow.")}
-    flow.load_state_dict(state)
+    try:
+        flow.load_state_dict(state)
+    except RuntimeError as error:  # weights of another architecture than the record describes
+        raise ValueError(f"{path}: the weights do not fit the model its record describes: {error}") from error
     flow.eval()
     columns = list(record.get("columns") or [f"x{i}" for i in range(int(record["features"]))])
     return LoadedModel(flow=flow, config=config, columns=columns, features=int(record["features"]))

@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         "--config", "-c", action="append", default=[], help="YAML config (repeatable, merged in order)"
     )
     fit.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    fit.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue output.dir/output.name from its checkpoints/last.ckpt (from scratch when there is none)",
+    )
 
     test = commands.add_parser("test", help="evaluate a checkpoint on its (or a config's) test split")
     test.add_argument("--ckpt", required=True, help="checkpoint written by `flows fit`")
@@ -90,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--out", required=True, help="output file: .csv, .tsv or .npy (one log density per row)"
     )
+    for command in commands.choices.values():
+        command.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
@@ -102,17 +109,15 @@ def _fit(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
 
-    run(config)
+    run(config, resume=arguments.resume)
     return 0
 
 
 def _is_image_checkpoint(path: str) -> bool:
     """True for a checkpoint of an image run (its record has an `image` entry)."""
-    import torch
+    from flows.training.safety import read_checkpoint
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = read_checkpoint(path)
     record = payload.get("hyper_parameters") if isinstance(payload, dict) else None
     return isinstance(record, dict) and "image" in record
 
@@ -203,9 +208,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if arguments.command == "sample":
             return _sample(arguments)
         return _score(arguments)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:  # ConfigError is a ValueError
-        print(f"flows {arguments.command}: error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:  # one line on stderr, no traceback, unless --debug
+        if arguments.debug:
+            raise
+        from flows.training.safety import TrainingDivergedError
+
+        message = " ".join(str(error).split()) or type(error).__name__
+        # ConfigError is a ValueError; these are the user's to fix, anything else is a bug to report.
+        if isinstance(error, (ValueError, TypeError, OSError, ImportError, TrainingDivergedError)):
+            print(f"flows {arguments.command}: error: {message}", file=sys.stderr)
+            return 2
+        print(
+            f"flows {arguments.command}: unexpected {type(error).__name__}: {message} (rerun with --debug for the "
+            "traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
