@@ -73,6 +73,10 @@ def as_array(data: Any, name: str = "data") -> tuple[np.ndarray, list[str]]:
     if pd is not None and isinstance(data, pd.Series):
         data = data.to_frame()
     if pd is not None and isinstance(data, pd.DataFrame):
+        if data.shape[0] == 0:  # a header without rows: pandas types every column as text
+            raise ValueError(
+                f"{name} is empty: shape {data.shape} (columns {[str(c) for c in data.columns]})"
+            )
         non_numeric = [
             str(c)
             for c in data.columns

@@ -1,0 +1,481 @@
+"""Bad input gets a clear error before training; legal but hard data trains to finite log-likelihoods.
+
+Every bad case runs through the Python API (`DensityEstimator`, `run`, `load_model`) and the CLI (`main`, in
+process; one case in a fresh process to check that no traceback is printed). Each checks that the message
+names what was expected and what came, that the CLI prints one line on stderr with a non-zero status, that
+nothing was trained (no checkpoints) and that none of the user's files changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from flows.training.checkpoints import load_model
+from flows.training.cli import main
+from flows.training.config import ConfigError
+from flows.training.estimator import DensityEstimator
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_NSF = {"transforms": 2, "hidden_features": [16, 16], "residual_blocks": 0, "bins": 4}
+FAST = {"max_epochs": 3, "batch_size": 64, "trainer": {"accelerator": "cpu"}, "num_threads": 1}
+
+
+def _snapshot(directory: Path) -> dict[str, str]:
+    """sha256 of every file under `directory` (the user's files), to check that none changed."""
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and "runs" not in path.relative_to(directory).parts
+    }
+
+
+@pytest.fixture
+def user_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder of the user's files; after the test, none of them may have changed."""
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(200, 3))
+    pd.DataFrame(table, columns=["a", "b", "c"]).to_csv(tmp_path / "good.csv", index=False)
+    with_nan = table.copy()
+    with_nan[[4, 17, 90], 1] = np.nan
+    with_nan[17, 2] = np.nan
+    pd.DataFrame(with_nan, columns=["a", "b", "c"]).to_csv(tmp_path / "nan.csv", index=False)
+    with_inf = table.copy()
+    with_inf[[7], 0] = np.inf
+    np.save(tmp_path / "inf.npy", with_inf)
+    frame = pd.DataFrame(table, columns=["a", "b", "c"])
+    frame["city"] = ["x", "y"] * 100
+    frame.to_csv(tmp_path / "text.csv", index=False)
+    (tmp_path / "empty.csv").write_text("a,b,c\n")
+    (tmp_path / "one_row.csv").write_text("a,b,c\n1.0,2.0,3.0\n")
+    (tmp_path / "table.xlsx").write_bytes(b"PK\x03\x04 not really a spreadsheet")
+    pd.DataFrame(table[:, :2], columns=["a", "b"]).to_csv(tmp_path / "two_columns.csv", index=False)
+    before = _snapshot(tmp_path)
+    yield tmp_path
+    after = _snapshot(tmp_path)
+    assert {name: after.get(name) for name in before} == before, "a user's file was modified or removed"
+
+
+def _config(directory: Path, dataset: str, **sections: dict) -> Path:
+    config = {
+        "seed": 0,
+        "data": {"dataset": dataset, "n_train": 256, "n_val": 64, "n_test": 64},
+        "model": {"name": "gaussian"},
+        "train": {"batch_size": 64, "max_epochs": 2, "num_threads": 1},
+        "output": {"dir": str(directory / "runs"), "name": "run", "samples": 10, "plots": False},
+        "trainer": {"accelerator": "cpu"},
+    }
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value}
+    path = directory / f"config-{abs(hash(dataset)) % 10_000}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.err
+
+
+def _assert_one_line_error(status: int, err: str, *expected: str) -> None:
+    assert status == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+
+
+def _untrained(directory: Path) -> bool:
+    return not (directory / "runs" / "run" / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data errors: the API
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (np.array([[0.0, 1.0], [np.nan, 2.0], [3.0, np.nan], [4.0, 5.0]]), ["2 NaN", "2 rows", "[1, 2]"]),
+        (np.array([[0.0, 1.0], [np.inf, 2.0], [3.0, 4.0]]), ["0 NaN and 1 infinite", "[1]"]),
+        (pd.DataFrame({"a": [1.0, 2.0, 3.0], "name": ["x", "y", "z"]}), ["non-numeric", "'name'"]),
+        (np.array([["1.0", "2.0"], ["x", "3"]], dtype=object), ["non-numeric", "could not convert"]),
+        (np.zeros((0, 3)), ["empty", "(0, 3)"]),
+        (np.ones((1, 3)), ["at least 2 rows", "got 1"]),
+        (np.ones((4, 2, 2)), ["2-D table", "(4, 2, 2)"]),
+        ([[1.0, 2.0], [3.0]], ["rectangular"]),
+    ],
+    ids=["nan", "inf", "text-column", "text-entries", "empty", "one-row", "3-d", "ragged"],
+)
+def test_fit_rejects_bad_tables_before_training(data: object, expected: list[str], tmp_path: Path) -> None:
+    estimator = DensityEstimator("gaussian", output_dir=tmp_path / "runs", **FAST)
+    with pytest.raises((ValueError, TypeError)) as caught:
+        estimator.fit(data)
+    for text in expected:
+        assert text in str(caught.value), (text, str(caught.value))
+    assert not (tmp_path / "runs").exists()  # raised before anything was trained or written
+    assert not hasattr(estimator, "flow_")
+
+
+@pytest.fixture(scope="module")
+def fitted() -> DensityEstimator:
+    rows = np.random.default_rng(1).normal(size=(256, 3))
+    return DensityEstimator("gaussian", **FAST).fit(rows)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (np.zeros((5, 2)), ["2 features", "fitted on 3"]),
+        (np.zeros((5, 4)), ["4 features", "fitted on 3"]),
+        (np.array([[0.0, np.nan, 1.0], [1.0, 2.0, 3.0]]), ["1 NaN", "[0]"]),
+        (pd.DataFrame({"a": [1.0, 2.0], "b": ["u", "v"], "c": [0.0, 1.0]}), ["non-numeric", "'b'"]),
+    ],
+    ids=["too-few-features", "too-many-features", "nan", "text"],
+)
+def test_score_rejects_bad_rows(fitted: DensityEstimator, data: object, expected: list[str]) -> None:
+    with pytest.raises((ValueError, TypeError)) as caught:
+        fitted.score_samples(data)
+    for text in expected:
+        assert text in str(caught.value), (text, str(caught.value))
+
+
+def test_sample_rejects_bad_counts_and_seeds(fitted: DensityEstimator) -> None:
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            fitted.sample(bad)
+    with pytest.raises(TypeError, match="random_state"):
+        fitted.sample(3, random_state="zero")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DensityEstimator("gaussian").sample(3)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config and hyper-parameter errors: the API
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "expected"),
+    [
+        ({"lrr": 0.1}, ConfigError, ["'model.lrr'", "valid keys"]),
+        ({"batch_size": "big"}, ConfigError, ["'train.batch_size'", "int", "'big'"]),
+        ({"lr": -1e-3}, ConfigError, ["'train.lr'", "positive", "-0.001"]),
+        ({"max_epochs": 0}, ConfigError, ["'train.max_epochs'"]),
+        ({"gradient_clip": 0.0}, ConfigError, ["'train.gradient_clip'", "positive"]),
+        ({"bins": "eight"}, ConfigError, ["'model.bins'", "int", "'eight'"]),
+        ({"trainer": {"max_epochs": 3}}, ConfigError, ["'trainer.max_epochs'", "train.max_epochs"]),
+        ({"model": "flowy"}, ConfigError, ["'model.name'", "'flowy'", "nsf"]),
+    ],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "negative-lr",
+        "zero-epochs",
+        "zero-clip",
+        "bins-type",
+        "reserved",
+        "model",
+    ],
+)
+def test_estimator_options_are_checked_at_construction(
+    arguments: dict, error: type, expected: list[str]
+) -> None:
+    options = {"model": "nsf", **arguments}
+    with pytest.raises(error) as caught:
+        DensityEstimator(**options)
+    for text in expected:
+        assert text in str(caught.value), (text, str(caught.value))
+
+
+@pytest.mark.parametrize(("option", "expected"), [({"bins": 1}, "bins"), ({"transforms": 0}, "transforms")])
+def test_invalid_model_hyperparameters_fail_before_training(
+    option: dict, expected: str, tmp_path: Path
+) -> None:
+    estimator = DensityEstimator("nsf", output_dir=tmp_path / "runs", **FAST, **option)
+    with pytest.raises(ValueError, match=expected) as caught:
+        estimator.fit(np.random.default_rng(0).normal(size=(64, 2)))
+    assert ">=" in str(caught.value) or "at least" in str(caught.value), str(caught.value)
+    assert not (tmp_path / "runs" / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint errors: the API
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real checkpoint of a tiny `flows fit` run (3 features)."""
+    directory = tmp_path_factory.mktemp("fit")
+    config = _config(
+        directory, "synthetic:gaussian_mixture", data={"target": {"features": 3, "components": 1}}
+    )
+    assert main(["fit", "--config", str(config)]) == 0
+    return directory / "runs" / "run" / "checkpoints" / "best.ckpt"
+
+
+def _damaged(checkpoint: Path, directory: Path) -> dict[str, Path]:
+    """Checkpoint files that are broken in different ways."""
+    raw = checkpoint.read_bytes()
+    files = {
+        "truncated": directory / "truncated.ckpt",
+        "garbage": directory / "garbage.ckpt",
+        "no-state-dict": directory / "list.ckpt",
+        "foreign": directory / "foreign.ckpt",
+        "wrong-weights": directory / "wrong-weights.ckpt",
+    }
+    files["truncated"].write_bytes(raw[: len(raw) // 2])
+    files["garbage"].write_bytes(np.random.default_rng(0).bytes(4096))
+    torch.save([1, 2, 3], files["no-state-dict"])
+    torch.save({"state_dict": {"layer.weight": torch.zeros(2, 2)}, "epoch": 3}, files["foreign"])
+    payload = torch.load(checkpoint, weights_only=False)
+    payload["hyper_parameters"]["features"] = 5  # the record says 5 features, the weights have 3
+    torch.save(payload, files["wrong-weights"])
+    return files
+
+
+DAMAGE_MESSAGES = {
+    "truncated": ["not a readable checkpoint", "truncated or corrupted", "bytes"],
+    "garbage": ["not a readable checkpoint", "truncated or corrupted"],
+    "no-state-dict": ["not a flows checkpoint", "state_dict", "list"],
+    "foreign": ["no flows model record", "written by flows"],
+    "wrong-weights": ["do not fit the model"],
+}
+
+
+def test_damaged_and_foreign_checkpoints_are_clear_errors(checkpoint: Path, tmp_path: Path) -> None:
+    files = _damaged(checkpoint, tmp_path)
+    for kind, path in files.items():
+        for load in (load_model, DensityEstimator.load):
+            with pytest.raises(ValueError) as caught:
+                load(path)
+            for text in DAMAGE_MESSAGES[kind]:
+                assert text in str(caught.value), (kind, text, str(caught.value))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_model(tmp_path / "missing.ckpt")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The same errors through the CLI: one line on stderr, exit status 2, nothing trained
+
+
+@pytest.mark.parametrize(
+    ("file", "extra", "expected"),
+    [
+        ("nan.csv", {}, ["4 NaN and 0 infinite values in 3 rows", "[4, 17, 90]"]),
+        ("inf.npy", {}, ["0 NaN and 1 infinite", "[7]"]),
+        ("text.csv", {}, ["non-numeric columns", "'city'"]),
+        ("empty.csv", {}, ["empty", "(0, 3)"]),
+        ("one_row.csv", {}, ["at least 2 rows", "got 1"]),
+        ("missing.csv", {}, ["table file not found", "missing.csv"]),
+        ("table.xlsx", {}, ["unsupported table format '.xlsx'", ".csv"]),
+        ("good.csv", {"columns": ["a", "z"]}, ["column 'z' not found", "['a', 'b', 'c']"]),
+    ],
+    ids=["nan", "inf", "text-column", "empty", "one-row", "missing", "unknown-format", "unknown-column"],
+)
+def test_cli_fit_rejects_bad_files(
+    user_dir: Path, capsys: pytest.CaptureFixture[str], file: str, extra: dict, expected: list[str]
+) -> None:
+    config = _config(user_dir, f"file:{user_dir / file}", data=extra)
+    status, err = _cli(capsys, "fit", "--config", str(config))
+    _assert_one_line_error(status, err, "flows fit: error:", *expected)
+    assert _untrained(user_dir)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (["--train.lrr", "0.1"], ["unknown config key 'train.lrr'", "did you mean 'lr'"]),
+        (["--train.lr", "abc"], ["'train.lr'", "expected float", "'abc'"]),
+        (["--train.lr", "-0.5"], ["'train.lr'", "positive", "-0.5"]),
+        (["--train.batch_size", "0"], ["'train.batch_size'", "positive"]),
+        (["--model.name", "nsf", "--model.bins", "1"], ["bins", ">= 2", "1"]),
+        (["--model.name", "nsf", "--model.tails", "cubic"], ["tails", "'cubic'"]),
+        (["--data.dataset", "toy:spiral"], ["unknown toy 'spiral'", "moons"]),
+    ],
+    ids=["unknown-key", "wrong-type", "negative-lr", "zero-batch", "bins-1", "bad-tails", "unknown-toy"],
+)
+def test_cli_fit_rejects_bad_configs(
+    user_dir: Path, capsys: pytest.CaptureFixture[str], override: list[str], expected: list[str]
+) -> None:
+    config = _config(user_dir, "toy:moons")
+    status, err = _cli(capsys, "fit", "--config", str(config), *override)
+    _assert_one_line_error(status, err, "flows fit: error:", *expected)
+    assert _untrained(user_dir)
+
+
+def test_cli_missing_config_file_and_bad_yaml(user_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _cli(capsys, "fit", "--config", str(user_dir / "nope.yaml"))
+    _assert_one_line_error(status, err, "config file not found", "nope.yaml")
+    bad = user_dir / "runs" / "bad.yaml"
+    bad.parent.mkdir()
+    bad.write_text("train: [unclosed\n")
+    status, err = _cli(capsys, "fit", "--config", str(bad))
+    _assert_one_line_error(status, err, "not valid YAML")
+
+
+def test_cli_score_and_sample_reject_bad_input(
+    user_dir: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = user_dir / "runs" / "scores.csv"
+    cases = [
+        (
+            ["score", "--ckpt", str(checkpoint), "--data", str(user_dir / "two_columns.csv")],
+            ["2 columns", "expects 3"],
+        ),
+        (["score", "--ckpt", str(checkpoint), "--data", str(user_dir / "nan.csv")], ["4 NaN", "[4, 17, 90]"]),
+        (
+            ["score", "--ckpt", str(checkpoint), "--data", str(user_dir / "text.csv")],
+            ["non-numeric", "'city'"],
+        ),
+        (["score", "--ckpt", str(checkpoint), "--data", str(user_dir / "missing.csv")], ["not found"]),
+        (
+            ["score", "--ckpt", str(user_dir / "none.ckpt"), "--data", str(user_dir / "good.csv")],
+            ["not found"],
+        ),
+        (
+            ["score", "--ckpt", str(checkpoint), "--data", str(user_dir / "table.xlsx")],
+            ["unsupported table format"],
+        ),
+        (
+            ["sample", "--ckpt", str(checkpoint), "-n", "0", "--out", str(out)],
+            ["-n must be a positive integer"],
+        ),
+        (
+            ["sample", "--ckpt", str(checkpoint), "-n", "5", "--out", str(user_dir / "runs" / "s.xlsx")],
+            [".csv"],
+        ),
+    ]
+    for argv, expected in cases:
+        if argv[0] == "score":
+            argv = [*argv, "--out", str(out)]
+        status, err = _cli(capsys, *argv)
+        _assert_one_line_error(status, err, f"flows {argv[0]}: error:", *expected)
+    assert not out.exists()
+
+
+def test_cli_damaged_checkpoints(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = _damaged(checkpoint, tmp_path)
+    for kind, path in files.items():
+        for argv in (
+            ["sample", "--ckpt", str(path), "-n", "3", "--out", str(tmp_path / "s.csv")],
+            ["test", "--ckpt", str(path)],
+        ):
+            status, err = _cli(capsys, *argv)
+            _assert_one_line_error(status, err, *DAMAGE_MESSAGES[kind])
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_cli_resume_refuses_a_checkpoint_of_another_model(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = checkpoint.parent.parent
+    config = _config(
+        run_dir.parent.parent,
+        "synthetic:gaussian_mixture",
+        data={"target": {"features": 3, "components": 1}},
+        model={"name": "maf", "transforms": 1},
+    )
+    status, err = _cli(capsys, "fit", "--config", str(config), "--resume")
+    _assert_one_line_error(status, err, "cannot resume", "'gaussian'", "'maf'")
+    status, err = _cli(capsys, "fit", "--config", str(config), "--resume", "--output.name", "null")
+    _assert_one_line_error(status, err, "output.name")
+
+
+@pytest.mark.slow
+def test_console_errors_have_no_traceback_unless_debug(user_dir: Path) -> None:
+    config = _config(user_dir, f"file:{user_dir / 'nan.csv'}")
+    command = [sys.executable, "-m", "flows.training.cli", "fit", "--config", str(config)]
+    quiet = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert quiet.returncode == 2
+    assert quiet.stderr.strip().count("\n") == 0 and "Traceback" not in quiet.stderr
+    assert "4 NaN" in quiet.stderr
+    loud = subprocess.run([*command, "--debug"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert loud.returncode != 0 and "Traceback" in loud.stderr and "4 NaN" in loud.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Legal but hard data: handled with warnings, finite log-likelihoods, no NaN in training
+
+
+def _hard_tables() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    n = 400
+    base = rng.normal(size=(n, 2))
+    return {
+        "constant-column": np.c_[base, np.full(n, 3.0)],
+        "discrete-column": np.c_[base, rng.integers(0, 3, n)],
+        "integer-dtype": rng.integers(-5, 5, (n, 3)),
+        "float32-dtype": base.astype(np.float32),
+        "magnitude-1e8": base * 1e8 + 1e8,
+        "cauchy-tails": rng.standard_cauchy((n, 2)),
+        "tiny-magnitude": base * 1e-8,
+    }
+
+
+HARD_WARNINGS = {
+    "constant-column": "constant columns ['x2']",
+    "discrete-column": "discrete or heavily repeated columns ['x2 (3 distinct values)']",
+    "integer-dtype": "discrete or heavily repeated columns",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(_hard_tables()))
+def test_hard_but_legal_data_trains_to_finite_log_likelihoods(name: str) -> None:
+    table = _hard_tables()[name]
+    estimator = DensityEstimator("nsf", **FAST, lr=3e-3, **TINY_NSF)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimator.fit(table)
+    messages = [str(w.message) for w in caught]
+    if name in HARD_WARNINGS:
+        assert any(HARD_WARNINGS[name] in m for m in messages), messages
+    else:
+        assert not any("constant columns" in m or "discrete" in m for m in messages), messages
+    scores = estimator.score_samples(table)
+    assert scores.shape == (table.shape[0],) and np.isfinite(scores).all()
+    assert np.isfinite(estimator.best_val_nll_)
+    samples = estimator.sample(200, random_state=0)
+    assert np.isfinite(samples).all()
+    for parameter in estimator.flow_.parameters():
+        assert torch.isfinite(parameter).all()
+    # Scores are in data units: rescaling the data by c shifts each log-density by -D log c.
+    if name == "magnitude-1e8":
+        assert np.mean(scores) == pytest.approx(-2 * np.log(1e8) - np.log(2 * np.pi * np.e), abs=0.3)
+
+
+@pytest.mark.slow
+def test_discrete_column_is_dequantised_on_request() -> None:
+    table = _hard_tables()["discrete-column"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        DensityEstimator("gaussian", **FAST, dequantize=True).fit(table)
+    assert not any("discrete or heavily repeated" in str(w.message) for w in caught)
+
+
+@pytest.mark.slow
+def test_cli_fit_of_a_hard_table_warns_and_finishes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = _hard_tables()["constant-column"]
+    pd.DataFrame(table, columns=["a", "b", "k"]).to_csv(tmp_path / "hard.csv", index=False)
+    config = _config(tmp_path, f"file:{tmp_path / 'hard.csv'}", model={"name": "nsf", **TINY_NSF})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["fit", "--config", str(config)]) == 0
+    assert any("constant columns ['k']" in str(w.message) for w in caught)
+    metrics = yaml.safe_load((tmp_path / "runs" / "run" / "metrics.json").read_text())
+    assert np.isfinite(metrics["test_log_likelihood"]) and metrics["test_nonfinite_rows"] == 0
