@@ -39,6 +39,8 @@ def one_thread():
 
 #: the default tile size of `image_grid` (small images are upscaled to it)
 TILE = 64
+#: the default padding between tiles
+PAD = 2
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "images").glob("*.yaml"))
 
@@ -181,7 +183,7 @@ def test_png_round_trip_and_grid_layout(tmp_path: Path) -> None:
     assert (grid[top : top + 32, left : left + 32] == 255).all()
     assert (grid[top : top + 32, 1 : 1 + 32] == 0).all()
     assert grid[0, 0] == 128  # padding is mid grey
-    colour = image_grid(np.ones((2, 3, 4, 4)), columns=2, min_size=4)
+    colour = image_grid(np.ones((2, 3, 4, 4)), columns=2, padding=1, min_size=4)
     assert colour.shape == (6, 11, 3)
 
 
@@ -207,18 +209,19 @@ def test_sample_grids_per_temperature_and_class(tmp_path: Path) -> None:
         "samples_temperatures.png",
     ]
     cold = read_png(tmp_path / "plain" / "samples_t0.00.png")
-    size = TILE  # 4x4 images upscaled to the default 64-pixel tiles, 1 pixel of padding
-    tile = cold[1 : 1 + size, 1 : 1 + size]
-    assert (cold[1 : 1 + size, 2 + size : 2 + 2 * size] == tile).all()  # temperature 0: all the same image
+    size, pad = TILE, PAD  # 4x4 images upscaled to the default 64-pixel tiles
+    first, second = slice(pad, pad + size), slice(2 * pad + size, 2 * pad + 2 * size)
+    tile = cold[first, first]
+    assert (cold[first, second] == tile).all()  # temperature 0: all the same image
     hot = read_png(tmp_path / "plain" / "samples_t1.00.png")
-    assert not (hot[1 : 1 + size, 2 + size : 2 + 2 * size] == hot[1 : 1 + size, 1 : 1 + size]).all()
+    assert not (hot[first, second] == hot[first, first]).all()
     again = write_sample_grids(model, tmp_path / "again", temperatures=(1.0,), count=9)
     np.testing.assert_array_equal(read_png(again[0]), hot)  # seeded
 
     conditional = tiny_model((1, 4, 4), context_features=3)
     write_sample_grids(conditional, tmp_path / "classes", temperatures=(0.7,), count=6, num_classes=3)
     grid = read_png(tmp_path / "classes" / "samples_t0.70.png")
-    assert grid.shape == (3 * TILE + 4, 2 * TILE + 3)  # one row per class, two samples each
+    assert grid.shape == (3 * TILE + 4 * PAD, 2 * TILE + 3 * PAD)  # one row per class, two samples each
 
 
 @pytest.mark.parametrize("coupling", ["affine", "spline"])
@@ -231,7 +234,7 @@ def test_reconstructions_are_exact_up_to_round_off(tmp_path: Path, coupling: str
     error = write_reconstructions(model, images, tmp_path / "reconstructions.png")
     assert error < 1e-4
     picture = read_png(tmp_path / "reconstructions.png")
-    assert picture.shape == (2 * TILE + 3, 6 * TILE + 7)  # originals over reconstructions
+    assert picture.shape == (2 * TILE + 3 * PAD, 6 * TILE + 7 * PAD)  # originals over reconstructions
 
 
 # ------------------------------------------------------------------------------------ configs end to end

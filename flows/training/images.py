@@ -123,7 +123,7 @@ def read_png(path: Union[str, Path]) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ grids
 def image_grid(
-    images: Union[Tensor, np.ndarray], columns: Optional[int] = None, padding: int = 1, min_size: int = 64
+    images: Union[Tensor, np.ndarray], columns: Optional[int] = None, padding: int = 2, min_size: int = 64
 ) -> np.ndarray:
     """Tile images `(N, C, H, W)` in `[0, 1]` (C = 1 or 3) into `(H', W')` or `(H', W', 3)` uint8.
 
