@@ -297,6 +297,14 @@ def test_every_image_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None
     channels, height, width = metrics["shape"]
     assert drawn.shape[-3:] == (channels, height, width) and drawn.min() >= 0
     assert drawn.max() < metrics["num_levels"]
+    if metrics["conditional"]:
+        one_class = np.load(sample_images(checkpoint, tmp_path / "ones.npy", count=2, label=1, seed=0))
+        assert one_class.shape == (2, channels, height, width)
+        with pytest.raises(ValueError, match="label"):
+            sample_images(checkpoint, tmp_path / "bad.npy", count=2, label=10)
+    else:
+        with pytest.raises(ValueError, match="unconditional"):
+            sample_images(checkpoint, tmp_path / "bad.npy", count=2, label=1)
 
 
 # ------------------------------------------------------------------------------------------- validation
