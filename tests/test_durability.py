@@ -1,0 +1,271 @@
+"""No work is lost: atomic result and checkpoint writes, divergence that keeps the last good checkpoint,
+SIGKILL mid-epoch then `--resume` reproducing an uninterrupted run, and bit-identical same-seed runs on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from flows.training.cli import main
+from flows.training.config import write_yaml_atomic
+from flows.training.estimator import DensityEstimator
+from flows.training.module import FlowModule
+from flows.training.run import run, write_json_atomic, write_samples
+from flows.training.safety import TrainingDivergedError, read_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_NSF = {"name": "nsf", "transforms": 2, "hidden_features": [16, 16], "residual_blocks": 0, "bins": 4}
+#: metrics that legitimately differ between two runs of the same config
+RUN_SPECIFIC = {"wall_time", "run_dir", "checkpoint", "plots"}
+
+
+class _Crash(BaseException):
+    """Stands in for the process dying between writing the data and renaming it into place."""
+
+
+@pytest.fixture
+def crash_on_rename(monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise _Crash()
+
+    for target, name in (
+        (os, "replace"),
+        (os, "rename"),
+        (shutil, "move"),
+        (Path, "replace"),
+        (Path, "rename"),
+    ):
+        monkeypatch.setattr(target, name, crash)
+
+
+WRITERS: dict[str, Callable[[Path, int], Any]] = {
+    "metrics.json": lambda path, version: write_json_atomic(
+        {"version": version, "rows": list(range(50))}, path
+    ),
+    "config.yaml": lambda path, version: write_yaml_atomic(
+        {"version": version, "rows": list(range(50))}, path
+    ),
+    "samples.csv": lambda path, version: write_samples(path, np.full((100, 2), float(version)), ["a", "b"]),
+    "samples.npy": lambda path, version: write_samples(path, np.full((100, 2), float(version)), ["a", "b"]),
+    "last.ckpt": lambda path, version: TorchCheckpointIO().save_checkpoint(
+        {"state_dict": {"w": torch.full((100,), float(version))}}, path
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_an_interrupted_write_leaves_the_previous_file_intact(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    path = tmp_path / name
+    WRITERS[name](path, 1)
+    complete = path.read_bytes()
+    request.getfixturevalue("crash_on_rename")  # from here on, every write dies before its rename
+    with pytest.raises(_Crash):
+        WRITERS[name](path, 2)
+    # The target was never opened for writing: it still holds the whole previous version.
+    assert path.read_bytes() == complete
+
+
+def test_estimator_save_interrupted_mid_file_keeps_the_previous_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = np.random.default_rng(0).normal(size=(128, 2))
+    estimator = DensityEstimator("gaussian", max_epochs=1, batch_size=64, num_threads=1).fit(rows)
+    path = estimator.save(tmp_path / "model.pt")
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def dies_halfway(obj: Any, file: Any, *args: Any, **kwargs: Any) -> None:
+        real_save(obj, file, *args, **kwargs)
+        Path(file).write_bytes(Path(file).read_bytes()[:100])  # a torn write of the temporary file
+        raise _Crash()
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(_Crash):
+        estimator.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    reloaded = DensityEstimator.load(path)
+    np.testing.assert_array_equal(reloaded.score_samples(rows), estimator.score_samples(rows))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Divergence: a clear error naming the step, and the last good checkpoint kept
+
+
+def _config(directory: Path, name: str, **train: Any) -> dict[str, Any]:
+    """384 training rows in batches of 64: 6 optimiser steps per epoch."""
+    return {
+        "seed": 3,
+        "data": {"dataset": "toy:moons", "n_train": 384, "n_val": 128, "n_test": 256},
+        "model": dict(TINY_NSF),
+        "train": {
+            "batch_size": 64,
+            "max_epochs": 4,
+            "lr": 5e-3,
+            "num_threads": 1,
+            "noise_std": 0.05,
+            "mollification": {"fraction": 0.5},
+            "early_stopping_patience": None,
+            **train,
+        },
+        "trainer": {"accelerator": "cpu"},
+        "output": {
+            "dir": str(directory),
+            "name": name,
+            "samples": 20,
+            "plots": False,
+            "progress_bar": False,
+            "logger": "csv",
+        },
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("poison", ["loss", "gradients"])
+def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    poison: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = FlowModule.training_step
+    bad_step = 9  # in the second epoch, after the first epoch's checkpoint (step 6)
+
+    def poisoned(self: FlowModule, batch: Any, index: int) -> torch.Tensor:
+        loss = original(self, batch, index)
+        if self.global_step < bad_step:
+            return loss
+        if poison == "loss":
+            return loss * float("nan")
+        # A finite loss whose gradient is NaN: sqrt has an infinite slope at 0, times 0.
+        first = next(self.flow.parameters())
+        return loss + torch.sqrt(first.sum() * 0.0)
+
+    monkeypatch.setattr(FlowModule, "training_step", poisoned)
+    config_path = tmp_path / "diverge.yaml"
+    config_path.write_text(yaml.safe_dump(_config(tmp_path, "diverge")))
+    with pytest.raises(TrainingDivergedError) as caught:
+        run(yaml.safe_load(config_path.read_text()), verbose=False)
+    message = str(caught.value)
+    assert f"optimiser step {bad_step} (epoch 1)" in message
+    assert ("training loss is nan" if poison == "loss" else "non-finite gradients") in message
+    for advice in ("train.lr", "train.gradient_clip", "data.standardize", "data.dequantize", "--resume"):
+        assert advice in message
+    last = tmp_path / "diverge" / "checkpoints" / "last.ckpt"
+    assert str(last) in message
+    checkpoint = read_checkpoint(last)
+    assert checkpoint["global_step"] == 6  # written at the end of the first epoch, never overwritten
+    assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values())
+    assert not (tmp_path / "diverge" / "metrics.json").exists()
+
+    # The CLI says the same in one line, exit status 2.
+    assert main(["fit", "--config", str(config_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("flows fit: error: training stopped at optimiser step 9")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SIGKILL mid-epoch, then --resume
+
+
+KILLER = """
+import os, signal, sys
+from lightning.pytorch.callbacks import Callback
+import flows.training.run
+run_module = sys.modules["flows.training.run"]
+
+class KillMidEpoch(Callback):
+    def on_train_batch_start(self, trainer, module, batch, index):
+        if trainer.global_step == {step}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+callbacks = run_module.safety_callbacks
+run_module.safety_callbacks = lambda: [*callbacks(), KillMidEpoch()]
+from flows.training.cli import main
+sys.exit(main(["fit", "--config", sys.argv[1]]))
+"""
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["state_dict"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    full = run(_config(tmp_path, "full"), verbose=False)
+
+    config_path = tmp_path / "killed.yaml"
+    config_path.write_text(yaml.safe_dump(_config(tmp_path, "killed")))
+    kill_step = 2 * 6 + 3  # the fourth batch of the third epoch
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER.replace("{step}", str(kill_step)), str(config_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_dir = tmp_path / "killed"
+    assert not (run_dir / "metrics.json").exists()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == 12  # the end of the second epoch: the last checkpoint
+
+    assert main(["fit", "--config", str(config_path), "--resume"]) == 0
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    expected = {k: v for k, v in full.metrics.items() if k not in RUN_SPECIFIC}
+    assert {k: v for k, v in resumed.items() if k not in RUN_SPECIFIC} == json.loads(json.dumps(expected))
+    # Not just the metrics: the final and the best weights are bit-identical.
+    for name in ("last.ckpt", "best.ckpt"):
+        a, b = _state(tmp_path / "full" / "checkpoints" / name), _state(run_dir / "checkpoints" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_resume_without_a_checkpoint_starts_from_scratch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, "fresh", max_epochs=1)
+    config["model"] = {"name": "gaussian"}
+    result = run(config, resume=True)
+    assert "no checkpoint" in capsys.readouterr().out
+    assert result.metrics["epochs"] == 1 and np.isfinite(result.metrics["test_log_likelihood"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Same seed, same bits
+
+
+@pytest.mark.slow
+def test_same_seed_gives_bit_identical_models_and_samples_on_cpu() -> None:
+    rows = np.random.default_rng(0).standard_t(3, size=(300, 3))
+    options = {
+        "max_epochs": 3,
+        "batch_size": 64,
+        "num_threads": 1,
+        "noise_std": 0.1,
+        "mollification": {"fraction": 0.5},
+        "dequantize": False,
+        **{k: v for k, v in TINY_NSF.items() if k != "name"},
+    }
+    first = DensityEstimator("nsf", seed=5, **options).fit(rows)
+    second = DensityEstimator("nsf", seed=5, **options).fit(rows)
+    other = DensityEstimator("nsf", seed=6, **options).fit(rows)
+    a, b, c = (e.flow_.state_dict() for e in (first, second, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    np.testing.assert_array_equal(first.score_samples(rows), second.score_samples(rows))
+    np.testing.assert_array_equal(first.sample(50, random_state=1), second.sample(50, random_state=1))
