@@ -114,11 +114,15 @@ def build_flows(
     sample: Callable[[int], Tensor] = lambda n: flow.sample((n,))  # noqa: E731
     note = "presets"
     if compile_model:
-        # log_prob (and with it the training step's forward and backward) is compiled. Sampling is
-        # compiled for coupling flows only: a compiled autoregressive inverse cannot stop early (a
-        # data-dependent exit breaks the graph), so the eager fixed-point sampler is faster.
+        # log_prob (and with it the training step's forward and backward) is compiled. A compiled
+        # autoregressive inverse cannot stop early (a data-dependent exit breaks the graph), so for
+        # autoregressive flows one fixed-point step is compiled and the loop keeps its early exit.
         log_prob = torch.compile(flow.log_prob, fullgraph=True, dynamic=False)
-        if spec.architecture not in AUTOREGRESSIVE:
+        if spec.architecture in AUTOREGRESSIVE:
+            for module in flow.modules():
+                if hasattr(module, "compile_fixed_point_step"):
+                    module.compile_fixed_point_step(dynamic=False)
+        else:
             sample = torch.compile(sample, fullgraph=True, dynamic=False)
         note += " + torch.compile"
     return Model(flow, log_prob, sample, note)

@@ -198,3 +198,21 @@ def test_flow_samples_equal_with_either_method(autoregressive_preset: str) -> No
         samples[method] = flow.sample((32,))
     torch.testing.assert_close(samples["auto"], samples["fixed_point"], atol=0, rtol=0)
     torch.testing.assert_close(samples["fixed_point"], samples["sequential"], atol=1e-9, rtol=0)
+
+
+def test_compiled_step_keeps_the_early_exit() -> None:
+    """`compile_fixed_point_step` compiles one step (fullgraph); the Python loop still stops early."""
+    layer = make_layer(20, "spline", torch.float32)
+    y = latent(16, 20, torch.float32)
+    with torch.no_grad():
+        x_eager, ladj_eager, steps_eager = layer._inverse_fixed_point(y, None)
+        layer.compile_fixed_point_step(backend="eager", dynamic=False)
+        try:
+            x_compiled, ladj_compiled, steps_compiled = layer._inverse_fixed_point(y, None)
+        finally:
+            layer.compile_fixed_point_step(backend=None)
+            torch._dynamo.reset()
+    assert steps_compiled == steps_eager < 20
+    torch.testing.assert_close(x_compiled, x_eager, atol=0, rtol=0)
+    torch.testing.assert_close(ladj_compiled, ladj_eager, atol=0, rtol=0)
+    assert layer._compiled_step is None

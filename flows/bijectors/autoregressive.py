@@ -25,7 +25,7 @@ the exact inverse.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import torch
@@ -94,6 +94,7 @@ class MaskedAutoregressive(Bijector):
         self.inverse_method = inverse_method
         self.inverse_tol = None if inverse_tol is None else float(inverse_tol)
         self.inverse_check_every = inverse_check_every
+        self._compiled_step: Optional[Callable[..., tuple[Tensor, Tensor, Tensor]]] = None
         if not isinstance(features, int) or features < 1:
             raise ValueError(f"features must be an int >= 1, got {features!r}")
         if not isinstance(context_features, int) or context_features < 0:
@@ -156,24 +157,41 @@ class MaskedAutoregressive(Bijector):
             tolerance = _DEFAULT_TOLERANCE.get(y.dtype, 1e-6)
         check_every = self.inverse_check_every or (4 if y.is_cuda else 1)
         may_stop = not torch.compiler.is_compiling()
+        step = self._compiled_step if self._compiled_step is not None else self._fixed_point_step
         x = torch.zeros_like(y)
         ladj = y.new_zeros(y.shape[:-1])
         steps = 0
         while steps < self.features:
-            # Not-yet-valid positions of an iterate may overflow (unbounded scales); the MADE masks multiply
-            # them by zero, and `0 * inf = nan` would spread, so they are zeroed before the pass.
-            params = self.made(x.nan_to_num(0.0, 0.0, 0.0), context)
-            x_next, ladj = apply_transformer(self.transformer, y, params, inverse=True)
+            x, ladj, converged = step(x, y, context, tolerance)
             steps += 1
-            if may_stop and steps % check_every == 0 and steps < self.features:
-                # One host read per check; `all` of an empty batch is True. NaNs never converge.
-                converged = bool(((x_next - x).abs() <= tolerance).all())
-                x = x_next
-                if converged:
-                    break
-            else:
-                x = x_next
+            # One host read per check (`bool`); `all` of an empty batch is True, NaNs never converge.
+            if may_stop and steps % check_every == 0 and steps < self.features and bool(converged):
+                break
         return x, ladj, steps
+
+    def _fixed_point_step(
+        self, x: Tensor, y: Tensor, context: Optional[Tensor], tolerance: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One Jacobi step: `(x_next, ladj, converged)`, `converged` a 0-d bool tensor, true when no element
+        of `x_next` differs from `x` by more than `tolerance`."""
+        # Not-yet-valid positions of an iterate may overflow (unbounded scales); the MADE masks multiply
+        # them by zero, and `0 * inf = nan` would spread, so they are zeroed before the pass.
+        params = self.made(x.nan_to_num(0.0, 0.0, 0.0), context)
+        x_next, ladj = apply_transformer(self.transformer, y, params, inverse=True)
+        return x_next, ladj, ((x_next - x).abs() <= tolerance).all()
+
+    def compile_fixed_point_step(self, **options: Any) -> None:
+        """Compile one fixed-point step (a MADE pass, the transformer and the convergence test) with
+        `torch.compile(fullgraph=True, **options)`; the loop stays in Python and keeps its early exit.
+
+        Compiling the whole inverse instead has no early exit (all `features` steps run), so for
+        sampling this is the faster way to use the compiler. The compiled step is not saved in the
+        `state_dict`; `compile_fixed_point_step(backend=None)` removes it.
+        """
+        if options.get("backend", "inductor") is None:
+            self._compiled_step = None
+            return
+        self._compiled_step = torch.compile(self._fixed_point_step, fullgraph=True, **options)
 
     def _inverse_sequential(self, y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """The reference inverse: fill `x` one position at a time in the order, then one full pass.
