@@ -216,3 +216,19 @@ def test_compiled_step_keeps_the_early_exit() -> None:
     torch.testing.assert_close(x_compiled, x_eager, atol=0, rtol=0)
     torch.testing.assert_close(ladj_compiled, ladj_eager, atol=0, rtol=0)
     assert layer._compiled_step is None
+
+
+def test_whole_inverse_compiles_without_graph_breaks_and_runs_every_step() -> None:
+    """Under torch.compile the loop has no data-dependent exit: it traces in one graph, runs all
+    `features` steps and so equals the sequential inverse."""
+    layer = make_layer(12, "affine", torch.float64, inverse_method="fixed_point")
+    y = latent(8, 12, torch.float64)
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            x_compiled, ladj_compiled = torch.compile(layer.inverse, fullgraph=True, backend="eager")(y)
+            x_sequential, ladj_sequential = layer._inverse_sequential(y, None)
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(x_compiled, x_sequential, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ladj_compiled, ladj_sequential, atol=1e-11, rtol=0)
