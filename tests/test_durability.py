@@ -137,7 +137,7 @@ def _config(directory: Path, name: str, **train: Any) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("poison", ["loss", "gradients"])
+@pytest.mark.parametrize("poison", ["loss", "gradients", "validation"])
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     poison: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -154,14 +154,29 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         first = next(self.flow.parameters())
         return loss + torch.sqrt(first.sum() * 0.0)
 
-    monkeypatch.setattr(FlowModule, "training_step", poisoned)
+    original_nll = FlowModule.nll
+
+    def nan_on_validation(self: FlowModule, x: torch.Tensor) -> torch.Tensor:
+        nll = original_nll(self, x)
+        return nll * float("nan") if not self.training and self.current_epoch >= 1 else nll
+
+    if poison == "validation":  # training stays finite; the second epoch's validation NLL is NaN
+        monkeypatch.setattr(FlowModule, "nll", nan_on_validation)
+        bad_step = 12
+    else:
+        monkeypatch.setattr(FlowModule, "training_step", poisoned)
     config_path = tmp_path / "diverge.yaml"
     config_path.write_text(yaml.safe_dump(_config(tmp_path, "diverge")))
     with pytest.raises(TrainingDivergedError) as caught:
         run(yaml.safe_load(config_path.read_text()), verbose=False)
     message = str(caught.value)
     assert f"optimiser step {bad_step} (epoch 1)" in message
-    assert ("training loss is nan" if poison == "loss" else "non-finite gradients") in message
+    expected = {
+        "loss": "training loss is nan",
+        "gradients": "non-finite gradients",
+        "validation": "val_nll is nan",
+    }
+    assert expected[poison] in message
     for advice in ("train.lr", "train.gradient_clip", "data.standardize", "data.dequantize", "--resume"):
         assert advice in message
     last = tmp_path / "diverge" / "checkpoints" / "last.ckpt"
@@ -174,7 +189,9 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     # The CLI says the same in one line, exit status 2.
     assert main(["fit", "--config", str(config_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("flows fit: error: training stopped at optimiser step 9")
+    assert err.count("\n") == 0 and err.startswith(
+        f"flows fit: error: training stopped at optimiser step {bad_step}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
