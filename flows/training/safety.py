@@ -65,13 +65,17 @@ def _describe_checkpoint(trainer: L.Trainer) -> str:
 class NonFiniteGuard(Callback):
     """Stops training with `TrainingDivergedError` at the first non-finite loss, gradient or `val_nll`.
 
-    The checks run before `backward` (loss), before the optimiser step (gradients) and at the end of
-    validation (before checkpoint callbacks, which Lightning runs last), so neither the parameters nor the
-    checkpoints on disk ever hold the diverged state. Each check costs one device-to-host sync per step.
+    The loss and the gradients are checked together before each optimiser step (one device-to-host sync
+    per step), and `val_nll` at the end of each validation (before the checkpoint callbacks, which
+    Lightning runs last), so neither the parameters nor the checkpoints on disk ever hold the diverged
+    state. With a mixed-precision gradient scaler, whose scaled gradients overflow by design (it skips
+    those steps itself), only the loss is checked.
     """
 
     def __init__(self, monitor: str = "val_nll") -> None:
         self.monitor = monitor
+        self._loss: Optional[Tensor] = None  # the last loss of the current optimiser step (no sync)
+        self._losses_finite: Optional[Tensor] = None  # all losses since the last step were finite
 
     def _fail(self, trainer: L.Trainer, what: str) -> None:
         epoch, step = trainer.current_epoch, trainer.global_step
@@ -81,27 +85,35 @@ class NonFiniteGuard(Callback):
         )
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
-        if not bool(torch.isfinite(loss.detach()).all()):
-            self._fail(trainer, f"the training loss is {float(loss.detach().float().mean())}")
+        finite = torch.isfinite(loss.detach()).all()
+        self._loss = loss.detach()
+        self._losses_finite = finite if self._losses_finite is None else self._losses_finite & finite
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        losses_finite, self._losses_finite = self._losses_finite, None
+        scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
         gradients = [
             p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
         ]
-        if not gradients:
+        checks = [] if losses_finite is None else [losses_finite]
+        if gradients and not scaled:  # a NaN or inf anywhere makes the norm of the norms non-finite
+            norms = torch._foreach_norm(gradients)
+            checks.append(torch.isfinite(torch.linalg.vector_norm(torch.stack(norms).float())))
+        if not checks or bool(torch.stack(checks).all()):
             return
-        finite = torch.stack([torch.isfinite(g).all() for g in gradients]).all()
-        if not bool(finite):
-            names = {id(p): n for n, p in pl_module.named_parameters()}
-            bad = [
-                names.get(id(p), "?")
-                for group in optimizer.param_groups
-                for p in group["params"]
-                if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-            ]
-            self._fail(trainer, f"non-finite gradients in {len(bad)} parameters (first: {bad[:3]})")
+        if losses_finite is not None and not bool(losses_finite):
+            value = float(self._loss.float().mean()) if self._loss is not None else float("nan")
+            self._fail(trainer, f"the training loss is {value}")
+        names = {id(p): n for n, p in pl_module.named_parameters()}
+        bad = [
+            names.get(id(p), "?")
+            for group in optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+        ]
+        self._fail(trainer, f"non-finite gradients in {len(bad)} parameters (first: {bad[:3]})")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
