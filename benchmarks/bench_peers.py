@@ -571,6 +571,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         for architecture in args.architectures:
             spec = Spec(architecture, features, transforms=args.transforms, hidden=args.hidden)
             models: dict[str, tuple[Model, int]] = {}
+            if args.compile:
+                # Each model's compiled `Flow.log_prob` guards on the module: start every table afresh so
+                # that dynamo's recompile limit (per code object) is never reached.
+                torch._dynamo.reset()
             target = None
             for library in libraries:
                 options: dict[str, Any] = {}
