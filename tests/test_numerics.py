@@ -170,6 +170,38 @@ def test_inverse_gradients_in_the_tail_with_a_tiny_boundary_derivative_are_finit
         assert _finite(x, ladj, *torch.autograd.grad(x.sum() + ladj.sum(), params))
 
 
+def test_inverse_uses_the_cancellation_free_root_when_b_is_negative() -> None:
+    # A flat first bin (height ~ 6e-3 over width 3) ending in a steep knot (derivative ~ 12.5): near the top
+    # of the bin b = h (2 s - d_{k+1}) < 0, where 2c / (-b - sqrt(D)) subtracts nearly equal numbers. The
+    # float32 inverse must match the float64 inverse of the same float32 outputs (it was 5.5e-4 off).
+    widths, heights = torch.tensor([[0.0, 0.0]]), torch.tensor([[-8.0, 0.0]])
+    derivatives = torch.tensor([[0.0, 12.0, 0.0]])
+    knot_y = spline_knots(widths, heights, derivatives, BOUND, 1e-3, 1e-3, 1e-3)[1].double()
+    y = (
+        knot_y[0, 0] + torch.linspace(0.05, 0.999, 50, dtype=torch.float64) * (knot_y[0, 1] - knot_y[0, 0])
+    ).float()
+
+    def inverse(values: Tensor, dtype: torch.dtype) -> Tensor:
+        params = (p.to(dtype).expand(values.shape[0], 1, -1) for p in (widths, heights, derivatives))
+        return rational_quadratic_spline(values.to(dtype)[:, None], *params, inverse=True, bound=BOUND)[0]
+
+    error = (inverse(y, torch.float32).double() - inverse(y, torch.float64)).abs().max()
+    assert float(error) < 2e-5
+
+
+def test_inverse_tail_gradients_with_huge_raw_parameters_are_finite() -> None:
+    # Regression (found through the IAF case above, inputs x1000): conditioner outputs of ~1e5 saturate the
+    # softmax and softplus; for outputs far in the tail the unused spline branch at y = bound divided by
+    # -b - sqrt(D) = 0 (cancellation with b < 0), and its zero gradient became NaN.
+    widths = torch.tensor([[598682.75, -356572.91, -321866.81, 604053.12]])
+    heights = torch.tensor([[260939.67, -276019.34, 621961.69, 589184.94]])
+    derivatives = torch.tensor([[222756.23, -719554.62, 8272.77, -324249.25, 337389.59]])
+    y = torch.tensor([2430.18], requires_grad=True)
+    params = [p.clone().requires_grad_(True) for p in (widths, heights, derivatives)]
+    x, ladj = rational_quadratic_spline(y, *params, inverse=True, bound=BOUND)
+    assert _finite(x, ladj, *torch.autograd.grad(x.sum() + ladj.sum(), [y, *params]))
+
+
 @PROPERTY
 @given(
     shift=st.floats(-1e3, 1e3),

@@ -123,7 +123,13 @@ def rational_quadratic_spline_reference(
         # negative (at the top knot with a tiny derivative), and sqrt's gradient at 0 is inf, which turns the
         # zero gradient of an unselected branch (inputs in the tails) into NaN.
         discriminant = (b.square() - 4.0 * a * c).clamp_min(torch.finfo(b.dtype).tiny)
-        xi = (2.0 * c) / (-b - discriminant.sqrt())
+        root = discriminant.sqrt()
+        # The root in [0, 1] without cancellation: 2c / (-b - sqrt(D)) when b >= 0, (-b + sqrt(D)) / 2a when
+        # b < 0 (then a > 0). The unused formula gets a harmless denominator so that it stays finite.
+        b_nonnegative = b >= 0
+        xi_b_nonnegative = (2.0 * c) / torch.where(b_nonnegative, -b - root, -torch.ones_like(b))
+        xi_b_negative = (root - b) / torch.where(b_nonnegative, torch.ones_like(a), 2.0 * a)
+        xi = torch.where(b_nonnegative, xi_b_nonnegative, xi_b_negative)
         xi = xi.clamp(0.0, 1.0)
         spline_out = x_k + xi * width
     else:
