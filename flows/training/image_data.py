@@ -61,6 +61,7 @@ from flows.training.config import (
 from flows.training.data import GlobalBatchSampler
 from flows.training.images import DEFAULT_TEMPERATURES, one_hot, write_reconstructions, write_sample_grids
 from flows.training.module import FlowModule
+from flows.training.safety import read_checkpoint, safety_callbacks
 
 __all__ = [
     "IMAGE_MODELS",
@@ -452,7 +453,7 @@ def run_image(values: Union[Config, Mapping[str, Any]], verbose: bool = True) ->
         save_last=True,
         enable_version_counter=False,
     )
-    callbacks: list[Callback] = [checkpoint]
+    callbacks: list[Callback] = [checkpoint, *safety_callbacks()]
     if train.early_stopping_patience is not None:
         callbacks.append(
             EarlyStopping(
@@ -629,10 +630,8 @@ def load_image_model(
 ) -> LoadedImageModel:
     """Rebuild an image model from a checkpoint written by an image run."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(payload, dict) or not is_image_checkpoint(payload):
+    payload = read_checkpoint(path, map_location)  # clear errors for missing, truncated or foreign files
+    if not is_image_checkpoint(payload):
         raise ValueError(
             f"{path} is not a checkpoint of an image run (no image record in its hyper-parameters)"
         )
