@@ -223,9 +223,13 @@ def test_bounded_affine_scales_are_finite_and_invertible(
     assert _finite(y, ladj, *torch.autograd.grad(y.sum() + ladj.sum(), [x_t, shift_t, raw_t]))
     back, ladj_back = affine(y.detach(), shift_t, raw_t, inverse=True, scale_function=scale_function)
     assert _finite(back, ladj_back)
-    # x = (y - shift) / s: rounding errors of y and shift (relative eps) reach x divided by the scale s.
+    # x = (y - shift) / s: rounding errors of y and shift (relative eps, and absolute `tiny` where y is
+    # subnormal) reach x divided by the scale s.
     scale = math.exp(float(ladj.detach()))
-    tolerance = 8 * torch.finfo(dtype).eps * (abs(x) + (abs(float(y.detach())) + abs(shift)) / scale + 1e-30)
+    info = torch.finfo(dtype)
+    tolerance = (
+        8 * info.eps * (abs(x) + (abs(float(y.detach())) + abs(shift)) / scale) + 8 * info.tiny / scale
+    )
     assert abs(float(back.detach()) - float(x_t.detach())) <= tolerance
     assert float((ladj + ladj_back).detach()) == pytest.approx(0.0, abs=1e-6)
 
