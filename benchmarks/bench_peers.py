@@ -25,6 +25,7 @@ Ratios: `x fastest peer` is the fastest peer's median time divided by this libra
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import math
 import statistics
@@ -556,7 +557,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         reason = available(library)
         if reason is None:
             module = sys.modules[library]
-            versions.append(f"{library} {getattr(module, '__version__', '?')}")
+            try:
+                version = importlib.metadata.version(library)
+            except importlib.metadata.PackageNotFoundError:  # a source checkout, not installed
+                version = getattr(module, "__version__", "?")
+            versions.append(f"{library} {version}")
             libraries.append(library)
         else:
             print(f"skipping {library}: {reason}")
