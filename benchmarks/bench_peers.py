@@ -92,11 +92,14 @@ def build_flows(
     if spec.architecture == "maf":
         flow = presets.MAF(d, **common)
     elif spec.architecture in ("nsf-ar", "nsf-coupling"):
-        # Plain MLP / MADE conditioners and reverse permutations, as the peers' layers are built here.
+        # Plain MLP / MADE conditioners and reverse permutations, as the peers' layers are built here;
+        # identity tails (boundary slopes fixed to 1, 3K - 1 parameters per feature) like nflows' and
+        # zuko's splines, so that the parameter counts are equal.
         flow = presets.NSF(
             d,
             bins=spec.bins,
             bound=spec.bound,
+            tails="identity",
             autoregressive=spec.architecture == "nsf-ar",
             residual_blocks=0,
             lu_linear=False,
