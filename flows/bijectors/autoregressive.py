@@ -58,7 +58,8 @@ class MaskedAutoregressive(Bijector):
     `"fixed_point"` or `"sequential"`; `inverse_tol` is the fixed-point
     stopping tolerance on the largest change of any element (None: 1e-6 in float32, 1e-12 in float64),
     `inverse_check_every` how many steps pass between convergence checks (None: 1 on a CPU, 4 on CUDA).
-    Both are plain attributes and may be changed after construction.
+    All three are plain attributes and may be changed after construction; `compile_fixed_point_step`
+    compiles one step of the iteration.
     """
 
     def __init__(
