@@ -3,7 +3,9 @@
 Both map an image event `(C, H, W)` to a latent of the same shape, scored by a `StandardNormal`. The
 multiscale architecture is built from `Squeeze` and `MultiscaleSplit`: at every level but the last, half
 of the channels are factored out to the latent, and the level ends by un-squeezing, so the latent keeps
-the data's layout. Call `initialize(x)` on a first batch before training (ActNorm data-dependent init).
+the data's layout. With `split_prior=True` (the default) each split is followed by Glow's learned prior
+for the factored-out half (see `split_prior_coupling`). Call `initialize(x)` on a first batch before
+training (ActNorm data-dependent init).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from flows.core import Bijector, Chain, Inverse
 from flows.distributions import StandardNormal
 from flows.flow import Flow
 
-__all__ = ["Glow", "RealNVPImage"]
+__all__ = ["Glow", "RealNVPImage", "split_prior_coupling"]
 
 _COUPLINGS = ("affine", "additive", "spline")
 
@@ -57,6 +59,34 @@ def _kept(shape: tuple[int, int, int]) -> tuple[int, int, int]:
     return (shape[0] - shape[0] // 2, shape[1], shape[2])
 
 
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def split_prior_coupling(
+    shape: tuple[int, int, int], context_features: int = 0, hidden_channels: int = 128
+) -> ImageCoupling:
+    """Glow's learned split prior over an event `shape = (C, H, W)`, as an affine channel coupling.
+
+    Placed after a `MultiscaleSplit(shape, ...)`, whose first `C - C // 2` channels are the kept half `h`
+    (already mapped by the inner transform) and whose last `C // 2` channels are the factored-out `z_f`.
+    The coupling conditions on its first `ceil(C / 2) = C - C // 2` channels (`h`) and maps the rest to
+    `(z_f - mu(h)) / sigma(h)`, whose standard-normal density is `N(z_f; mu(h), sigma(h))` once the
+    log-determinant `-sum log sigma(h)` is added: exactly Glow's conditional Gaussian prior. The conv
+    net's last layer is zero-initialised, so a fresh prior is the standard normal (the identity map).
+    """
+    return ImageCoupling(
+        shape,
+        transformer="affine",
+        mask="channel",
+        parity=False,
+        context_features=context_features,
+        hidden_channels=hidden_channels,
+    )
+
+
 class _ImageFlow(Flow):
     """A `Flow` over images with the data-dependent `initialize` of its ActNorm layers."""
 
@@ -74,8 +104,10 @@ class Glow(_ImageFlow):
     transformer (`"affine"` as in the paper, `"additive"`, or a rational-quadratic `"spline"` with
     `bins` bins); `hidden_channels` sizes the coupling conv nets: the paper uses 512, the default 128
     keeps CPU training practical. `context_features > 0` conditions every coupling on a context.
-    The learned prior of Glow's split (a conv net predicting the factored-out half) is not included:
-    the factored-out channels are scored by the standard normal base.
+    `split_prior=True` (default) adds Glow's learned prior after every split: the factored-out half is
+    `N(mu(h), sigma(h))` given the kept half `h` (and the context), predicted by a zero-initialised conv
+    net of `hidden_channels` (`split_prior_coupling`); `split_prior=False` scores the factored-out
+    channels with the standard normal base directly (the behaviour before this option existed).
     """
 
     def __init__(
@@ -87,9 +119,11 @@ class Glow(_ImageFlow):
         hidden_channels: int = 128,
         coupling: str = "affine",
         bins: int = 8,
+        split_prior: bool = True,
     ) -> None:
         _check_positive(levels, "levels")
         shape = _check_shape(shape, levels)
+        _check_bool(split_prior, "split_prior")
         _check_positive(steps, "steps")
         _check_positive(hidden_channels, "hidden_channels")
         _check_positive(bins, "bins")
@@ -125,11 +159,14 @@ class Glow(_ImageFlow):
             if index < levels - 1:
                 inner = level(_kept(squeezed), index + 1)
                 members.append(MultiscaleSplit(squeezed, inner, context_features=context_features))
+                if split_prior:
+                    members.append(split_prior_coupling(squeezed, context_features, hidden_channels))
             members.append(Inverse(Squeeze(level_shape)))
             return Chain(members)
 
         super().__init__(level(shape, 0), StandardNormal(shape))
         self.levels, self.steps, self.coupling = levels, steps, coupling
+        self.split_prior = split_prior
 
 
 class RealNVPImage(_ImageFlow):
@@ -139,7 +176,8 @@ class RealNVPImage(_ImageFlow):
     squeezes, applies 3 channel couplings, and factors out half of the channels; the last scale applies
     4 checkerboard couplings. Every coupling is preceded by an ActNorm (the paper used batch
     normalisation; ActNorm has no train/eval asymmetry). `H` and `W` must be divisible by
-    `2 ** (levels - 1)`. `coupling`, `bins`, `hidden_channels` and `context_features` as in `Glow`.
+    `2 ** (levels - 1)`. `coupling`, `bins`, `hidden_channels`, `context_features` and `split_prior`
+    (default True; False = the previous standard-normal prior on the factored-out channels) as in `Glow`.
     """
 
     def __init__(
@@ -150,9 +188,11 @@ class RealNVPImage(_ImageFlow):
         hidden_channels: int = 64,
         coupling: str = "affine",
         bins: int = 8,
+        split_prior: bool = True,
     ) -> None:
         _check_positive(levels, "levels")
         shape = _check_shape(shape, levels - 1)
+        _check_bool(split_prior, "split_prior")
         _check_positive(hidden_channels, "hidden_channels")
         _check_positive(bins, "bins")
         coupling = _check_coupling(coupling)
@@ -189,8 +229,11 @@ class RealNVPImage(_ImageFlow):
             members += couplings(squeezed, "channel", 3)
             inner = scale(_kept(squeezed), index + 1)
             members.append(MultiscaleSplit(squeezed, inner, context_features=context_features))
+            if split_prior:
+                members.append(split_prior_coupling(squeezed, context_features, hidden_channels))
             members.append(Inverse(Squeeze(scale_shape)))
             return Chain(members)
 
         super().__init__(scale(shape, 0), StandardNormal(shape))
         self.levels, self.coupling = levels, coupling
+        self.split_prior = split_prior
