@@ -508,3 +508,21 @@ def test_kernels_compile_for_sm90_without_a_gpu() -> None:
     lines = [line for line in result.stdout.splitlines() if line.startswith("sm_90")]
     assert len(lines) == 2 * 2 + 4 * 2  # spline (direction x pass) and affine (scale x pass)
     assert all("registers" in line for line in lines), result.stdout
+
+
+@pytest.mark.parametrize("bins", [2, 8])
+def test_spline_inverse_without_cancellation(bins: int) -> None:
+    # A flat first bin ending in a steep knot: near the top of the bin b < 0 and 2c / (-b - sqrt(D))
+    # cancels. The kernel's float32 inverse must match the float64 reference of the same outputs.
+    widths = torch.zeros(1, 1, bins)
+    heights = torch.zeros(1, 1, bins)
+    heights[..., 0] = -8.0
+    derivatives = torch.zeros(1, 1, bins + 1)
+    derivatives[..., 1] = 12.0
+    knot_y = spline_knots(widths, heights, derivatives, 3.0, 1e-3, 1e-3, 1e-3)[1].double()
+    fraction = torch.linspace(0.05, 0.999, 64, dtype=torch.float64)
+    y = (knot_y[0, 0, 0] + fraction * (knot_y[0, 0, 1] - knot_y[0, 0, 0])).float()[:, None]
+    params = [p.expand(64, 1, -1) for p in (widths, heights, derivatives)]
+    x_kernel, _ = triton_ops.rational_quadratic_spline(y, *params, inverse=True)
+    x_exact, _ = rational_quadratic_spline_reference(y.double(), *(p.double() for p in params), inverse=True)
+    assert float((x_kernel.double() - x_exact).abs().max()) < 2e-5

@@ -154,7 +154,15 @@ def rational_quadratic_spline_kernel(
             b = height * d_k - offset * curvature
             c = -slope * offset
             discriminant = tl.maximum(b * b - 4.0 * a * c, 0.0)
-            xi_raw = (2.0 * c) / (-b - tl.sqrt(discriminant))
+            root = tl.sqrt(discriminant)
+            # The root in [0, 1] without cancellation, as in the reference: 2c / (-b - sqrt(D)) when b >= 0,
+            # (-b + sqrt(D)) / 2a when b < 0; the unused branch gets a harmless denominator.
+            b_nonnegative = b >= 0.0
+            xi_raw = tl.where(
+                b_nonnegative,
+                (2.0 * c) / tl.where(b_nonnegative, -b - root, -1.0),
+                (root - b) / tl.where(b_nonnegative, 1.0, 2.0 * a),
+            )
         else:
             xi_raw = (clamped - x_k) / width
         xi = tl.minimum(tl.maximum(xi_raw, 0.0), 1.0)

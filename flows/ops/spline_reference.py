@@ -59,6 +59,15 @@ def spline_knots(
     return knot_x, knot_y, derivatives
 
 
+def _clamp_unit(xi: Tensor) -> Tensor:
+    """Clamp the bin coordinate to [0, 1] against rounding, keeping the gradient of the unclamped value.
+
+    A plain clamp would zero the derivative when rounding puts an input at a knot or at the bound just
+    outside the bin (e.g. dx/dy = 0 at y = bound instead of the spline's slope there).
+    """
+    return xi + (xi.clamp(0.0, 1.0) - xi).detach()
+
+
 def _gather(values: Tensor, index: Tensor) -> Tensor:
     return torch.gather(values, -1, index.unsqueeze(-1)).squeeze(-1)
 
@@ -116,24 +125,36 @@ def rational_quadratic_spline_reference(
 
     if inverse:
         offset = clamped - y_k
-        a = height * (slope - d_k) + offset * curvature
-        b = height * d_k - offset * curvature
-        c = -slope * offset
-        # Clamp to the smallest positive normal rather than 0: rounding can make the discriminant slightly
-        # negative (at the top knot with a tiny derivative), and sqrt's gradient at 0 is inf, which turns the
-        # zero gradient of an unselected branch (inputs in the tails) into NaN.
-        discriminant = (b.square() - 4.0 * a * c).clamp_min(torch.finfo(b.dtype).tiny)
-        root = discriminant.sqrt()
-        # The root in [0, 1] without cancellation: 2c / (-b - sqrt(D)) when b >= 0, (-b + sqrt(D)) / 2a when
-        # b < 0 (then a > 0). The unused formula gets a harmless denominator so that it stays finite.
+        # The root xi in [0, 1] of y(xi) = offset, computed without gradient: the closed-form root is exact in
+        # value but its autograd derivative is ill-conditioned in float32 (off by 10% in tall narrow bins).
+        h, s, d0, k, o = (t.detach() for t in (height, slope, d_k, curvature, offset))
+        a = h * (s - d0) + o * k
+        b = h * d0 - o * k
+        c = -s * o
+        # Clamped away from 0: rounding can make the discriminant slightly negative at the top knot.
+        root = (b.square() - 4.0 * a * c).clamp_min(torch.finfo(b.dtype).tiny).sqrt()
+        # Without cancellation: 2c / (-b - sqrt(D)) when b >= 0, (-b + sqrt(D)) / 2a when b < 0 (then a > 0).
+        # The unused formula gets a harmless denominator so that it stays finite.
         b_nonnegative = b >= 0
         xi_b_nonnegative = (2.0 * c) / torch.where(b_nonnegative, -b - root, -torch.ones_like(b))
         xi_b_negative = (root - b) / torch.where(b_nonnegative, torch.ones_like(a), 2.0 * a)
-        xi = torch.where(b_nonnegative, xi_b_nonnegative, xi_b_negative)
-        xi = xi.clamp(0.0, 1.0)
+        xi_root = torch.where(b_nonnegative, xi_b_nonnegative, xi_b_negative).clamp(0.0, 1.0)
+        # One Newton step on y(xi) - offset = 0 with gradients flowing: at the root the value is unchanged (or
+        # refined) and the gradients are the exact implicit derivatives (dx/dy = 1 / (dy/dx), and likewise for
+        # the parameters).
+        root_1m = xi_root * (1.0 - xi_root)
+        root_denominator = slope + curvature * root_1m
+        residual = height * (slope * xi_root.square() + d_k * root_1m) / root_denominator - offset
+        dy_dxi = (
+            height
+            * slope
+            * (d_k1 * xi_root.square() + 2.0 * slope * root_1m + d_k * (1.0 - xi_root).square())
+            / root_denominator.square()
+        )
+        xi = _clamp_unit(xi_root - residual / dy_dxi)
         spline_out = x_k + xi * width
     else:
-        xi = ((clamped - x_k) / width).clamp(0.0, 1.0)
+        xi = _clamp_unit((clamped - x_k) / width)
         xi_1m = xi * (1.0 - xi)
         numerator = height * (slope * xi.square() + d_k * xi_1m)
         denominator = slope + curvature * xi_1m
