@@ -23,7 +23,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from experiments.published import published_for
+from flows.io import atomic_write_text
 
 __all__ = [
     "CSV_COLUMNS",
@@ -215,25 +215,8 @@ def _record_path(out: Path, config_id: str, repeat: int) -> Path:
     return out / "records" / f"{config_id.replace('/', '__')}__r{repeat}.json"
 
 
-def _default_file_mode() -> int:
-    """0o666 minus the process umask: the mode ``open(path, "w")`` would have given."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text, newline="")
 
 
 def _read_record(path: Path) -> Optional[Record]:

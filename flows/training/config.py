@@ -14,9 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import os
 import re
-import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
+
+from flows.io import atomic_open
 
 __all__ = [
     "Config",
@@ -433,18 +433,9 @@ def load_config(
 
 def write_yaml_atomic(values: Mapping[str, Any], path: Union[str, Path]) -> Path:
     """Write a mapping as YAML through a temporary file in the same directory and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            yaml.safe_dump(_plain(values), handle, sort_keys=False)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    with atomic_open(path, "w") as handle:
+        yaml.safe_dump(_plain(values), handle, sort_keys=False)
+    return Path(path)
 
 
 def _plain(value: Any) -> Any:

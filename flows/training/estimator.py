@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from flows.io import atomic_open
 from flows.training.checkpoints import ESTIMATOR_FORMAT, load_model
 from flows.training.config import ConfigError, TrainConfig, parse_config
 from flows.training.data import splits_from_arrays
@@ -245,9 +246,8 @@ class DensityEstimator:
                 "steps": self.n_steps_,
             },
         }
-        temporary = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, temporary)
-        temporary.replace(path)
+        with atomic_open(path, "wb") as handle:
+            torch.save(payload, handle)
         return path
 
     @classmethod

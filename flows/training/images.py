@@ -14,9 +14,7 @@
 from __future__ import annotations
 
 import math
-import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +25,7 @@ import torch
 from torch import Tensor
 
 from flows.dequantization import DequantizedFlow
+from flows.io import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_TEMPERATURES",
@@ -79,17 +78,7 @@ def write_png(path: Union[str, Path], image: np.ndarray) -> Path:
         + _chunk(b"IDAT", zlib.compress(raw, 6))
         + _chunk(b"IEND", b"")
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    path = atomic_write_bytes(path, payload)
     return path
 
 

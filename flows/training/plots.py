@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Protocol, Union
 
 import numpy as np
 import torch
+
+from flows.io import atomic_open
 
 __all__ = [
     "density_grid",
@@ -47,28 +47,12 @@ def _matplotlib() -> tuple[Any, Any]:
     return Figure, FigureCanvasAgg
 
 
-def _default_file_mode() -> int:
-    """0o666 minus the process umask: the mode ``open(path, "w")`` would have given."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _save_atomic(fig: Any, path: Path, dpi: int) -> Path:
     """Render ``fig`` as PNG to a temp file beside ``path``, then ``os.replace`` it into place."""
     _, canvas_cls = _matplotlib()
     canvas_cls(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600; give the plot the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=dpi)
     return path
 
 

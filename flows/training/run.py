@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
+from flows.io import atomic_open, atomic_write_text
 from flows.training.checkpoints import model_record
 from flows.training.config import (
     Config,
@@ -415,27 +416,22 @@ def entropy_metrics(splits: DataSplits, test_log_likelihood: float) -> dict[str,
 
 def write_samples(path: Path, samples: np.ndarray, columns: list[str]) -> Path:
     """Samples as CSV (header = column names) or NPY, chosen by the suffix; written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
     if path.suffix == ".npy":
-        with temporary.open("wb") as handle:
+        with atomic_open(path, "wb") as handle:
             np.save(handle, samples)
     elif path.suffix in (".csv", ".tsv"):
         delimiter = "," if path.suffix == ".csv" else "\t"
-        np.savetxt(
-            temporary, samples, delimiter=delimiter, header=delimiter.join(columns), comments="", fmt="%.8g"
-        )
+        with atomic_open(path, "w") as handle:
+            np.savetxt(
+                handle, samples, delimiter=delimiter, header=delimiter.join(columns), comments="", fmt="%.8g"
+            )
     else:
         raise ValueError(f"output file must end in .csv, .tsv or .npy, got {path}")
-    os.replace(temporary, path)
     return path
 
 
 def write_json_atomic(values: dict[str, Any], path: Path) -> Path:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(values, indent=2, default=str) + "\n")
-    os.replace(temporary, path)
-    return path
+    return atomic_write_text(path, json.dumps(values, indent=2, default=str) + "\n")
 
 
 def count_parameters(flow: torch.nn.Module) -> int:
