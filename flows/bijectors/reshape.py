@@ -73,8 +73,9 @@ class MultiscaleSplit(Bijector):
     `transform` (which must map that shape to itself, e.g. the next scale's squeeze/steps/unsqueeze
     chain) and the remaining `C // 2` channels are factored out: they pass to the latent unchanged.
     The output has the input's event shape, so the base distribution over the full event (a
-    `StandardNormal`) scores the factored-out half directly. (Glow's learned prior for the
-    factored-out half is not included.)
+    `StandardNormal`) scores the factored-out half directly. Glow's learned prior for the factored-out
+    half is a separate layer placed after the split (`flows.presets_image.split_prior_coupling`, on by
+    default in `Glow` and `RealNVPImage`).
 
     The inner transform is checked at construction by a dry run on zeros of the kept shape (in eval
     mode, without gradients); pass `context_features` when the inner transform needs a context.
