@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from flows.datasets.images import (
     CIFAR10_FOLDER,
@@ -289,6 +290,10 @@ def test_every_image_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None
     assert (run_dir / "samples" / "samples_t0.00.png").is_file()
     assert (run_dir / "samples" / "samples_temperatures.png").is_file()
     assert (run_dir / "reconstructions.png").is_file() and (run_dir / "metrics.json").is_file()
+    # The saved config carries every model option (defaults included), so a later default change cannot
+    # alter what this checkpoint rebuilds.
+    saved_model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
+    assert "levels" in saved_model and "split_prior" in saved_model
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     evaluated = evaluate_image_checkpoint(checkpoint, {"image": {"eval_samples": 2}}, verbose=False)
     assert evaluated["test_rows"] == metrics["test_rows"] and math.isfinite(evaluated["test_bpd"])

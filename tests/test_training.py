@@ -465,3 +465,36 @@ def test_integer_data_are_dequantised_with_uniform_noise() -> None:
     x = torch.as_tensor(table, dtype=torch.float32)
     noise = module.perturb(x, 0.0) - x
     assert noise.min() >= 0 and noise.max() < 1 and abs(float(noise.mean()) - 0.5) < 0.05
+
+
+def test_saved_configs_carry_every_model_default(tmp_path: Path) -> None:
+    # A checkpoint must rebuild the same architecture even if a preset's default changes later, so the
+    # run's config.yaml and checkpoint hold every model option, the omitted ones at their defaults.
+    import inspect
+
+    import yaml
+
+    from flows.presets import NSF
+    from flows.training.checkpoints import load_model
+
+    config = {
+        "data": {"dataset": "toy:moons", "n_train": 256, "n_val": 64, "n_test": 64},
+        "model": {"name": "nsf", "transforms": 1, "hidden_features": [8, 8]},
+        "train": {"batch_size": 64, "max_steps": 2, "max_epochs": 1},
+        "output": {"dir": str(tmp_path), "name": "run", "samples": 0, "plots": False, "logger": "none"},
+    }
+    result = run(config, verbose=False)
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())["model"]
+    defaults = {
+        key: parameter.default
+        for key, parameter in inspect.signature(NSF).parameters.items()
+        if key not in ("features", "context_features")
+    }
+    assert set(saved) == {"name", *defaults}
+    assert saved["transforms"] == 1 and saved["hidden_features"] == [8, 8]
+    assert saved["bins"] == defaults["bins"]
+    record = torch.load(result.checkpoint, weights_only=False)
+    assert record["hyper_parameters"]["config"]["model"] == saved
+    # The checkpoint still loads and scores.
+    loaded = load_model(result.checkpoint)
+    assert torch.isfinite(loaded.flow.log_prob(torch.zeros(3, 2))).all()

@@ -60,6 +60,7 @@ from flows.training.config import (
 )
 from flows.training.data import GlobalBatchSampler
 from flows.training.images import DEFAULT_TEMPERATURES, one_hot, write_reconstructions, write_sample_grids
+from flows.training.models import with_model_defaults
 from flows.training.module import FlowModule
 from flows.training.safety import read_checkpoint, safety_callbacks
 
@@ -242,18 +243,30 @@ def _image_builder(name: str) -> Any:
     return getattr(importlib.import_module(module_name), attribute)
 
 
+_IMAGE_DATA_ARGUMENTS = ("shape", "context_features")
+
+
+def _image_model_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The configurable keyword parameters of image model `name` (data-given ones excluded)."""
+    signature = inspect.signature(_image_builder(name))
+    return {
+        key: parameter
+        for key, parameter in signature.parameters.items()
+        if key not in _IMAGE_DATA_ARGUMENTS and key != "self"
+    }
+
+
 def _check_image_model_options(model: Mapping[str, Any]) -> dict[str, Any]:
     name = model.get("name")
     if not isinstance(name, str):
         raise ConfigError(f"config key 'model.name' is required; expected one of {sorted(IMAGE_MODELS)}")
     builder = _image_builder(name)
-    signature = inspect.signature(builder)
     try:
         hints = typing.get_type_hints(builder.__init__ if inspect.isclass(builder) else builder)
     except Exception:
         hints = {}
-    given = ("shape", "context_features")
-    valid = [key for key in signature.parameters if key not in given and key != "self"]
+    given = _IMAGE_DATA_ARGUMENTS
+    valid = list(_image_model_parameters(name))
     options: dict[str, Any] = {}
     for key, value in model.items():
         if key == "name":
@@ -427,6 +440,10 @@ def run_image(values: Union[Config, Mapping[str, Any]], verbose: bool = True) ->
 
     start = time.perf_counter()
     config, options, plain = split_image_options(values)
+    _check_image_model_options(config.model)
+    # Saved configs and checkpoints carry every model option, defaults included.
+    model = with_model_defaults(config.model, _image_model_parameters(config.model["name"]))
+    config, plain = dataclasses.replace(config, model=model), dict(plain, model=model)
     run_dir = tabular.resolve_run_dir(config)
     worker = tabular._launched_worker()
     if not worker:

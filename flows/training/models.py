@@ -8,6 +8,7 @@ the value). `features` (and `context_features`) come from the data, not from the
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import typing
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from flows.core import Bijector, Chain
 from flows.distributions import StandardNormal
 from flows.flow import Flow
-from flows.training.config import ConfigError, check_value, unknown_key_error
+from flows.training.config import Config, ConfigError, check_value, unknown_key_error
 
 __all__ = [
     "MODELS",
@@ -86,6 +87,28 @@ def model_parameters(name: str) -> dict[str, inspect.Parameter]:
         if key not in DATA_ARGUMENTS
         and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
+
+
+def with_model_defaults(
+    model: Mapping[str, Any], parameters: Mapping[str, inspect.Parameter]
+) -> dict[str, Any]:
+    """The `model` section with every omitted option at its default, as plain YAML values.
+
+    Saved configs and checkpoints carry the whole architecture, so a later change of a preset's default
+    never changes what an old checkpoint rebuilds.
+    """
+    resolved = dict(model)
+    for key, parameter in parameters.items():
+        if key not in resolved and parameter.default is not inspect.Parameter.empty:
+            default = parameter.default
+            resolved[key] = list(default) if isinstance(default, tuple) else default
+    return resolved
+
+
+def resolve_model(config: Config) -> Config:
+    """`config` with its (tabular) model section completed by `with_model_defaults`."""
+    model = with_model_defaults(config.model, model_parameters(config.model["name"]))
+    return dataclasses.replace(config, model=model)
 
 
 def _type_hints(builder: Callable[..., Any]) -> dict[str, Any]:

@@ -36,7 +36,13 @@ from flows.training.config import (
     write_yaml_atomic,
 )
 from flows.training.data import DataSplits, GlobalBatchSampler, dequantize_fixed, load_splits, standard_error
-from flows.training.models import build_flow, check_model_options, initialize_flow, standardization_of
+from flows.training.models import (
+    build_flow,
+    check_model_options,
+    initialize_flow,
+    resolve_model,
+    standardization_of,
+)
 from flows.training.module import FlowModule, TableDataModule
 from flows.training.safety import resume_checkpoint, safety_callbacks, warn_about_columns
 
@@ -219,6 +225,7 @@ def fit_flow(
     Returns on every rank; only rank 0 should evaluate and write outputs. `quiet` drops the per-validation
     lines printed when the progress bar is off. `resume`: a checkpoint to continue training from.
     """
+    config = resolve_model(config)
     with torch_threads(config.train.num_threads):
         return _fit_flow(config, splits, run_dir, quiet, resume)
 
@@ -511,6 +518,7 @@ def validate(config: Config) -> None:
 def _run(config: Config, verbose: bool, resume: bool = False) -> RunResult:
     start = time.perf_counter()
     validate(config)
+    config = resolve_model(config)
     if resume and not config.output.name:
         raise ConfigError("resuming needs a fixed run directory: set output.name (the run to continue)")
     run_dir = resolve_run_dir(config)
