@@ -42,7 +42,7 @@ from typing import Any, Literal, Optional, Union
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -62,7 +62,7 @@ from flows.training.data import GlobalBatchSampler
 from flows.training.images import DEFAULT_TEMPERATURES, one_hot, write_reconstructions, write_sample_grids
 from flows.training.models import with_model_defaults
 from flows.training.module import FlowModule
-from flows.training.safety import read_checkpoint, safety_callbacks
+from flows.training.safety import read_checkpoint
 
 __all__ = [
     "IMAGE_MODELS",
@@ -458,51 +458,8 @@ def run_image(values: Union[Config, Mapping[str, Any]], verbose: bool = True) ->
     record = _record(plain, splits, num_classes)
     train = config.train
 
-    trainer_kwargs = tabular.trainer_arguments(config.trainer)
-    if "deterministic" not in trainer_kwargs and tabular._is_cpu_run(trainer_kwargs):
-        trainer_kwargs["deterministic"] = True
-    checkpoint = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="best",
-        monitor="val_nll",
-        mode="min",
-        save_top_k=1,
-        save_last=True,
-        enable_version_counter=False,
-    )
-    callbacks: list[Callback] = [checkpoint, *safety_callbacks()]
-    if train.early_stopping_patience is not None:
-        callbacks.append(
-            EarlyStopping(
-                monitor="val_nll",
-                mode="min",
-                patience=train.early_stopping_patience,
-                check_on_train_epoch_end=False,
-            )
-        )
-    if not config.output.progress_bar:
-        callbacks.append(_PrintBitsPerDim())
-    validation = (
-        {"val_check_interval": train.val_every_n_steps, "check_val_every_n_epoch": None}
-        if train.val_every_n_steps is not None
-        else {"check_val_every_n_epoch": 1}
-    )
-    loggers = tabular._loggers(run_dir, config.output.logger) if config.output.logger != "none" else False
-    trainer = L.Trainer(
-        max_epochs=train.max_epochs,
-        max_steps=train.max_steps,
-        gradient_clip_val=train.gradient_clip,
-        gradient_clip_algorithm="norm",
-        callbacks=callbacks,
-        logger=loggers,
-        default_root_dir=str(run_dir),
-        enable_progress_bar=config.output.progress_bar,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        **validation,
-        **trainer_kwargs,
-    )
+    trainer = tabular.make_trainer(config, run_dir, _PrintBitsPerDim())
+    checkpoint = trainer.checkpoint_callback
     datamodule = ImageDataModule(splits, train.batch_size, train.eval_batch_size, train.shuffle, seed)
     if train.actnorm_init:
         global_batch = train.batch_size * trainer.world_size

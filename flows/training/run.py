@@ -217,6 +217,64 @@ def _prepare(splits: DataSplits, config: Config, seed: int) -> tuple[DataSplits,
     return splits, bool(dequantize)
 
 
+def make_trainer(config: Config, run_dir: Path, print_callback: Optional[Callback] = None) -> L.Trainer:
+    """The Lightning Trainer of a run (tabular or image).
+
+    Best and last checkpoints on `val_nll` in `run_dir/checkpoints`, the non-finite guard, early stopping,
+    the loggers, the validation interval, and the config's `trainer` arguments (deterministic by default on
+    CPU). `print_callback` reports validations when the progress bar is off.
+    """
+    train = config.train
+    trainer_kwargs = trainer_arguments(config.trainer)
+    if "deterministic" not in trainer_kwargs and _is_cpu_run(trainer_kwargs):
+        trainer_kwargs["deterministic"] = True
+    trainer_kwargs.setdefault("log_every_n_steps", 10)
+    trainer_kwargs.setdefault("enable_model_summary", False)
+    trainer_kwargs.setdefault("num_sanity_val_steps", 0)
+    monitor = "val_nll"
+    checkpoint = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best",
+        monitor=monitor,
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    callbacks: list[Callback] = [checkpoint, *safety_callbacks()]
+    if train.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStopping(
+                monitor=monitor,
+                mode="min",
+                patience=train.early_stopping_patience,
+                check_finite=True,
+                check_on_train_epoch_end=False,  # decide after validations only
+            )
+        )
+    if not config.output.progress_bar and print_callback is not None:
+        callbacks.append(print_callback)
+    validation = (
+        {"val_check_interval": train.val_every_n_steps, "check_val_every_n_epoch": None}
+        if train.val_every_n_steps is not None
+        else {"check_val_every_n_epoch": 1}
+    )
+    loggers = _loggers(run_dir, config.output.logger) if config.output.logger != "none" else False
+    return L.Trainer(
+        max_epochs=train.max_epochs,
+        max_steps=train.max_steps,
+        gradient_clip_val=train.gradient_clip,
+        gradient_clip_algorithm="norm",
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=config.output.progress_bar,
+        use_distributed_sampler=False,
+        **validation,
+        **trainer_kwargs,
+    )
+
+
 def fit_flow(
     config: Config, splits: DataSplits, run_dir: Path, quiet: bool = False, resume: Optional[Path] = None
 ) -> FitOutcome:
@@ -259,55 +317,9 @@ def _fit_flow(
     flow = build_flow(config.model, features, mean, std)
     record = model_record(config, features, splits.columns, standardized=mean is not None)
 
-    trainer_kwargs = trainer_arguments(config.trainer)
-    if "deterministic" not in trainer_kwargs and _is_cpu_run(trainer_kwargs):
-        trainer_kwargs["deterministic"] = True
-    trainer_kwargs.setdefault("log_every_n_steps", 10)
-    trainer_kwargs.setdefault("enable_model_summary", False)
-    trainer_kwargs.setdefault("num_sanity_val_steps", 0)
     train = config.train
-    monitor = "val_nll"
-    checkpoint = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="best",
-        monitor=monitor,
-        mode="min",
-        save_top_k=1,
-        save_last=True,
-        enable_version_counter=False,
-    )
-    callbacks: list[Callback] = [checkpoint, *safety_callbacks()]
-    if train.early_stopping_patience is not None:
-        callbacks.append(
-            EarlyStopping(
-                monitor=monitor,
-                mode="min",
-                patience=train.early_stopping_patience,
-                check_finite=True,
-                check_on_train_epoch_end=False,  # decide after validations only
-            )
-        )
-    if not config.output.progress_bar and not quiet:
-        callbacks.append(_PrintValidation())
-    validation = (
-        {"val_check_interval": train.val_every_n_steps, "check_val_every_n_epoch": None}
-        if train.val_every_n_steps is not None
-        else {"check_val_every_n_epoch": 1}
-    )
-    loggers = _loggers(run_dir, config.output.logger) if config.output.logger != "none" else False
-    trainer = L.Trainer(
-        max_epochs=train.max_epochs,
-        max_steps=train.max_steps,
-        gradient_clip_val=train.gradient_clip,
-        gradient_clip_algorithm="norm",
-        callbacks=callbacks,
-        logger=loggers,
-        default_root_dir=str(run_dir),
-        enable_progress_bar=config.output.progress_bar,
-        use_distributed_sampler=False,
-        **validation,
-        **trainer_kwargs,
-    )
+    trainer = make_trainer(config, run_dir, None if quiet else _PrintValidation())
+    checkpoint = trainer.checkpoint_callback
 
     # Data-dependent initialisation on the first global batch: the same rows on every rank, before DDP
     # wraps the model (so all ranks start from identical parameters).
