@@ -55,6 +55,27 @@ def _choice(name: str, value: object, choices: Sequence[str]) -> str:
     return value  # type: ignore[return-value]
 
 
+def _check_common(
+    features: object,
+    minimum_features: int,
+    context_features: object,
+    transforms: object,
+    hidden_features: Sequence[int],
+    residual_blocks: object,
+    dropout: float,
+) -> tuple[int, int, int, tuple[int, ...], int, float]:
+    """Validate the arguments every vector preset shares; returns them normalised:
+    `(features, context_features, transforms, hidden widths, residual_blocks, dropout)`."""
+    features = _int("features", features, minimum_features)
+    context_features = _int("context_features", context_features, 0)
+    transforms = _int("transforms", transforms, 1)
+    residual_blocks = _int("residual_blocks", residual_blocks, 0)
+    widths = _widths(hidden_features)
+    if residual_blocks and len(set(widths)) != 1:
+        raise ValueError(f"hidden_features must have equal widths with residual_blocks > 0, got {widths}")
+    return features, context_features, transforms, widths, residual_blocks, _dropout(dropout)
+
+
 def _permutation(features: int, randperm: bool, seed: int, step: int) -> Permutation:
     if randperm:
         return Permutation(features, kind="random", seed=seed + step)
@@ -84,15 +105,10 @@ class MAF(Flow):
         seed: int = 0,
         base: str = "normal",
     ) -> None:
-        features = _int("features", features, 1)
-        context_features = _int("context_features", context_features, 0)
-        transforms = _int("transforms", transforms, 1)
-        residual_blocks = _int("residual_blocks", residual_blocks, 0)
-        widths = _widths(hidden_features)
-        if residual_blocks and len(set(widths)) != 1:
-            raise ValueError(f"hidden_features must have equal widths with residual_blocks > 0, got {widths}")
+        features, context_features, transforms, widths, residual_blocks, dropout = _check_common(
+            features, 1, context_features, transforms, hidden_features, residual_blocks, dropout
+        )
         _choice("scale_function", scale_function, SCALE_FUNCTIONS)
-        dropout = _dropout(dropout)
         layers: list[Bijector] = []
         for step in range(transforms):
             if step > 0:
@@ -141,18 +157,19 @@ class NSF(Flow):
         seed: int = 0,
         base: str = "normal",
     ) -> None:
-        features = _int("features", features, 1 if autoregressive else 2)
-        context_features = _int("context_features", context_features, 0)
-        transforms = _int("transforms", transforms, 1)
+        features, context_features, transforms, widths, residual_blocks, dropout = _check_common(
+            features,
+            1 if autoregressive else 2,
+            context_features,
+            transforms,
+            hidden_features,
+            residual_blocks,
+            dropout,
+        )
         bins = _int("bins", bins, 2)
-        residual_blocks = _int("residual_blocks", residual_blocks, 0)
-        widths = _widths(hidden_features)
-        if residual_blocks and len(set(widths)) != 1:
-            raise ValueError(f"hidden_features must have equal widths with residual_blocks > 0, got {widths}")
         if not bound > 0:
             raise ValueError(f"bound must be > 0, got {bound}")
         _choice("tails", tails, ("linear", "identity"))
-        dropout = _dropout(dropout)
         layers: list[Bijector] = []
         for step in range(transforms):
             layers.append(_permutation(features, randperm, seed, step))
@@ -215,16 +232,11 @@ class RealNVP(Flow):
         dropout: float = 0.0,
         base: str = "normal",
     ) -> None:
-        features = _int("features", features, 2)
-        context_features = _int("context_features", context_features, 0)
-        transforms = _int("transforms", transforms, 1)
-        residual_blocks = _int("residual_blocks", residual_blocks, 0)
-        widths = _widths(hidden_features)
-        if residual_blocks and len(set(widths)) != 1:
-            raise ValueError(f"hidden_features must have equal widths with residual_blocks > 0, got {widths}")
+        features, context_features, transforms, widths, residual_blocks, dropout = _check_common(
+            features, 2, context_features, transforms, hidden_features, residual_blocks, dropout
+        )
         _choice("scale_function", scale_function, SCALE_FUNCTIONS)
         _choice("normalization", normalization, ("none", "actnorm", "batchnorm"))
-        dropout = _dropout(dropout)
         layers: list[Bijector] = []
         for step in range(transforms):
             if normalization == "actnorm":
