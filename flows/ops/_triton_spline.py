@@ -29,6 +29,26 @@ __all__ = ["rational_quadratic_spline_kernel"]
 
 
 @triton.jit
+def _knot_gradient_to_raw(
+    grad_k, grad_k1, at_left, at_right, is_inner_knot, prob, bound, min_size, BINS: tl.constexpr
+):
+    """Gradients of the two knots bounding each element's bin -> gradients of the raw (softmax) sizes.
+
+    Scatters onto the inner knots, then back through `knots = 2 bound cumsum(sizes) - bound` and
+    `sizes = min_size + (1 - min_size K) softmax(raw)`. Shapes: `grad_k`, `grad_k1` `(rows,)`; the rest
+    `(rows, knot columns)`.
+    """
+    grad_knot = tl.where(
+        is_inner_knot,
+        tl.where(at_left, grad_k[:, None], 0.0) + tl.where(at_right, grad_k1[:, None], 0.0),
+        0.0,
+    )
+    grad_sizes = 2.0 * bound * (tl.sum(grad_knot, 1)[:, None] - tl.cumsum(grad_knot, 1) + grad_knot)
+    grad_prob = (1.0 - min_size * BINS) * grad_sizes
+    return prob * (grad_prob - tl.sum(prob * grad_prob, 1)[:, None])
+
+
+@triton.jit
 def rational_quadratic_spline_kernel(
     x_ptr,
     widths_ptr,
@@ -266,36 +286,26 @@ def rational_quadratic_spline_kernel(
             tl.store(grad_x_ptr + element, grad_input.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
             # Scatter onto the knots, then back through cumsum and softmax (sizes -> raw widths).
-            grad_knot_next_x = tl.where(
-                is_inner_knot,
-                tl.where(at_left, grad_x_k[:, None], 0.0) + tl.where(at_right, grad_x_k1[:, None], 0.0),
-                0.0,
+            grad_raw_widths = _knot_gradient_to_raw(
+                grad_x_k, grad_x_k1, at_left, at_right, is_inner_knot, width_prob, bound, min_bin_width, BINS
             )
-            grad_sizes = (
-                2.0
-                * bound
-                * (tl.sum(grad_knot_next_x, 1)[:, None] - tl.cumsum(grad_knot_next_x, 1) + grad_knot_next_x)
-            )
-            grad_prob = (1.0 - min_bin_width * BINS) * grad_sizes
-            grad_raw_widths = width_prob * (grad_prob - tl.sum(width_prob * grad_prob, 1)[:, None])
             tl.store(
                 grad_widths_ptr + bin_offsets,
                 grad_raw_widths.to(grad_widths_ptr.dtype.element_ty),
                 mask=bin_mask,
             )
 
-            grad_knot_next_y = tl.where(
+            grad_raw_heights = _knot_gradient_to_raw(
+                grad_y_k,
+                grad_y_k1,
+                at_left,
+                at_right,
                 is_inner_knot,
-                tl.where(at_left, grad_y_k[:, None], 0.0) + tl.where(at_right, grad_y_k1[:, None], 0.0),
-                0.0,
+                height_prob,
+                bound,
+                min_bin_height,
+                BINS,
             )
-            grad_sizes = (
-                2.0
-                * bound
-                * (tl.sum(grad_knot_next_y, 1)[:, None] - tl.cumsum(grad_knot_next_y, 1) + grad_knot_next_y)
-            )
-            grad_prob = (1.0 - min_bin_height * BINS) * grad_sizes
-            grad_raw_heights = height_prob * (grad_prob - tl.sum(height_prob * grad_prob, 1)[:, None])
             tl.store(
                 grad_heights_ptr + bin_offsets,
                 grad_raw_heights.to(grad_heights_ptr.dtype.element_ty),
