@@ -184,6 +184,27 @@ def _launch_affine(
 # second derivatives through the Triton backend raise.
 
 
+def _register_fused_backward(op: Any, backward_op: Any, num_tensors: int) -> None:
+    """Make `backward_op(grad_out, grad_ladj, *tensors, *options)` the gradient of `op(*tensors, *options)`.
+
+    `op` returns `(y, ladj)`; its first `num_tensors` inputs are tensors (x first), the rest options
+    without gradients. A missing output gradient counts as zero.
+    """
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.save_for_backward(*inputs[:num_tensors])
+        ctx.options = inputs[num_tensors:]
+
+    def backward(ctx: Any, grad_out: Tensor | None, grad_ladj: Tensor | None) -> tuple[Tensor | None, ...]:
+        x = ctx.saved_tensors[0]
+        grad_out = torch.zeros_like(x) if grad_out is None else grad_out
+        grad_ladj = x.new_zeros(x.shape[0]) if grad_ladj is None else grad_ladj
+        grads = backward_op(grad_out, grad_ladj, *ctx.saved_tensors, *ctx.options)
+        return (*grads, *(None for _ in ctx.options))
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
 @torch.library.custom_op("flows::rational_quadratic_spline", mutates_args=())
 def _spline_op(
     x: Tensor,
@@ -235,22 +256,7 @@ def _(grad_out: Tensor, grad_ladj: Tensor, *args: Any) -> tuple[Tensor, Tensor, 
     return tuple(_contiguous_empty(tensor) for tensor in args[:4])  # type: ignore[return-value]
 
 
-def _spline_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-    ctx.save_for_backward(*inputs[:4])
-    ctx.options = inputs[4:]
-
-
-def _spline_backward(
-    ctx: Any, grad_out: Tensor | None, grad_ladj: Tensor | None
-) -> tuple[Tensor | None, ...]:
-    x = ctx.saved_tensors[0]
-    grad_out = torch.zeros_like(x) if grad_out is None else grad_out
-    grad_ladj = x.new_zeros(x.shape[0]) if grad_ladj is None else grad_ladj
-    grads = _spline_backward_op(grad_out, grad_ladj, *ctx.saved_tensors, *ctx.options)
-    return (*grads, None, None, None, None, None)
-
-
-_spline_op.register_autograd(_spline_backward, setup_context=_spline_setup_context)
+_register_fused_backward(_spline_op, _spline_backward_op, num_tensors=4)
 
 
 @torch.library.custom_op("flows::affine", mutates_args=())
@@ -296,22 +302,7 @@ def _(grad_out: Tensor, grad_ladj: Tensor, *args: Any) -> tuple[Tensor, Tensor, 
     return tuple(_contiguous_empty(tensor) for tensor in args[:3])  # type: ignore[return-value]
 
 
-def _affine_setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-    ctx.save_for_backward(*inputs[:3])
-    ctx.options = inputs[3:]
-
-
-def _affine_backward(
-    ctx: Any, grad_out: Tensor | None, grad_ladj: Tensor | None
-) -> tuple[Tensor | None, ...]:
-    x = ctx.saved_tensors[0]
-    grad_out = torch.zeros_like(x) if grad_out is None else grad_out
-    grad_ladj = x.new_zeros(x.shape[0]) if grad_ladj is None else grad_ladj
-    grads = _affine_backward_op(grad_out, grad_ladj, *ctx.saved_tensors, *ctx.options)
-    return (*grads, None, None, None)
-
-
-_affine_op.register_autograd(_affine_backward, setup_context=_affine_setup_context)
+_register_fused_backward(_affine_op, _affine_backward_op, num_tensors=3)
 
 
 def rational_quadratic_spline(
