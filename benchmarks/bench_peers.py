@@ -14,6 +14,10 @@ Measured per library, in one process, after warm-up, as medians over repetitions
 - `peak MB`: the peak of memory allocated during one training step (CUDA: `max_memory_allocated`;
   CPU: the running sum of allocations and frees recorded by `torch.profiler(profile_memory=True)`).
 
+A `floor` row (unless `--no-floor`) times the dense matrix products and ReLUs of flows' own
+conditioners alone, on the same parameter tensors (`MatmulFloor`): no implementation of the model can be
+faster than that on this machine, so its `x peer` is the ceiling of any library's speed-up over the peers.
+
 Ratios: `x fastest peer` is the fastest peer's median time divided by this library's median time
 (> 1 means faster than every peer). Usage::
 
@@ -43,6 +47,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ARCHITECTURES = ("maf", "nsf-coupling", "nsf-ar", "realnvp")
+FLOOR = "floor"
 LIBRARIES = ("flows", "zuko", "nflows", "normflows")
 AUTOREGRESSIVE = ("maf", "nsf-ar")
 
@@ -79,6 +84,58 @@ class Model:
 
     def parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+
+
+# ------------------------------------------------------------------------------------------------ floor
+class MatmulFloor(nn.Module):
+    """The dense matrix products (with ReLU) of a model's `nn.Linear` layers and nothing else.
+
+    Each layer keeps its shape (a `MaskedLinear` runs dense, without its mask product); consecutive
+    layers whose widths chain (a conditioner's hidden layers) are fed one into the next, and a layer
+    whose input width breaks the chain (a conditioner's first layer) reads a fixed input that needs no
+    gradient. So the floor leaves out everything else a flow does (transforms, log-determinants,
+    permutations, masks, and the input gradients of first layers): any implementation of the same
+    float32 layers is slower than it, and `fastest peer / floor` is the largest speed-up over the peers
+    that any library could reach on this machine.
+    """
+
+    def __init__(self, model: nn.Module, batch: int) -> None:
+        super().__init__()
+        layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self.weights = nn.ParameterList(nn.Parameter(layer.weight.detach().clone()) for layer in layers)
+        self.biases = nn.ParameterList(
+            nn.Parameter(layer.bias.detach().clone()) if layer.bias is not None else None for layer in layers
+        )
+        widths = sorted({layer.in_features for layer in layers})
+        generator = torch.Generator().manual_seed(0)
+        self.inputs = {width: torch.randn(batch, width, generator=generator) for width in widths}
+
+    def to(self, *args: Any, **kwargs: Any) -> MatmulFloor:  # type: ignore[override]
+        super().to(*args, **kwargs)
+        self.inputs = {width: x.to(*args, **kwargs) for width, x in self.inputs.items()}
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Sum of every layer's activations per row: `x (batch, D)` only sets the batch size."""
+        total = x.new_zeros(x.shape[0])
+        h: Optional[Tensor] = None
+        for weight, bias in zip(self.weights, self.biases):
+            if h is None or h.shape[-1] != weight.shape[1]:
+                if h is not None:
+                    total = total + h.sum(-1)
+                h = self.inputs[weight.shape[1]]
+            h = torch.relu(nn.functional.linear(h, weight, bias))
+        return total if h is None else total + h.sum(-1)
+
+
+def build_floor(spec: Spec, hidden: int, batch: int) -> Model:
+    flows_model = build_flows(spec, hidden)
+    floor = MatmulFloor(flows_model.module, batch)
+
+    def no_sample(n: int) -> Tensor:
+        raise NotImplementedError
+
+    return Model(floor, floor, no_sample, "dense matmuls + ReLU of flows' conditioners only (a lower bound)")
 
 
 # ------------------------------------------------------------------------------------------------ flows
@@ -260,6 +317,7 @@ BUILDERS: dict[str, Callable[..., Model]] = {
     "zuko": build_zuko,
     "nflows": build_nflows,
     "normflows": build_normflows,
+    FLOOR: build_floor,
 }
 
 
@@ -389,7 +447,9 @@ def measure_all(
             with torch.no_grad():
                 return model.sample(args.batch)
 
-        log_prob[library], train[library], sample[library] = log_prob_call, train_step, sample_call
+        log_prob[library], train[library] = log_prob_call, train_step
+        if library != FLOOR:
+            sample[library] = sample_call
     if args.compile and "flows" in models:
         # The first calls compile (forward, then forward and backward): report that time once.
         seconds = [
@@ -408,7 +468,7 @@ def measure_all(
         fit(models["flows"][0], args.current_features, args.fit_steps, device)
     sample_s = interleaved_medians(sample, args.repeats, 1, device, args.budget)
     for library, step in train.items():
-        memory[library] = peak_memory_mb(step, device) if args.memory else math.nan
+        memory[library] = peak_memory_mb(step, device) if args.memory and library != FLOOR else math.nan
     return [
         Result(
             library=library,
@@ -416,7 +476,7 @@ def measure_all(
             hidden=hidden,
             log_prob_s=log_prob_s[library],
             train_s=train_s[library],
-            sample_s=sample_s[library],
+            sample_s=sample_s.get(library, math.nan),
             peak_mb=memory[library],
             note=model.note,
             same_direction=model.same_direction,
@@ -489,7 +549,7 @@ def fast_sampling_report(model: Model, batch: int, device: torch.device, repeats
 
 
 def print_table(spec: Spec, results: list[Result], batch: int) -> None:
-    peers = [r for r in results if r.library != "flows"]
+    peers = [r for r in results if r.library not in ("flows", FLOOR)]
     fastest = {
         key: min((getattr(r, key) for r in peers), default=math.nan) for key in ("log_prob_s", "train_s")
     }
@@ -505,7 +565,11 @@ def print_table(spec: Spec, results: list[Result], batch: int) -> None:
     for r in results:
 
         def ratio(key: str, r: Result = r) -> str:
-            return f"{fastest[key] / getattr(r, key):6.2f}" if peers else "   n/a"
+            return (
+                f"{fastest[key] / getattr(r, key):6.2f}"
+                if peers and not math.isnan(getattr(r, key))
+                else "   n/a"
+            )
 
         print(
             f"{r.library:<10} {r.parameters:>9,d} {r.hidden:>6d} | {1e3 * r.log_prob_s:>11.2f} "
@@ -542,6 +606,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--fit-steps", type=int, default=100, help="fit flows' model this long before timing sampling"
     )
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory pass")
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip the matmul floor row (flows' dense conditioner products alone: a lower bound on any library)",
+    )
     parser.add_argument("--flows-sampler", default=None, help="force flows' inverse method (e.g. sequential)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -568,6 +638,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             libraries.append(library)
         else:
             print(f"skipping {library}: {reason}")
+    if args.floor and "flows" in libraries:
+        libraries.append(FLOOR)
     print("libraries: " + ", ".join(versions))
     print(
         f"medians of up to {args.repeats} interleaved repetitions (at most {args.budget:g} s per library and "
@@ -588,15 +660,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                 options: dict[str, Any] = {}
                 if library == "flows":
                     options = {"compile_model": args.compile, "sample_method": args.flows_sampler}
+                if library == FLOOR:
+                    options = {"batch": args.batch}
                 torch.manual_seed(0)
                 try:
-                    models[library] = matched_model(library, spec, target, **options)
+                    models[library] = matched_model(
+                        library, spec, None if library == FLOOR else target, **options
+                    )
                 except Exception as error:  # a library that cannot build this architecture is reported
                     print(
                         f"{library} {architecture} D={features}: build failed: {type(error).__name__}: {error}"
                     )
                     continue
-                if target is None:
+                if target is None and library != FLOOR:
                     target = models[library][0].parameters()
             results = measure_all(models, args, device)
             print_table(spec, results, args.batch)

@@ -28,3 +28,29 @@ def test_bench_peers_quick_prints_a_table() -> None:
         cells = [cell.strip() for cell in row.split("|")]
         assert float(cells[1].split()[0]) > 0  # log_prob milliseconds
     assert "flows fast sampling: fixed point" in output
+    floors = [line for line in output.splitlines() if line.startswith("floor ") and " | " in line]
+    assert len(floors) == 4, output[-4000:]
+
+
+def test_matmul_floor_holds_every_linear_layer_of_the_flow() -> None:
+    """The floor row's model runs exactly the flow's dense layer shapes (a lower bound, not a smaller net)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_peers
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    import torch
+
+    for architecture in ("maf", "nsf-coupling", "nsf-ar", "realnvp"):
+        spec = bench_peers.Spec(architecture, features=6, transforms=3, hidden=16)
+        flow = bench_peers.build_flows(spec, 16).module
+        linears = [m for m in flow.modules() if isinstance(m, torch.nn.Linear)]
+        floor = bench_peers.MatmulFloor(flow, batch=5)
+        assert [tuple(w.shape) for w in floor.weights] == [tuple(m.weight.shape) for m in linears]
+        assert sum(p.numel() for p in floor.parameters()) == sum(
+            p.numel() for m in linears for p in m.parameters()
+        )
+        out = floor(torch.zeros(5, 6))
+        assert out.shape == (5,) and torch.isfinite(out).all()
+        out.sum().backward()
+        assert all(w.grad is not None for w in floor.weights)
