@@ -32,7 +32,9 @@ def log_scale_from_raw(raw_scale: Tensor, scale_function: str = "tanh", scale_bo
     - `exp`: `log s = raw`, unbounded (the original RealNVP).
     """
     if scale_function == "tanh":
-        return scale_bound * torch.tanh(raw_scale / scale_bound)
+        # tanh(z) = 2 sigmoid(2z) - 1: the same value (absolute error ~1 ulp of `scale_bound`) at a
+        # fraction of the cost, as torch's CPU tanh is several times slower than its sigmoid.
+        return scale_bound * (2.0 * torch.sigmoid(raw_scale * (2.0 / scale_bound)) - 1.0)
     if scale_function == "softplus":
         return torch.log(_MIN_SCALE + F.softplus(raw_scale + _SOFTPLUS_SHIFT))
     if scale_function == "sigmoid":
