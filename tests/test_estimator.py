@@ -108,3 +108,38 @@ def test_dataframes_keep_column_names_and_order(tmp_path: Path) -> None:
     )
     path = estimator.save(tmp_path / "frame.pt")
     assert flows.DensityEstimator.load(path).columns_ == ["height", "weight", "ratio"]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_divergence_message_names_estimator_arguments_and_no_deleted_checkpoint(
+    keep: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A diverged fit says where it stopped in this class's own terms: with output_dir=None it names no
+    checkpoint (its temporary folder is gone); with output_dir it names the kept checkpoint, which exists."""
+    from flows.training.module import FlowModule
+    from flows.training.safety import TrainingDivergedError
+
+    original = FlowModule.training_step
+
+    def poisoned(self: FlowModule, batch: object, index: int) -> object:
+        loss = original(self, batch, index)
+        return loss * float("nan") if self.current_epoch >= 1 else loss
+
+    monkeypatch.setattr(FlowModule, "training_step", poisoned)
+    output_dir = tmp_path / "run" if keep else None
+    estimator = flows.DensityEstimator(
+        "gaussian", max_epochs=3, batch_size=100, num_threads=1, output_dir=output_dir
+    )
+    with pytest.raises(TrainingDivergedError) as caught:
+        estimator.fit(_data(300, 1))
+    message = str(caught.value)
+    assert "epoch 1" in message and "training loss is nan" in message
+    for advice in ("lower lr", "gradient_clip=", "standardize=True"):
+        assert advice in message
+    assert "train.lr" not in message and "--resume" not in message
+    if keep:
+        assert caught.value.checkpoint is not None and Path(caught.value.checkpoint).is_file()
+        assert caught.value.checkpoint in message
+    else:
+        assert caught.value.checkpoint is None
+        assert "output_dir=None" in message and "flows-estimator-" not in message

@@ -25,6 +25,7 @@ from flows.training.checkpoints import ESTIMATOR_FORMAT, load_model
 from flows.training.config import ConfigError, TrainConfig, parse_config
 from flows.training.data import splits_from_arrays
 from flows.training.run import draw_samples, evaluate_log_prob, fit_flow
+from flows.training.safety import TrainingDivergedError
 
 __all__ = ["DensityEstimator"]
 
@@ -159,14 +160,17 @@ class DensityEstimator:
         """
         config = self._config()
         splits = splits_from_arrays(X, X_val, None, self.val_fraction, self.seed)
-        with _quiet_lightning(not self.verbose):
-            if self.output_dir is None:
-                with tempfile.TemporaryDirectory(prefix="flows-estimator-") as directory:
-                    outcome = fit_flow(config, splits, Path(directory), quiet=not self.verbose)
-            else:
-                run_dir = Path(self.output_dir)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                outcome = fit_flow(config, splits, run_dir, quiet=not self.verbose)
+        try:
+            with _quiet_lightning(not self.verbose):
+                if self.output_dir is None:
+                    with tempfile.TemporaryDirectory(prefix="flows-estimator-") as directory:
+                        outcome = fit_flow(config, splits, Path(directory), quiet=not self.verbose)
+                else:
+                    run_dir = Path(self.output_dir)
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    outcome = fit_flow(config, splits, run_dir, quiet=not self.verbose)
+        except TrainingDivergedError as error:
+            raise self._diverged(error) from None
         self.flow_ = outcome.flow.cpu().eval()
         self.record_ = outcome.record
         self.columns_ = list(splits.columns)
@@ -176,6 +180,25 @@ class DensityEstimator:
         self.n_steps_ = outcome.info["steps"]
         self.config_ = config
         return self
+
+    def _diverged(self, error: TrainingDivergedError) -> TrainingDivergedError:
+        """The training layer's divergence error reworded for this class's arguments (it names config keys
+        and `flows fit --resume`; without `output_dir` its checkpoint lived in a deleted temporary folder)."""
+        if self.output_dir is None:
+            kept = "no checkpoint is kept with output_dir=None (pass output_dir to keep them)"
+        elif error.checkpoint is not None:
+            kept = f"the last good checkpoint is kept at {error.checkpoint} (DensityEstimator.load reads it)"
+        else:
+            kept = "no checkpoint had been written yet (it diverged before the first validation)"
+        return TrainingDivergedError(
+            f"training stopped at optimiser step {error.step} (epoch {error.epoch}): {error.what}. {kept}; try "
+            "a lower lr, gradient_clip=1.0, warmup_steps=..., standardize=True, dequantize=True for discrete "
+            "columns, or dropping constant columns",
+            step=error.step,
+            epoch=error.epoch,
+            what=error.what,
+            checkpoint=error.checkpoint if self.output_dir is not None else None,
+        )
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "flow_"):

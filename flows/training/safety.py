@@ -46,19 +46,41 @@ ADVICE = (
 
 
 class TrainingDivergedError(RuntimeError):
-    """Training produced a non-finite loss, gradient or validation NLL; the message says where and what to try."""
+    """Training produced a non-finite loss, gradient or validation NLL; the message says where and what to try.
+
+    Attributes: `step` and `epoch` where it stopped, `what` went non-finite, and `checkpoint`, the path of
+    the last good checkpoint on disk (None if none had been written).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        step: Optional[int] = None,
+        epoch: Optional[int] = None,
+        what: str = "",
+        checkpoint: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.step = step
+        self.epoch = epoch
+        self.what = what
+        self.checkpoint = checkpoint
 
 
-def _describe_checkpoint(trainer: L.Trainer) -> str:
+def _last_good_checkpoint(trainer: L.Trainer) -> Optional[str]:
     callback = trainer.checkpoint_callback
     paths = []
     if callback is not None:
         paths = [p for p in (getattr(callback, "last_model_path", ""), callback.best_model_path) if p]
     existing = [p for p in paths if Path(p).is_file()]
-    if not existing:
+    return existing[0] if existing else None
+
+
+def _describe_checkpoint(checkpoint: Optional[str]) -> str:
+    if checkpoint is None:
         return "no checkpoint had been written yet (it diverged before the first validation)"
     return (
-        f"the last good checkpoint is kept at {existing[0]} (continue from it with `flows fit ... --resume`)"
+        f"the last good checkpoint is kept at {checkpoint} (continue from it with `flows fit ... --resume`)"
     )
 
 
@@ -79,9 +101,14 @@ class NonFiniteGuard(Callback):
 
     def _fail(self, trainer: L.Trainer, what: str) -> None:
         epoch, step = trainer.current_epoch, trainer.global_step
+        checkpoint = _last_good_checkpoint(trainer)
         raise TrainingDivergedError(
-            f"training stopped at optimiser step {step} (epoch {epoch}): {what}. {_describe_checkpoint(trainer)}; "
-            f"{ADVICE}"
+            f"training stopped at optimiser step {step} (epoch {epoch}): {what}. {_describe_checkpoint(checkpoint)}; "
+            f"{ADVICE}",
+            step=step,
+            epoch=epoch,
+            what=what,
+            checkpoint=checkpoint,
         )
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
