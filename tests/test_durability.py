@@ -254,6 +254,11 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
         a, b = _state(tmp_path / "full" / "checkpoints" / name), _state(run_dir / "checkpoints" / name)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
+    # And the training log: the rows before the checkpoint are kept, those the killed run logged after
+    # it are replaced, so metrics.csv holds every step once, as in the uninterrupted run.
+    full_log = (tmp_path / "full" / "logs" / "metrics.csv").read_text().splitlines()
+    resumed_log = (run_dir / "logs" / "metrics.csv").read_text().splitlines()
+    assert len(full_log) > 3 and resumed_log == full_log
 
 
 def test_resume_without_a_checkpoint_starts_from_scratch(
@@ -290,3 +295,69 @@ def test_same_seed_gives_bit_identical_models_and_samples_on_cpu() -> None:
     assert not all(torch.equal(a[k], c[k]) for k in a)
     np.testing.assert_array_equal(first.score_samples(rows), second.score_samples(rows))
     np.testing.assert_array_equal(first.sample(50, random_state=1), second.sample(50, random_state=1))
+
+
+def _image_config(directory: Path, name: str) -> dict[str, Any]:
+    """Glow on digits, 3 optimiser steps per epoch (limit_train_batches), a checkpoint at each epoch end."""
+    return {
+        "seed": 5,
+        "data": {"dataset": "image:digits"},
+        "model": {"name": "glow", "levels": 2, "steps": 1, "hidden_channels": 8},
+        "image": {"grid_size": 2, "reconstructions": 0, "temperatures": [1.0], "val_size": 8, "eval_samples": 1},
+        "train": {
+            "batch_size": 8,
+            "eval_batch_size": 64,
+            "max_epochs": 3,
+            "lr": 1e-3,
+            "num_threads": 1,
+            "warmup_steps": 0,
+            "early_stopping_patience": None,
+        },
+        "trainer": {"accelerator": "cpu", "limit_train_batches": 3, "limit_val_batches": 1, "limit_test_batches": 1},
+        "output": {"dir": str(directory), "name": name, "progress_bar": False, "logger": "csv"},
+    }
+
+
+@pytest.mark.slow
+def test_image_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`flows fit --resume` continues image runs too (it was silently ignored for them)."""
+    from lightning.pytorch.callbacks import Callback
+
+    run_module = sys.modules["flows.training.run"]  # the module (`flows.training.run` is also the function)
+
+    first_steps: list[int] = []
+
+    class FirstStep(Callback):
+        def on_train_start(self, trainer: Any, module: Any) -> None:
+            first_steps.append(trainer.global_step)
+
+    full = run(_image_config(tmp_path, "full"), verbose=False)
+
+    config_path = tmp_path / "killed.yaml"
+    config_path.write_text(yaml.safe_dump(_image_config(tmp_path, "killed")))
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER.replace("{step}", "4"), str(config_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_dir = tmp_path / "killed"
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 3
+    callbacks = run_module.safety_callbacks
+    monkeypatch.setattr(run_module, "safety_callbacks", lambda: [*callbacks(), FirstStep()])
+    assert main(["fit", "--config", str(config_path), "--resume"]) == 0
+    assert first_steps == [3]  # continued from the checkpoint, not retrained from scratch
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["steps"] == full.metrics["steps"] == 9
+    assert resumed["test_bpd"] == full.metrics["test_bpd"]
+    for name in ("last.ckpt", "best.ckpt"):
+        a, b = _state(tmp_path / "full" / "checkpoints" / name), _state(run_dir / "checkpoints" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    full_log = (tmp_path / "full" / "logs" / "metrics.csv").read_text().splitlines()
+    assert (run_dir / "logs" / "metrics.csv").read_text().splitlines() == full_log

@@ -127,7 +127,7 @@ def _test(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> in
     from flows.training.run import evaluate_checkpoint
 
     if _is_image_checkpoint(arguments.ckpt):
-        from flows.training.image_data import evaluate_image_checkpoint
+        from flows.training.image_run import evaluate_image_checkpoint
 
         values: dict = {}
         for path in arguments.config:
@@ -152,7 +152,7 @@ def _sample(arguments: argparse.Namespace) -> int:
     if arguments.num_samples < 1:
         raise ConfigError(f"-n must be a positive integer, got {arguments.num_samples}")
     if _is_image_checkpoint(arguments.ckpt):
-        from flows.training.image_data import sample_images
+        from flows.training.image_run import sample_images
 
         path = sample_images(
             arguments.ckpt,

@@ -36,6 +36,7 @@ from flows.training.config import (
     write_yaml_atomic,
 )
 from flows.training.data import DataSplits, GlobalBatchSampler, dequantize_fixed, load_splits, standard_error
+from flows.training.loggers import make_loggers
 from flows.training.models import (
     build_flow,
     check_model_options,
@@ -44,7 +45,7 @@ from flows.training.models import (
     standardization_of,
 )
 from flows.training.module import FlowModule, TableDataModule
-from flows.training.safety import resume_checkpoint, safety_callbacks, warn_about_columns
+from flows.training.safety import read_checkpoint, resume_checkpoint, safety_callbacks, warn_about_columns
 
 __all__ = ["FitOutcome", "RunResult", "evaluate_log_prob", "fit_flow", "run", "trainer_arguments", "validate"]
 
@@ -127,24 +128,6 @@ def _is_cpu_run(trainer_kwargs: dict[str, Any]) -> bool:
     )
 
 
-def _loggers(run_dir: Path, kind: str) -> list[Any]:
-    from lightning.pytorch.loggers import CSVLogger
-
-    loggers: list[Any] = []
-    if kind in ("auto", "csv"):
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
-    if kind in ("auto", "tensorboard"):
-        try:
-            import tensorboard  # noqa: F401
-            from lightning.pytorch.loggers import TensorBoardLogger
-        except ImportError:
-            if kind == "tensorboard":
-                raise ImportError("output.logger = tensorboard needs the tensorboard package") from None
-        else:
-            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
-    return loggers
-
-
 def _launched_worker() -> bool:
     """True in a non-zero DDP rank started by Lightning's launcher or torchrun."""
     for variable in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
@@ -217,12 +200,18 @@ def _prepare(splits: DataSplits, config: Config, seed: int) -> tuple[DataSplits,
     return splits, bool(dequantize)
 
 
-def make_trainer(config: Config, run_dir: Path, print_callback: Optional[Callback] = None) -> L.Trainer:
+def make_trainer(
+    config: Config,
+    run_dir: Path,
+    print_callback: Optional[Callback] = None,
+    resume: Optional[Path] = None,
+) -> L.Trainer:
     """The Lightning Trainer of a run (tabular or image).
 
     Best and last checkpoints on `val_nll` in `run_dir/checkpoints`, the non-finite guard, early stopping,
     the loggers, the validation interval, and the config's `trainer` arguments (deterministic by default on
-    CPU). `print_callback` reports validations when the progress bar is off.
+    CPU). `print_callback` reports validations when the progress bar is off. `resume`: the checkpoint the run
+    continues from (the CSV log keeps its rows up to that checkpoint's step).
     """
     train = config.train
     trainer_kwargs = trainer_arguments(config.trainer)
@@ -259,7 +248,10 @@ def make_trainer(config: Config, run_dir: Path, print_callback: Optional[Callbac
         if train.val_every_n_steps is not None
         else {"check_val_every_n_epoch": 1}
     )
-    loggers = _loggers(run_dir, config.output.logger) if config.output.logger != "none" else False
+    loggers: Any = False
+    if config.output.logger != "none":
+        resume_step = int(read_checkpoint(resume)["global_step"]) if resume is not None else None
+        loggers = make_loggers(run_dir, config.output.logger, resume_step)
     return L.Trainer(
         max_epochs=train.max_epochs,
         max_steps=train.max_steps,
@@ -318,7 +310,7 @@ def _fit_flow(
     record = model_record(config, features, splits.columns, standardized=mean is not None)
 
     train = config.train
-    trainer = make_trainer(config, run_dir, None if quiet else _PrintValidation())
+    trainer = make_trainer(config, run_dir, None if quiet else _PrintValidation(), resume)
     checkpoint = trainer.checkpoint_callback
 
     # Data-dependent initialisation on the first global batch: the same rows on every rank, before DDP
@@ -508,13 +500,13 @@ def run(config: Union[Config, dict[str, Any]], verbose: bool = True, resume: boo
     config = parse_config(config)
     if config.data.dataset.startswith("image:"):
         try:
-            from flows.training.image_data import run_image
+            from flows.training.image_run import run_image
         except ImportError as error:
             raise ConfigError(
-                f"image datasets need flows.training.image_data, which failed to import: {error}"
+                f"image datasets need flows.training.image_run, which failed to import: {error}"
             ) from error
         with torch_threads(config.train.num_threads):
-            return run_image(config, verbose=verbose)
+            return run_image(config, verbose=verbose, resume=resume)
     with torch_threads(config.train.num_threads):
         return _run(config, verbose, resume)
 
