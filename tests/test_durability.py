@@ -225,12 +225,25 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    full = run(_config(tmp_path, "full"), verbose=False)
+@pytest.mark.parametrize(
+    ("val_every_n_steps", "kill_step", "checkpoint_step"),
+    [
+        (None, 2 * 6 + 3, 12),  # killed in the fourth batch of the third epoch; checkpoint at an epoch end
+        (
+            4,
+            10,
+            8,
+        ),  # checkpoints every 4 steps: the last one is mid-epoch (2 of the second epoch's 6 batches)
+    ],
+)
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, val_every_n_steps: Any, kill_step: int, checkpoint_step: int
+) -> None:
+    options = {} if val_every_n_steps is None else {"val_every_n_steps": val_every_n_steps}
+    full = run(_config(tmp_path, "full", **options), verbose=False)
 
     config_path = tmp_path / "killed.yaml"
-    config_path.write_text(yaml.safe_dump(_config(tmp_path, "killed")))
-    kill_step = 2 * 6 + 3  # the fourth batch of the third epoch
+    config_path.write_text(yaml.safe_dump(_config(tmp_path, "killed", **options)))
     killed = subprocess.run(
         [sys.executable, "-c", KILLER.replace("{step}", str(kill_step)), str(config_path)],
         capture_output=True,
@@ -243,7 +256,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
     run_dir = tmp_path / "killed"
     assert not (run_dir / "metrics.json").exists()
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert read_checkpoint(last)["global_step"] == 12  # the end of the second epoch: the last checkpoint
+    assert read_checkpoint(last)["global_step"] == checkpoint_step
 
     assert main(["fit", "--config", str(config_path), "--resume"]) == 0
     resumed = json.loads((run_dir / "metrics.json").read_text())
@@ -303,7 +316,13 @@ def _image_config(directory: Path, name: str) -> dict[str, Any]:
         "seed": 5,
         "data": {"dataset": "image:digits"},
         "model": {"name": "glow", "levels": 2, "steps": 1, "hidden_channels": 8},
-        "image": {"grid_size": 2, "reconstructions": 0, "temperatures": [1.0], "val_size": 8, "eval_samples": 1},
+        "image": {
+            "grid_size": 2,
+            "reconstructions": 0,
+            "temperatures": [1.0],
+            "val_size": 8,
+            "eval_samples": 1,
+        },
         "train": {
             "batch_size": 8,
             "eval_batch_size": 64,
@@ -313,7 +332,12 @@ def _image_config(directory: Path, name: str) -> dict[str, Any]:
             "warmup_steps": 0,
             "early_stopping_patience": None,
         },
-        "trainer": {"accelerator": "cpu", "limit_train_batches": 3, "limit_val_batches": 1, "limit_test_batches": 1},
+        "trainer": {
+            "accelerator": "cpu",
+            "limit_train_batches": 3,
+            "limit_val_batches": 1,
+            "limit_test_batches": 1,
+        },
         "output": {"dir": str(directory), "name": name, "progress_bar": False, "logger": "csv"},
     }
 

@@ -498,3 +498,18 @@ def test_saved_configs_carry_every_model_default(tmp_path: Path) -> None:
     # The checkpoint still loads and scores.
     loaded = load_model(result.checkpoint)
     assert torch.isfinite(loaded.flow.log_prob(torch.zeros(3, 2))).all()
+
+
+def test_sampler_resumed_mid_epoch_skips_only_the_batches_already_trained_on() -> None:
+    sampler = GlobalBatchSampler(50, 8, shuffle=True, seed=2)
+    sampler.set_epoch(1)
+    epoch_one = list(sampler)
+    sampler.set_epoch(0)
+    sampler.resume_from(1, 2)
+    assert list(sampler) == list(GlobalBatchSampler(50, 8, shuffle=True, seed=2))  # another epoch: no skip
+    sampler.set_epoch(1)
+    assert list(sampler) == epoch_one[2:]  # the resumed epoch continues at its third batch
+    assert list(sampler) == epoch_one  # once only
+    for done in (0, len(sampler)):  # at an epoch boundary nothing is skipped
+        sampler.resume_from(1, done)
+        assert list(sampler) == epoch_one

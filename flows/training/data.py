@@ -214,9 +214,14 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self._resume: Optional[tuple[int, int]] = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_from(self, epoch: int, batches_done: int) -> None:
+        """Make the next iteration over `epoch` skip its first `batches_done` batches (a mid-epoch resume)."""
+        self._resume = (int(epoch), int(batches_done)) if 0 < batches_done < len(self) else None
 
     @property
     def global_batch_size(self) -> int:
@@ -232,9 +237,52 @@ class GlobalBatchSampler(Sampler[list[int]]):
         else:
             order = list(range(self.n))
         size = self.global_batch_size
-        for start in range(0, len(self) * size, size):
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip, self._resume = self._resume[1], None
+        for start in range(skip * size, len(self) * size, size):
             global_batch = order[start : start + size]
             yield global_batch[self.rank :: self.world_size]
+
+
+class ResumableBatches:
+    """Mixin for the `LightningDataModule`s whose training batches come from a `GlobalBatchSampler`.
+
+    Checkpoints save the progress of the current epoch (`state_dict`); on resume, `load_state_dict` makes
+    the sampler skip the batches of that epoch already trained on, so a run resumed from a mid-epoch
+    checkpoint (`train.val_every_n_steps`) sees the same batches as an uninterrupted one. (Lightning's own
+    loader-state hook is skipped when the training loader is built before the restore, which
+    `estimated_stepping_batches` does; the datamodule's state is always restored.)
+    """
+
+    _train_sampler: Optional[GlobalBatchSampler] = None
+    _pending_resume: Optional[tuple[int, int]] = None
+
+    def _training_sampler(self, sampler: GlobalBatchSampler) -> GlobalBatchSampler:
+        """Register the sampler of a new training loader (a pending resume applies to it)."""
+        self._train_sampler = sampler
+        if self._pending_resume is not None:
+            sampler.resume_from(*self._pending_resume)
+            self._pending_resume = None
+        return sampler
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches_done = trainer_progress(getattr(self, "trainer", None))
+        return {"epoch": epoch, "batches_done": batches_done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        resume = (int(state.get("epoch", 0)), int(state.get("batches_done", 0)))
+        if self._train_sampler is not None:
+            self._train_sampler.resume_from(*resume)
+        else:
+            self._pending_resume = resume
+
+
+def trainer_progress(trainer: Any) -> tuple[int, int]:
+    """`(current epoch, batches of it completed)` of a Lightning trainer (0, 0 without one)."""
+    if trainer is None:
+        return 0, 0
+    return int(trainer.current_epoch), int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
 
 def standard_error(values: np.ndarray) -> float:

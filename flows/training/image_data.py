@@ -53,7 +53,7 @@ from flows.training.config import (
     parse_config,
     unknown_key_error,
 )
-from flows.training.data import GlobalBatchSampler
+from flows.training.data import GlobalBatchSampler, ResumableBatches
 from flows.training.images import DEFAULT_TEMPERATURES, one_hot
 from flows.training.module import FlowModule
 
@@ -181,7 +181,7 @@ def _compact(images: np.ndarray) -> Tensor:
     return torch.as_tensor(images).to(dtype)
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(ResumableBatches, L.LightningDataModule):
     """Loaders of `(integer images, labels)` batches; training batches from a `GlobalBatchSampler`."""
 
     def __init__(
@@ -203,7 +203,9 @@ class ImageDataModule(L.LightningDataModule):
         rank, world = (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
         images, labels = self.tensors["train"]
         sampler = GlobalBatchSampler(images.shape[0], self.batch_size, self.shuffle, self.seed, rank, world)
-        return DataLoader(TensorDataset(images, labels), sampler=sampler, batch_size=None)
+        return DataLoader(
+            TensorDataset(images, labels), sampler=self._training_sampler(sampler), batch_size=None
+        )
 
     def _eval_loader(self, name: str) -> DataLoader:
         images, labels = self.tensors[name]

@@ -11,7 +11,6 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,9 +127,7 @@ def run_image(values: Union[Config, Mapping[str, Any]], verbose: bool = True, re
     previous = os.environ.get(tabular.RUN_DIR_ENV)
     os.environ[tabular.RUN_DIR_ENV] = str(run_dir.resolve())
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        with tabular.quiet_fit_warnings():
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     finally:
         if not worker:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from flows.training.config import MollificationConfig, TrainConfig
-from flows.training.data import GlobalBatchSampler
+from flows.training.data import GlobalBatchSampler, ResumableBatches
 
 __all__ = ["FlowModule", "TableDataModule", "mollification_sigma", "warmup_cosine_factor"]
 
@@ -188,7 +188,7 @@ class FlowModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class TableDataModule(L.LightningDataModule):
+class TableDataModule(ResumableBatches, L.LightningDataModule):
     """Loaders over float tensors of the three splits (data units).
 
     Training batches come from a `GlobalBatchSampler` (one shared permutation, cut per rank), so results do
@@ -235,7 +235,7 @@ class TableDataModule(L.LightningDataModule):
         )
         return DataLoader(
             TensorDataset(self.tensors["train"]),
-            sampler=sampler,
+            sampler=self._training_sampler(sampler),
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

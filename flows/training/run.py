@@ -200,6 +200,24 @@ def _prepare(splits: DataSplits, config: Config, seed: int) -> tuple[DataSplits,
     return splits, bool(dequantize)
 
 
+@contextlib.contextmanager
+def quiet_fit_warnings() -> Iterator[None]:
+    """Silence Lightning's warnings that do not apply to our runs during `trainer.fit`: tensor datasets need
+    no workers, metrics are logged as we intend, and our datamodules do resume mid-epoch (`ResumableBatches`),
+    which Lightning's check of the loader itself cannot see."""
+    with warnings.catch_warnings():
+        for message in (
+            ".*does not have many workers.*",
+            ".*sync_dist=True.*",
+            ".*smaller than the logging interval.*",
+            ".*could not find the monitored key.*",
+            ".*isinstance\\(treespec, LeafSpec\\).*",
+            ".*resuming from a checkpoint that ended before the epoch ended.*",
+        ):
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
 def make_trainer(
     config: Config,
     run_dir: Path,
@@ -334,12 +352,7 @@ def _fit_flow(
         seed=seed,
         num_workers=config.data.num_workers,
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
-        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-        warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
-        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    with quiet_fit_warnings():
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
 
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
