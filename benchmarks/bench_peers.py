@@ -612,6 +612,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         action="store_false",
         help="skip the matmul floor row (flows' dense conditioner products alone: a lower bound on any library)",
     )
+    parser.add_argument(
+        "--flows-backend",
+        default="auto",
+        help="flows.ops backend for flows' model: auto (default), reference, analytic or triton",
+    )
     parser.add_argument("--flows-sampler", default=None, help="force flows' inverse method (e.g. sequential)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -622,8 +627,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.set_default_dtype(torch.float32)
+    if args.flows_backend != "auto":
+        from flows import ops
 
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, float32")
+        ops.set_backend(args.flows_backend)
+
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, float32, "
+        f"flows backend {args.flows_backend}"
+    )
     versions = []
     libraries = []
     for library in args.libraries:

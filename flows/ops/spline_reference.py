@@ -8,12 +8,21 @@ The code avoids host syncs and data-dependent branches so that it compiles with 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["rational_quadratic_spline_reference", "spline_knots"]
+__all__ = [
+    "SplinePieces",
+    "bin_probabilities",
+    "evaluate_spline",
+    "gather_pair",
+    "knots_from_probabilities",
+    "rational_quadratic_spline_reference",
+    "spline_knots",
+]
 
 
 def _softplus_inverse(value: float) -> float:
@@ -42,21 +51,28 @@ def spline_knots(
             f"got {min_bin_width} and {min_bin_height}"
         )
 
-    def knots(unnormalized: Tensor, minimum: float) -> Tensor:
-        # The softmax is written out: over a short last dimension torch.softmax is several times slower
-        # on CPUs than these three element-wise ops.
-        exponentials = torch.exp(unnormalized - unnormalized.amax(dim=-1, keepdim=True))
-        probabilities = exponentials / exponentials.sum(dim=-1, keepdim=True)
-        sizes = minimum + (1.0 - minimum * bins) * probabilities
-        # Interior knots only; both ends are pinned exactly so that the tails join without a gap.
-        interior = 2.0 * bound * torch.cumsum(sizes[..., :-1], dim=-1) - bound
-        return F.pad(F.pad(interior, (1, 0), value=-bound), (0, 1), value=bound)
-
-    knot_x = knots(unnormalized_widths, min_bin_width)
-    knot_y = knots(unnormalized_heights, min_bin_height)
+    knot_x = knots_from_probabilities(bin_probabilities(unnormalized_widths), min_bin_width, bound)
+    knot_y = knots_from_probabilities(bin_probabilities(unnormalized_heights), min_bin_height, bound)
     shift = _softplus_inverse(1.0 - min_derivative)
     derivatives = min_derivative + F.softplus(unnormalized_derivatives + shift)
     return knot_x, knot_y, derivatives
+
+
+def bin_probabilities(unnormalized: Tensor) -> Tensor:
+    """Softmax over the bins (last dimension) of raw widths or heights."""
+    # Written out: over a short last dimension torch.softmax is several times slower on CPUs than these
+    # element-wise ops.
+    exponentials = torch.exp(unnormalized - unnormalized.amax(dim=-1, keepdim=True))
+    return exponentials / exponentials.sum(dim=-1, keepdim=True)
+
+
+def knots_from_probabilities(probabilities: Tensor, minimum: float, bound: float) -> Tensor:
+    """Knots `(..., K + 1)` from `-bound` to `bound` with bin sizes `minimum + (1 - minimum K) p`."""
+    bins = probabilities.shape[-1]
+    sizes = minimum + (1.0 - minimum * bins) * probabilities
+    # Interior knots only; both ends are pinned exactly so that the tails join without a gap.
+    interior = 2.0 * bound * torch.cumsum(sizes[..., :-1], dim=-1) - bound
+    return F.pad(F.pad(interior, (1, 0), value=-bound), (0, 1), value=bound)
 
 
 def _clamp_unit(xi: Tensor) -> Tensor:
@@ -68,8 +84,9 @@ def _clamp_unit(xi: Tensor) -> Tensor:
     return xi + (xi.clamp(0.0, 1.0) - xi).detach()
 
 
-def _gather(values: Tensor, index: Tensor) -> Tensor:
-    return torch.gather(values, -1, index.unsqueeze(-1)).squeeze(-1)
+def gather_pair(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """`values[..., index]` and `values[..., index + 1]` for knot values `(..., K + 1)`, `index (...)`: one gather."""
+    return torch.gather(values, -1, torch.stack((index, index + 1), dim=-1)).unbind(-1)
 
 
 def rational_quadratic_spline_reference(
@@ -104,6 +121,29 @@ def rational_quadratic_spline_reference(
         min_bin_height,
         min_derivative,
     )
+    y, log_derivative, _ = evaluate_spline(x, knot_x, knot_y, derivatives, inverse, bound)
+    return y, log_derivative.sum(dim=-1)
+
+
+class SplinePieces(NamedTuple):
+    """What `evaluate_spline` found on the way, `(..., d)` each: the bin `index`, the bin coordinate `xi` of
+    the input (forward) or output (inverse) in `[0, 1]`, and the masks `inside` `[-bound, bound]` and
+    `below` it."""
+
+    index: Tensor
+    xi: Tensor
+    inside: Tensor
+    below: Tensor
+
+
+def evaluate_spline(
+    x: Tensor, knot_x: Tensor, knot_y: Tensor, derivatives: Tensor, inverse: bool, bound: float
+) -> tuple[Tensor, Tensor, SplinePieces]:
+    """The spline of given knots at `x (..., d)`: `(y (..., d), log |dy/dx| (..., d), pieces)`.
+
+    Knots and derivatives `(..., d, K + 1)` (from `spline_knots`); with `inverse=True`, `y` is the inverse
+    map and the log-derivative is that of the inverse.
+    """
     knot_x = knot_x.to(x.dtype)
     knot_y = knot_y.to(x.dtype)
     derivatives = derivatives.to(x.dtype)
@@ -114,12 +154,11 @@ def rational_quadratic_spline_reference(
     clamped = x.clamp(-bound, bound)
     index = (clamped.unsqueeze(-1) >= source_knots[..., 1:-1]).sum(dim=-1)
 
-    x_k = _gather(knot_x, index)
-    y_k = _gather(knot_y, index)
-    width = _gather(knot_x, index + 1) - x_k
-    height = _gather(knot_y, index + 1) - y_k
-    d_k = _gather(derivatives, index)
-    d_k1 = _gather(derivatives, index + 1)
+    x_k, x_k1 = gather_pair(knot_x, index)
+    y_k, y_k1 = gather_pair(knot_y, index)
+    d_k, d_k1 = gather_pair(derivatives, index)
+    width = x_k1 - x_k
+    height = y_k1 - y_k
     slope = height / width
     curvature = d_k1 + d_k - 2.0 * slope
 
@@ -139,19 +178,23 @@ def rational_quadratic_spline_reference(
         xi_b_nonnegative = (2.0 * c) / torch.where(b_nonnegative, -b - root, -torch.ones_like(b))
         xi_b_negative = (root - b) / torch.where(b_nonnegative, torch.ones_like(a), 2.0 * a)
         xi_root = torch.where(b_nonnegative, xi_b_nonnegative, xi_b_negative).clamp(0.0, 1.0)
-        # One Newton step on y(xi) - offset = 0 with gradients flowing: at the root the value is unchanged (or
-        # refined) and the gradients are the exact implicit derivatives (dx/dy = 1 / (dy/dx), and likewise for
-        # the parameters).
-        root_1m = xi_root * (1.0 - xi_root)
-        root_denominator = slope + curvature * root_1m
-        residual = height * (slope * xi_root.square() + d_k * root_1m) / root_denominator - offset
-        dy_dxi = (
-            height
-            * slope
-            * (d_k1 * xi_root.square() + 2.0 * slope * root_1m + d_k * (1.0 - xi_root).square())
-            / root_denominator.square()
-        )
-        xi = _clamp_unit(xi_root - residual / dy_dxi)
+
+        # Newton steps on y(xi) - offset = 0 with gradients flowing: at the root the value is unchanged (or
+        # refined); after the first step the gradients are the exact implicit derivatives (dx/dy = 1 / (dy/dx),
+        # and likewise for the parameters), after the second the second derivatives are exact too.
+        def newton_step(xi: Tensor) -> Tensor:
+            xi_1m = xi * (1.0 - xi)
+            denominator = slope + curvature * xi_1m
+            residual = height * (slope * xi.square() + d_k * xi_1m) / denominator - offset
+            dy_dxi = (
+                height
+                * slope
+                * (d_k1 * xi.square() + 2.0 * slope * xi_1m + d_k * (1.0 - xi).square())
+                / denominator.square()
+            )
+            return xi - residual / dy_dxi
+
+        xi = _clamp_unit(newton_step(newton_step(xi_root)))
         spline_out = x_k + xi * width
     else:
         xi = _clamp_unit((clamped - x_k) / width)
@@ -183,4 +226,4 @@ def rational_quadratic_spline_reference(
     log_derivative = torch.where(inside, log_derivative, tail_log_derivative)
     if inverse:
         log_derivative = -log_derivative
-    return y, log_derivative.sum(dim=-1)
+    return y, log_derivative, SplinePieces(index, xi, inside, below)
