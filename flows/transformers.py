@@ -118,11 +118,18 @@ class Spline(Transformer):
 
     def __call__(self, x: Tensor, params: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
         self.check_params(x, params)
-        return ops.rational_quadratic_spline_packed(
+        bins = self.bins
+        widths = params[..., :bins]
+        heights = params[..., bins : 2 * bins]
+        derivatives = params[..., 2 * bins :]
+        if self.tails == "identity":
+            # A raw derivative of 0 is a slope of exactly 1: identity tails.
+            derivatives = torch.nn.functional.pad(derivatives, (1, 1), value=0.0)
+        return ops.rational_quadratic_spline(
             x,
-            params,
-            self.bins,
-            self.tails,
+            widths,
+            heights,
+            derivatives,
             inverse=inverse,
             bound=self.bound,
             min_bin_width=self.min_bin_width,

@@ -13,10 +13,7 @@ import torch
 from torch import Tensor
 
 from flows import ops
-from flows.ops.spline_analytic import (
-    rational_quadratic_spline_analytic,
-    rational_quadratic_spline_packed_analytic,
-)
+from flows.ops.spline_analytic import rational_quadratic_spline_analytic
 from flows.ops.spline_reference import rational_quadratic_spline_reference, spline_knots
 
 BOUND = 3.0
@@ -188,39 +185,3 @@ def test_seam_uses_the_analytic_backward_on_cpu_in_eager_mode(monkeypatch: pytes
         ops.rational_quadratic_spline(*inputs)
         ops.affine(inputs[0], inputs[0], inputs[0])  # no analytic affine: the reference
     assert calls == ["analytic", "reference", "analytic"]
-
-
-@pytest.mark.parametrize("tails", ["linear", "identity"])
-@pytest.mark.parametrize("backend", ["analytic", "reference"])
-@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
-def test_packed_parameters_give_the_sliced_result(tails: str, backend: str, inverse: bool) -> None:
-    """`ops.rational_quadratic_spline_packed` (what the Spline transformer calls) equals the reference on the
-    slices, values and the gradient of the whole packed tensor, on every backend."""
-    bins = 5
-    size = 3 * bins + (1 if tails == "linear" else -1)
-    generator = torch.Generator().manual_seed(11)
-    x = 8.0 * torch.rand(6, 4, generator=generator, dtype=torch.float64) - 4.0
-    params = 1.5 * torch.randn(6, 4, size, generator=generator, dtype=torch.float64)
-
-    def sliced(x: Tensor, packed: Tensor, **options) -> tuple[Tensor, Tensor]:
-        derivatives = packed[..., 2 * bins :]
-        if tails == "identity":
-            derivatives = torch.nn.functional.pad(derivatives, (1, 1))
-        return rational_quadratic_spline_reference(
-            x, packed[..., :bins], packed[..., bins : 2 * bins], derivatives, **options
-        )
-
-    def packed(x: Tensor, packed: Tensor, **options) -> tuple[Tensor, Tensor]:
-        with ops.use_backend(backend):
-            return ops.rational_quadratic_spline_packed(x, packed, bins, tails, **options)
-
-    ours = _outputs_and_gradients(packed, [x, params], inverse)
-    theirs = _outputs_and_gradients(sliced, [x, params], inverse)
-    for name, a, b in zip(["y", "ladj", "x", "params"], ours, theirs):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
-    if tails == "identity":  # outside the bound the map is the identity, both ways
-        outside = x.abs() > BOUND
-        assert outside.any()
-        torch.testing.assert_close(ours[0][outside], x[outside], rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="spline parameters per element"):
-        rational_quadratic_spline_packed_analytic(x, params[..., :-1], bins, tails)

@@ -25,10 +25,7 @@ import torch
 from torch import Tensor
 
 from flows.ops.affine_reference import SCALE_FUNCTIONS, affine_reference, log_scale_from_raw
-from flows.ops.spline_analytic import (
-    rational_quadratic_spline_analytic,
-    rational_quadratic_spline_packed_analytic,
-)
+from flows.ops.spline_analytic import rational_quadratic_spline_analytic
 from flows.ops.spline_reference import rational_quadratic_spline_reference, spline_knots
 
 __all__ = [
@@ -38,7 +35,6 @@ __all__ = [
     "get_backend",
     "log_scale_from_raw",
     "rational_quadratic_spline",
-    "rational_quadratic_spline_packed",
     "set_backend",
     "spline_knots",
     "use_backend",
@@ -135,47 +131,6 @@ def rational_quadratic_spline(
         min_bin_height=min_bin_height,
         min_derivative=min_derivative,
     )
-
-
-def rational_quadratic_spline_packed(
-    x: Tensor,
-    params: Tensor,
-    bins: int,
-    tails: str = "linear",
-    inverse: bool = False,
-    bound: float = 3.0,
-    min_bin_width: float = 1e-3,
-    min_bin_height: float = 1e-3,
-    min_derivative: float = 1e-3,
-) -> tuple[Tensor, Tensor]:
-    """The spline of one packed parameter tensor, as conditioners return it.
-
-    Shapes: `x (..., d)`, `params (..., d, P)` holding `K` raw widths, `K` raw heights, then `K + 1` raw
-    derivatives (`tails="linear"`, `P = 3K + 1`) or the `K - 1` interior ones (`tails="identity"`: tail
-    slopes of 1, `P = 3K - 1`). Returns `y (..., d)` and `ladj (...)`. The analytic backend takes the
-    packed tensor whole (one gradient tensor in the backward); the others get the slices.
-    """
-    implementation = _select(
-        "rational_quadratic_spline",
-        x,
-        rational_quadratic_spline_reference,
-        rational_quadratic_spline_analytic,
-    )
-    options = {
-        "inverse": inverse,
-        "bound": bound,
-        "min_bin_width": min_bin_width,
-        "min_bin_height": min_bin_height,
-        "min_derivative": min_derivative,
-    }
-    if implementation is rational_quadratic_spline_analytic:
-        return rational_quadratic_spline_packed_analytic(x, params, bins, tails, **options)
-    if tails not in ("linear", "identity"):
-        raise ValueError(f"tails must be 'linear' or 'identity', got {tails!r}")
-    derivatives = params[..., 2 * bins :]
-    if tails == "identity":  # a raw derivative of 0 is a slope of exactly 1
-        derivatives = torch.nn.functional.pad(derivatives, (1, 1), value=0.0)
-    return implementation(x, params[..., :bins], params[..., bins : 2 * bins], derivatives, **options)
 
 
 def affine(

@@ -27,7 +27,7 @@ from flows.ops.spline_reference import (
     knots_from_probabilities,
 )
 
-__all__ = ["rational_quadratic_spline_analytic", "rational_quadratic_spline_packed_analytic"]
+__all__ = ["rational_quadratic_spline_analytic"]
 
 
 def rational_quadratic_spline_analytic(
@@ -48,80 +48,35 @@ def rational_quadratic_spline_analytic(
             "expected K + 1 derivatives for K bins, got "
             f"{unnormalized_derivatives.shape[-1]} derivatives and {bins} bins"
         )
-    element_shape = torch.broadcast_shapes(
-        unnormalized_widths.shape[:-1], unnormalized_heights.shape[:-1], unnormalized_derivatives.shape[:-1]
-    )
-    params = torch.cat(
-        [
-            unnormalized_widths.expand(element_shape + (bins,)),
-            unnormalized_heights.expand(element_shape + (bins,)),
-            unnormalized_derivatives.expand(element_shape + (bins + 1,)),
-        ],
-        dim=-1,
-    )
-    return rational_quadratic_spline_packed_analytic(
-        x, params, bins, "linear", inverse, bound, min_bin_width, min_bin_height, min_derivative
-    )
-
-
-def rational_quadratic_spline_packed_analytic(
-    x: Tensor,
-    params: Tensor,
-    bins: int,
-    tails: str = "linear",
-    inverse: bool = False,
-    bound: float = 3.0,
-    min_bin_width: float = 1e-3,
-    min_bin_height: float = 1e-3,
-    min_derivative: float = 1e-3,
-) -> tuple[Tensor, Tensor]:
-    """The spline of packed raw parameters `params (..., d, P)`: `K` widths, `K` heights, then `K + 1`
-    derivatives (`tails="linear"`) or the `K - 1` interior ones (`tails="identity"`: tail slopes of 1).
-
-    Slicing inside the autograd function keeps the backward to one gradient tensor of `params`' shape
-    (slicing outside would zero-fill a tensor of that shape per slice).
-    """
-    if tails not in ("linear", "identity"):
-        raise ValueError(f"tails must be 'linear' or 'identity', got {tails!r}")
-    expected = 3 * bins + (1 if tails == "linear" else -1)
-    if params.shape[-1] != expected:
-        raise ValueError(
-            f"expected {expected} spline parameters per element for {bins} bins and {tails} tails, "
-            f"got {params.shape[-1]}"
-        )
     if min_bin_width * bins >= 1.0 or min_bin_height * bins >= 1.0:
         raise ValueError(
             f"min_bin_width and min_bin_height must be < 1/bins = {1.0 / bins:.4g}, "
             f"got {min_bin_width} and {min_bin_height}"
         )
     # Parameters broadcast against x as in the reference; the backward returns expanded gradients and
-    # autograd sums them back to the given shapes.
-    element_shape = torch.broadcast_shapes(x.shape, params.shape[:-1])
+    # autograd sums them back to these shapes.
+    element_shape = torch.broadcast_shapes(x.shape, unnormalized_widths.shape[:-1])
     x = x.expand(element_shape)
-    params = params.expand(element_shape + (expected,))
-    options = (bins, tails == "identity", inverse, bound, min_bin_width, min_bin_height, min_derivative)
-    y, log_derivative, *_ = _AnalyticSpline.apply(x, params, options)
+    widths = unnormalized_widths.expand(element_shape + (bins,))
+    heights = unnormalized_heights.expand(element_shape + (bins,))
+    derivatives = unnormalized_derivatives.expand(element_shape + (bins + 1,))
+    options = (inverse, bound, min_bin_width, min_bin_height, min_derivative)
+    y, log_derivative, *_ = _AnalyticSpline.apply(x, widths, heights, derivatives, options)
     return y, log_derivative.sum(dim=-1)
 
 
-def _unpack(params: Tensor, bins: int, identity_tails: bool) -> tuple[Tensor, Tensor, Tensor]:
-    derivatives = params[..., 2 * bins :]
-    if identity_tails:  # raw 0 is a slope of exactly 1
-        derivatives = torch.nn.functional.pad(derivatives, (1, 1), value=0.0)
-    return params[..., :bins], params[..., bins : 2 * bins], derivatives
-
-
 class _AnalyticSpline(torch.autograd.Function):
-    """`(x, packed params) -> (y, log-derivative per element, intermediates...)` with a closed-form
-    backward. The intermediates (knots, probabilities, bin index and coordinate, masks) are outputs so
-    that `setup_context` can save them, as `torch.func` transforms (`jacrev`, `vmap`) need."""
+    """`(x, widths, heights, derivatives) -> (y, log-derivative per element, intermediates...)` with a
+    closed-form backward. The intermediates (knots, probabilities, bin index and coordinate, masks) are
+    outputs so that `setup_context` can save them, as `torch.func` transforms (`jacrev`, `vmap`) need."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: Tensor, params: Tensor, options: tuple) -> tuple[Tensor, ...]:  # type: ignore[override]
-        bins, identity_tails, inverse, bound, min_bin_width, min_bin_height, min_derivative = options
-        widths, heights, derivatives = _unpack(params, bins, identity_tails)
+    def forward(  # type: ignore[override]
+        x: Tensor, widths: Tensor, heights: Tensor, derivatives: Tensor, options: tuple
+    ) -> tuple[Tensor, ...]:
+        inverse, bound, min_bin_width, min_bin_height, min_derivative = options
         width_probabilities = bin_probabilities(widths)
         height_probabilities = bin_probabilities(heights)
         knot_x = knots_from_probabilities(width_probabilities, min_bin_width, bound)
@@ -134,16 +89,18 @@ class _AnalyticSpline(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        x, params, options = inputs
+        x, widths, heights, derivatives, options = inputs
         ctx.options = options
         ctx.mark_non_differentiable(*output[2:])
-        ctx.save_for_backward(x, params, output[0], *output[2:])
+        ctx.save_for_backward(x, widths, heights, derivatives, output[0], *output[2:])
 
     @staticmethod
     def backward(ctx: Any, grad_y: Optional[Tensor], grad_log: Optional[Tensor], *_: Any) -> tuple[Any, ...]:  # type: ignore[override]
         (
             x,
-            params,
+            widths,
+            heights,
+            derivatives,
             y,
             knot_x,
             knot_y,
@@ -156,12 +113,12 @@ class _AnalyticSpline(torch.autograd.Function):
             inside,
             below,
         ) = ctx.saved_tensors
-        bins, identity_tails, inverse, bound, min_bin_width, min_bin_height, min_derivative = ctx.options
+        inverse, bound, min_bin_width, min_bin_height, min_derivative = ctx.options
         if torch.is_grad_enabled():
             # A differentiable backward (create_graph=True, or a torch.func transform): recompute the
             # intermediates from the inputs with autograd on, so that the closed form below is recorded
             # and its derivative, the second derivative of the spline, is exact.
-            recomputed = _AnalyticSpline.forward(x, params, ctx.options)
+            recomputed = _AnalyticSpline.forward(x, widths, heights, derivatives, ctx.options)
             (y, _, knot_x, knot_y, knot_derivatives, width_probabilities, height_probabilities, shifted) = (
                 recomputed[:8]
             )
@@ -170,7 +127,7 @@ class _AnalyticSpline(torch.autograd.Function):
             grad_y = torch.zeros_like(y)
         if grad_log is None:
             grad_log = torch.zeros_like(y)
-        grad_input, grad_knot_x, grad_knot_y, grad_knot_derivatives = _closed_form_backward(
+        grads = _closed_form_backward(
             x if not inverse else y,
             grad_y,
             grad_log,
@@ -184,18 +141,11 @@ class _AnalyticSpline(torch.autograd.Function):
             inverse,
             bound,
         )
+        grad_input, grad_knot_x, grad_knot_y, grad_knot_derivatives = grads
+        grad_widths = _knots_to_raw(grad_knot_x, width_probabilities, min_bin_width, bound)
+        grad_heights = _knots_to_raw(grad_knot_y, height_probabilities, min_bin_height, bound)
         grad_derivatives = grad_knot_derivatives * torch.sigmoid(shifted)
-        if identity_tails:
-            grad_derivatives = grad_derivatives[..., 1:-1]
-        grad_params = torch.cat(
-            [
-                _knots_to_raw(grad_knot_x, width_probabilities, min_bin_width, bound),
-                _knots_to_raw(grad_knot_y, height_probabilities, min_bin_height, bound),
-                grad_derivatives,
-            ],
-            dim=-1,
-        )
-        return grad_input, grad_params, None
+        return grad_input, grad_widths, grad_heights, grad_derivatives, None
 
 
 def _closed_form_backward(
