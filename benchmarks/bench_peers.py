@@ -615,7 +615,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--flows-backend",
         default="auto",
-        help="flows.ops backend for flows' model: auto (default), reference, analytic or triton",
+        help="flows.ops backend for flows' model: auto (default), reference or triton",
     )
     parser.add_argument("--flows-sampler", default=None, help="force flows' inverse method (e.g. sequential)")
     args = parser.parse_args(argv)

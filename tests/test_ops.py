@@ -40,6 +40,22 @@ def test_spline_gradcheck(inverse: bool) -> None:
     assert torch.autograd.gradcheck(spline, inputs, fast_mode=True)
 
 
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_spline_second_derivatives(inverse: bool, seed: int) -> None:
+    """Hessians are exact too (score matching, Laplace approximations). The inverse takes Newton steps from a
+    gradient-free root: one step gives the implicit first derivatives, the second step the second
+    derivatives (with one step this fails)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.empty(3, 2, dtype=torch.float64).uniform_(-2.9, 2.9, generator=generator)
+    inputs = [tensor.requires_grad_() for tensor in [x, *_spline_params((3, 2), 4, seed=seed)]]
+
+    def spline(*tensors: Tensor) -> tuple[Tensor, Tensor]:
+        return rational_quadratic_spline_reference(*tensors, inverse=inverse, bound=BOUND)
+
+    assert torch.autograd.gradgradcheck(spline, inputs)
+
+
 @pytest.mark.parametrize("scale_function", SCALE_FUNCTIONS)
 @pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
 def test_affine_gradcheck(scale_function: str, inverse: bool) -> None:

@@ -5,11 +5,9 @@ backends. Layers call the functions here and never import a backend. The backend
 or forced with `set_backend` / `use_backend`:
 
 - `"auto"` (default): the fused Triton kernels for CUDA tensors in eager mode when Triton is installed;
-  elsewhere in eager mode (CPUs, float64) the spline's analytic backend and the affine reference; while
-  `torch.compile` traces, the references (Inductor then fuses them into its own kernels).
+  the reference everywhere else - on the CPU, for float64, and while `torch.compile` traces (Inductor
+  then fuses the reference into its own kernels).
 - `"reference"`: always the reference.
-- `"analytic"`: the spline with a hand-written backward in plain PyTorch (`spline_analytic`: the reference's
-  forward, closed-form gradients; any device and dtype); the other ops' references.
 - `"triton"`: always the Triton kernels (float64 still falls back to the reference inside them), also
   under `torch.compile` (they are custom ops). CPU tensors need Triton's interpreter
   (`TRITON_INTERPRET=1` before Triton is first imported).
@@ -25,7 +23,6 @@ import torch
 from torch import Tensor
 
 from flows.ops.affine_reference import SCALE_FUNCTIONS, affine_reference, log_scale_from_raw
-from flows.ops.spline_analytic import rational_quadratic_spline_analytic
 from flows.ops.spline_reference import rational_quadratic_spline_reference, spline_knots
 
 __all__ = [
@@ -40,12 +37,12 @@ __all__ = [
     "use_backend",
 ]
 
-BACKENDS = ("auto", "reference", "triton", "analytic")
+BACKENDS = ("auto", "reference", "triton")
 _backend = "auto"
 
 
 def set_backend(name: str) -> None:
-    """Choose the kernel backend for every op: `"auto"`, `"reference"`, `"triton"` or `"analytic"`."""
+    """Choose the kernel backend for every op: `"auto"`, `"reference"` or `"triton"`."""
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
@@ -76,11 +73,9 @@ def _triton_ops() -> ModuleType | None:
     return triton_ops if triton_ops.AVAILABLE else None
 
 
-def _select(op: str, x: Tensor, reference: Callable, analytic: Callable | None = None) -> Callable:
+def _select(op: str, x: Tensor, reference: Callable) -> Callable:
     if _backend == "reference":
         return reference
-    if _backend == "analytic":
-        return analytic or reference
     if _backend == "triton":
         module = _triton_ops()
         if module is None:
@@ -93,8 +88,6 @@ def _select(op: str, x: Tensor, reference: Callable, analytic: Callable | None =
         module = _triton_ops()
         if module is not None:
             return getattr(module, op)
-    if analytic is not None and not torch.compiler.is_compiling():
-        return analytic
     return reference
 
 
@@ -114,12 +107,7 @@ def rational_quadratic_spline(
     Shapes: `x (..., d)`, widths/heights `(..., d, K)`, derivatives `(..., d, K + 1)`;
     returns `y (..., d)` and `ladj (...)` summed over the last dimension.
     """
-    implementation = _select(
-        "rational_quadratic_spline",
-        x,
-        rational_quadratic_spline_reference,
-        rational_quadratic_spline_analytic,
-    )
+    implementation = _select("rational_quadratic_spline", x, rational_quadratic_spline_reference)
     return implementation(
         x,
         unnormalized_widths,

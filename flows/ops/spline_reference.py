@@ -8,21 +8,12 @@ The code avoids host syncs and data-dependent branches so that it compiles with 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "SplinePieces",
-    "bin_probabilities",
-    "evaluate_spline",
-    "gather_pair",
-    "knots_from_probabilities",
-    "rational_quadratic_spline_reference",
-    "spline_knots",
-]
+__all__ = ["rational_quadratic_spline_reference", "spline_knots"]
 
 
 def _softplus_inverse(value: float) -> float:
@@ -51,28 +42,21 @@ def spline_knots(
             f"got {min_bin_width} and {min_bin_height}"
         )
 
-    knot_x = knots_from_probabilities(bin_probabilities(unnormalized_widths), min_bin_width, bound)
-    knot_y = knots_from_probabilities(bin_probabilities(unnormalized_heights), min_bin_height, bound)
+    def knots(unnormalized: Tensor, minimum: float) -> Tensor:
+        # The softmax is written out: over a short last dimension torch.softmax is several times slower
+        # on CPUs than these three element-wise ops.
+        exponentials = torch.exp(unnormalized - unnormalized.amax(dim=-1, keepdim=True))
+        probabilities = exponentials / exponentials.sum(dim=-1, keepdim=True)
+        sizes = minimum + (1.0 - minimum * bins) * probabilities
+        # Interior knots only; both ends are pinned exactly so that the tails join without a gap.
+        interior = 2.0 * bound * torch.cumsum(sizes[..., :-1], dim=-1) - bound
+        return F.pad(F.pad(interior, (1, 0), value=-bound), (0, 1), value=bound)
+
+    knot_x = knots(unnormalized_widths, min_bin_width)
+    knot_y = knots(unnormalized_heights, min_bin_height)
     shift = _softplus_inverse(1.0 - min_derivative)
     derivatives = min_derivative + F.softplus(unnormalized_derivatives + shift)
     return knot_x, knot_y, derivatives
-
-
-def bin_probabilities(unnormalized: Tensor) -> Tensor:
-    """Softmax over the bins (last dimension) of raw widths or heights."""
-    # Written out: over a short last dimension torch.softmax is several times slower on CPUs than these
-    # element-wise ops.
-    exponentials = torch.exp(unnormalized - unnormalized.amax(dim=-1, keepdim=True))
-    return exponentials / exponentials.sum(dim=-1, keepdim=True)
-
-
-def knots_from_probabilities(probabilities: Tensor, minimum: float, bound: float) -> Tensor:
-    """Knots `(..., K + 1)` from `-bound` to `bound` with bin sizes `minimum + (1 - minimum K) p`."""
-    bins = probabilities.shape[-1]
-    sizes = minimum + (1.0 - minimum * bins) * probabilities
-    # Interior knots only; both ends are pinned exactly so that the tails join without a gap.
-    interior = 2.0 * bound * torch.cumsum(sizes[..., :-1], dim=-1) - bound
-    return F.pad(F.pad(interior, (1, 0), value=-bound), (0, 1), value=bound)
 
 
 def _clamp_unit(xi: Tensor) -> Tensor:
@@ -84,9 +68,10 @@ def _clamp_unit(xi: Tensor) -> Tensor:
     return xi + (xi.clamp(0.0, 1.0) - xi).detach()
 
 
-def gather_pair(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    """`values[..., index]` and `values[..., index + 1]` for knot values `(..., K + 1)`, `index (...)`: one gather."""
-    return torch.gather(values, -1, torch.stack((index, index + 1), dim=-1)).unbind(-1)
+def _gather_pair(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """`values[..., index]` and `values[..., index + 1]` of knot values `(..., K + 1)`: one gather."""
+    first, second = torch.gather(values, -1, torch.stack((index, index + 1), dim=-1)).unbind(-1)
+    return first, second
 
 
 def rational_quadratic_spline_reference(
@@ -121,29 +106,6 @@ def rational_quadratic_spline_reference(
         min_bin_height,
         min_derivative,
     )
-    y, log_derivative, _ = evaluate_spline(x, knot_x, knot_y, derivatives, inverse, bound)
-    return y, log_derivative.sum(dim=-1)
-
-
-class SplinePieces(NamedTuple):
-    """What `evaluate_spline` found on the way, `(..., d)` each: the bin `index`, the bin coordinate `xi` of
-    the input (forward) or output (inverse) in `[0, 1]`, and the masks `inside` `[-bound, bound]` and
-    `below` it."""
-
-    index: Tensor
-    xi: Tensor
-    inside: Tensor
-    below: Tensor
-
-
-def evaluate_spline(
-    x: Tensor, knot_x: Tensor, knot_y: Tensor, derivatives: Tensor, inverse: bool, bound: float
-) -> tuple[Tensor, Tensor, SplinePieces]:
-    """The spline of given knots at `x (..., d)`: `(y (..., d), log |dy/dx| (..., d), pieces)`.
-
-    Knots and derivatives `(..., d, K + 1)` (from `spline_knots`); with `inverse=True`, `y` is the inverse
-    map and the log-derivative is that of the inverse.
-    """
     knot_x = knot_x.to(x.dtype)
     knot_y = knot_y.to(x.dtype)
     derivatives = derivatives.to(x.dtype)
@@ -154,9 +116,9 @@ def evaluate_spline(
     clamped = x.clamp(-bound, bound)
     index = (clamped.unsqueeze(-1) >= source_knots[..., 1:-1]).sum(dim=-1)
 
-    x_k, x_k1 = gather_pair(knot_x, index)
-    y_k, y_k1 = gather_pair(knot_y, index)
-    d_k, d_k1 = gather_pair(derivatives, index)
+    x_k, x_k1 = _gather_pair(knot_x, index)
+    y_k, y_k1 = _gather_pair(knot_y, index)
+    d_k, d_k1 = _gather_pair(derivatives, index)
     width = x_k1 - x_k
     height = y_k1 - y_k
     slope = height / width
@@ -226,4 +188,4 @@ def evaluate_spline(
     log_derivative = torch.where(inside, log_derivative, tail_log_derivative)
     if inverse:
         log_derivative = -log_derivative
-    return y, log_derivative, SplinePieces(index, xi, inside, below)
+    return y, log_derivative.sum(dim=-1)
