@@ -18,8 +18,10 @@ A `floor` row (unless `--no-floor`) times the dense matrix products and ReLUs of
 conditioners alone, on the same parameter tensors (`MatmulFloor`): no implementation of the model can be
 faster than that on this machine, so its `x peer` is the ceiling of any library's speed-up over the peers.
 
-Ratios: `x fastest peer` is the fastest peer's median time divided by this library's median time
-(> 1 means faster than every peer). Usage::
+Ratios: `x peer` compares with the fastest peer (the smallest median time): the median over rounds of
+that peer's time divided by this library's time in the same round (> 1 means faster than every peer).
+Calls of one round run back to back, so this paired ratio cancels load changes between rounds, which
+on a shared machine move the medians themselves by tens of percent. Usage::
 
     python benchmarks/bench_peers.py                # full run on CPU
     python benchmarks/bench_peers.py --quick        # few repetitions (smoke test)
@@ -36,7 +38,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional
@@ -362,7 +364,17 @@ def timed(function: Callable[[], Any], device: torch.device) -> float:
 def interleaved_medians(
     functions: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device, budget_s: float
 ) -> dict[str, float]:
-    """Median seconds per call of each function, repetitions interleaved across the functions.
+    """Median seconds per call of each function (see `interleaved_times`)."""
+    return {
+        name: statistics.median(values)
+        for name, values in interleaved_times(functions, repeats, warmup, device, budget_s).items()
+    }
+
+
+def interleaved_times(
+    functions: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device, budget_s: float
+) -> dict[str, list[float]]:
+    """Seconds of each timed call of each function, repetitions interleaved across the functions.
 
     Interleaving (one call of each function per round) spreads the load of a shared machine evenly over
     the libraries. After `warmup` untimed calls (at least one: it absorbs compilation), a function gets
@@ -382,7 +394,16 @@ def interleaved_medians(
         for name, function in functions.items():
             if round_index < planned[name]:
                 times[name].append(timed(function, device))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of `numerator[i] / denominator[i]` (calls of one round ran back to back, so a
+    load change between rounds cancels), or the ratio of the medians with fewer than 3 paired rounds."""
+    pairs = min(len(numerator), len(denominator))
+    if pairs < 3:
+        return statistics.median(numerator) / statistics.median(denominator)
+    return statistics.median(a / b for a, b in zip(numerator[:pairs], denominator[:pairs]))
 
 
 def peak_memory_mb(function: Callable[[], Any], device: torch.device) -> float:
@@ -420,6 +441,8 @@ class Result:
     peak_mb: float
     note: str
     same_direction: bool = True
+    #: every timed call, per metric ("log_prob_s", "train_s", "sample_s"), for paired ratios
+    times: dict[str, list[float]] = field(default_factory=dict)
 
 
 def measure_all(
@@ -459,14 +482,14 @@ def measure_all(
             f"flows torch.compile: first log_prob {seconds[0]:.1f} s, first training step {seconds[1]:.1f} s, "
             f"first sample {seconds[2]:.1f} s (compilation included)"
         )
-    log_prob_s = interleaved_medians(log_prob, args.repeats, args.warmup, device, args.budget)
-    train_s = interleaved_medians(train, args.repeats, args.warmup, device, args.budget)
+    log_prob_s = interleaved_times(log_prob, args.repeats, args.warmup, device, args.budget)
+    train_s = interleaved_times(train, args.repeats, args.warmup, device, args.budget)
     if "flows" in models and args.fit_steps > 0:
         # The fixed-point sampler's cost depends on how strongly features depend on each other, which is
         # nil at the identity initialisation: fit flows' model first (the peers' samplers do a fixed
         # number of passes whatever the parameters).
         fit(models["flows"][0], args.current_features, args.fit_steps, device)
-    sample_s = interleaved_medians(sample, args.repeats, 1, device, args.budget)
+    sample_s = interleaved_times(sample, args.repeats, 1, device, args.budget)
     for library, step in train.items():
         memory[library] = peak_memory_mb(step, device) if args.memory and library != FLOOR else math.nan
     return [
@@ -474,12 +497,17 @@ def measure_all(
             library=library,
             parameters=model.parameters(),
             hidden=hidden,
-            log_prob_s=log_prob_s[library],
-            train_s=train_s[library],
-            sample_s=sample_s.get(library, math.nan),
+            log_prob_s=statistics.median(log_prob_s[library]),
+            train_s=statistics.median(train_s[library]),
+            sample_s=statistics.median(sample_s[library]) if library in sample_s else math.nan,
             peak_mb=memory[library],
             note=model.note,
             same_direction=model.same_direction,
+            times={
+                "log_prob_s": log_prob_s[library],
+                "train_s": train_s[library],
+                "sample_s": sample_s.get(library, []),
+            },
         )
         for library, (model, hidden) in models.items()
     ]
@@ -550,10 +578,10 @@ def fast_sampling_report(model: Model, batch: int, device: torch.device, repeats
 
 def print_table(spec: Spec, results: list[Result], batch: int) -> None:
     peers = [r for r in results if r.library not in ("flows", FLOOR)]
-    fastest = {
-        key: min((getattr(r, key) for r in peers), default=math.nan) for key in ("log_prob_s", "train_s")
-    }
-    fastest["sample_s"] = min((r.sample_s for r in peers if r.same_direction), default=math.nan)
+    fastest: dict[str, Optional[Result]] = {}
+    for key in ("log_prob_s", "train_s", "sample_s"):
+        candidates = [r for r in peers if key != "sample_s" or r.same_direction]
+        fastest[key] = min(candidates, key=lambda r, key=key: getattr(r, key), default=None)
     title = f"{spec.architecture}  D={spec.features}  transforms={spec.transforms}  batch={batch}"
     print(f"\n## {title}")
     header = (
@@ -565,11 +593,10 @@ def print_table(spec: Spec, results: list[Result], batch: int) -> None:
     for r in results:
 
         def ratio(key: str, r: Result = r) -> str:
-            return (
-                f"{fastest[key] / getattr(r, key):6.2f}"
-                if peers and not math.isnan(getattr(r, key))
-                else "   n/a"
-            )
+            peer = fastest[key]
+            if peer is None or math.isnan(getattr(r, key)) or not r.times.get(key):
+                return "   n/a"
+            return f"{paired_ratio(peer.times[key], r.times[key]):6.2f}"
 
         print(
             f"{r.library:<10} {r.parameters:>9,d} {r.hidden:>6d} | {1e3 * r.log_prob_s:>11.2f} "
@@ -655,7 +682,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("libraries: " + ", ".join(versions))
     print(
         f"medians of up to {args.repeats} interleaved repetitions (at most {args.budget:g} s per library and "
-        f"metric) after {args.warmup} warm-up calls; x peer = fastest peer time / this time"
+        f"metric) after {args.warmup} warm-up calls; x peer = median over rounds of fastest peer time / this time"
     )
 
     for features in args.features:

@@ -54,3 +54,17 @@ def test_matmul_floor_holds_every_linear_layer_of_the_flow() -> None:
         assert out.shape == (5,) and torch.isfinite(out).all()
         out.sum().backward()
         assert all(w.grad is not None for w in floor.weights)
+
+
+def test_paired_ratio_cancels_load_changes_between_rounds() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_peers
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    load = [1.0, 3.0, 1.5, 2.0, 5.0]  # the machine's slowdown in each round
+    peer = [0.02 * f for f in load]
+    ours = [0.01 * f for f in load]
+    assert bench_peers.paired_ratio(peer, ours) == pytest.approx(2.0)
+    # Fewer than three rounds: the ratio of the medians.
+    assert bench_peers.paired_ratio([4.0, 2.0], [1.0]) == pytest.approx(3.0)
