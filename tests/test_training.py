@@ -513,3 +513,33 @@ def test_sampler_resumed_mid_epoch_skips_only_the_batches_already_trained_on() -
     for done in (0, len(sampler)):  # at an epoch boundary nothing is skipped
         sampler.resume_from(1, done)
         assert list(sampler) == epoch_one
+
+
+@pytest.mark.slow
+def test_train_compile_runs_log_prob_through_torch_compile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train.compile: true` trains through `torch.compile(flow.log_prob)` to the same model (up to the
+    compiler's rounding) and saves checkpoints that load like any other."""
+    compiled: list[object] = []
+    original_compile = torch.compile
+
+    def recording_compile(function: object, **options: object) -> object:
+        compiled.append(function)
+        return original_compile(function, **options)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    model = {"name": "maf", "transforms": 1, "hidden_features": [8]}
+    sections = {"model": model, "output": {"samples": 0}}
+    eager = run(_tiny_config(tmp_path / "eager", train={"max_epochs": 1}, **sections), verbose=False)
+    assert not compiled
+    fast = run(
+        _tiny_config(tmp_path / "fast", train={"max_epochs": 1, "compile": True}, **sections), verbose=False
+    )
+    assert len(compiled) == 1 and getattr(compiled[0], "__name__", "") == "log_prob"
+    for (name, a), b in zip(eager.flow.state_dict().items(), fast.flow.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    assert fast.metrics["test_log_likelihood"] == pytest.approx(
+        eager.metrics["test_log_likelihood"], abs=1e-4
+    )
+    assert "_compiled" not in " ".join(load_model(fast.checkpoint).flow.state_dict())

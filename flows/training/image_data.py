@@ -341,7 +341,7 @@ class ImageFlowModule(FlowModule):
 
     def nll(self, x: Tensor, labels: Optional[Tensor] = None, num_samples: int = 1) -> Tensor:  # type: ignore[override]
         context = None if labels is None else self.context(labels)
-        return -self.flow.log_prob(x, context, num_samples=num_samples)
+        return -self.log_density(x, context, num_samples=num_samples)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> Tensor:
         images, labels = batch

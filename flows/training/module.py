@@ -89,6 +89,15 @@ class FlowModule(L.LightningModule):
         self.record: dict[str, Any] = dict(hparams or {})
         self._val_sum: Optional[Tensor] = None
         self._val_count = 0
+        self._compiled_log_prob: Optional[Any] = None  # built on first use with train.compile (not saved)
+
+    def log_density(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """`flow.log_prob(x, ...)`, through `torch.compile` when `train.compile` is set."""
+        if not self.train_config.compile:
+            return self.flow.log_prob(x, *args, **kwargs)
+        if self._compiled_log_prob is None:
+            self._compiled_log_prob = torch.compile(self.flow.log_prob)
+        return self._compiled_log_prob(x, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the model record (config, features, columns) so that the checkpoint rebuilds the flow."""
@@ -149,7 +158,7 @@ class FlowModule(L.LightningModule):
 
     def nll(self, x: Tensor) -> Tensor:
         """Per-row negative log-likelihood `(batch,)` in data units."""
-        return -self.flow.log_prob(x)
+        return -self.log_density(x)
 
     def training_step(self, batch: tuple[Tensor], batch_index: int) -> Tensor:
         (x,) = batch
