@@ -237,39 +237,72 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     ],
 )
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
-    tmp_path: Path, val_every_n_steps: Any, kill_step: int, checkpoint_step: int
+    tmp_path: Path,
+    val_every_n_steps: Any,
+    kill_step: int,
+    checkpoint_step: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     options = {} if val_every_n_steps is None else {"val_every_n_steps": val_every_n_steps}
     full = run(_config(tmp_path, "full", **options), verbose=False)
+    run_dir = _kill_and_resume(
+        _config(tmp_path, "killed", **options), tmp_path, kill_step, checkpoint_step, monkeypatch
+    )
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    expected = {k: v for k, v in full.metrics.items() if k not in RUN_SPECIFIC}
+    assert {k: v for k, v in resumed.items() if k not in RUN_SPECIFIC} == json.loads(json.dumps(expected))
+    _assert_same_weights_and_log(tmp_path / "full", run_dir)
 
-    config_path = tmp_path / "killed.yaml"
-    config_path.write_text(yaml.safe_dump(_config(tmp_path, "killed", **options)))
+
+def _kill_and_resume(
+    config: dict[str, Any],
+    tmp_path: Path,
+    kill_step: int,
+    checkpoint_step: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """Run `flows fit` on `config` in a subprocess killed with SIGKILL at `kill_step`, check its last
+    checkpoint is at `checkpoint_step`, then `flows fit --resume` in this process; returns the run dir."""
+    config_path = tmp_path / f"{config['output']['name']}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
     killed = subprocess.run(
         [sys.executable, "-c", KILLER.replace("{step}", str(kill_step)), str(config_path)],
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=120,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    run_dir = tmp_path / "killed"
+    run_dir = Path(config["output"]["dir"]) / config["output"]["name"]
     assert not (run_dir / "metrics.json").exists()
-    last = run_dir / "checkpoints" / "last.ckpt"
-    assert read_checkpoint(last)["global_step"] == checkpoint_step
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == checkpoint_step
 
+    from lightning.pytorch.callbacks import Callback
+
+    first_steps: list[int] = []
+
+    class FirstStep(Callback):
+        def on_train_start(self, trainer: Any, module: Any) -> None:
+            first_steps.append(trainer.global_step)
+
+    run_module = sys.modules["flows.training.run"]  # the module (`flows.training.run` is also the function)
+    callbacks = run_module.safety_callbacks
+    monkeypatch.setattr(run_module, "safety_callbacks", lambda: [*callbacks(), FirstStep()])
     assert main(["fit", "--config", str(config_path), "--resume"]) == 0
-    resumed = json.loads((run_dir / "metrics.json").read_text())
-    expected = {k: v for k, v in full.metrics.items() if k not in RUN_SPECIFIC}
-    assert {k: v for k, v in resumed.items() if k not in RUN_SPECIFIC} == json.loads(json.dumps(expected))
-    # Not just the metrics: the final and the best weights are bit-identical.
+    assert first_steps == [checkpoint_step]  # continued from the checkpoint, not retrained from scratch
+    return run_dir
+
+
+def _assert_same_weights_and_log(full_dir: Path, run_dir: Path) -> None:
+    """The final and best weights are bit-identical, and so is the training log: the rows before the
+    checkpoint are kept, those the killed run logged after it are replaced, so metrics.csv holds every
+    step once, as in the uninterrupted run."""
     for name in ("last.ckpt", "best.ckpt"):
-        a, b = _state(tmp_path / "full" / "checkpoints" / name), _state(run_dir / "checkpoints" / name)
+        a, b = _state(full_dir / "checkpoints" / name), _state(run_dir / "checkpoints" / name)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    # And the training log: the rows before the checkpoint are kept, those the killed run logged after
-    # it are replaced, so metrics.csv holds every step once, as in the uninterrupted run.
-    full_log = (tmp_path / "full" / "logs" / "metrics.csv").read_text().splitlines()
+    full_log = (full_dir / "logs" / "metrics.csv").read_text().splitlines()
     resumed_log = (run_dir / "logs" / "metrics.csv").read_text().splitlines()
     assert len(full_log) > 3 and resumed_log == full_log
 
@@ -347,41 +380,9 @@ def test_image_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`flows fit --resume` continues image runs too (it was silently ignored for them)."""
-    from lightning.pytorch.callbacks import Callback
-
-    run_module = sys.modules["flows.training.run"]  # the module (`flows.training.run` is also the function)
-
-    first_steps: list[int] = []
-
-    class FirstStep(Callback):
-        def on_train_start(self, trainer: Any, module: Any) -> None:
-            first_steps.append(trainer.global_step)
-
     full = run(_image_config(tmp_path, "full"), verbose=False)
-
-    config_path = tmp_path / "killed.yaml"
-    config_path.write_text(yaml.safe_dump(_image_config(tmp_path, "killed")))
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLER.replace("{step}", "4"), str(config_path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    run_dir = tmp_path / "killed"
-    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 3
-    callbacks = run_module.safety_callbacks
-    monkeypatch.setattr(run_module, "safety_callbacks", lambda: [*callbacks(), FirstStep()])
-    assert main(["fit", "--config", str(config_path), "--resume"]) == 0
-    assert first_steps == [3]  # continued from the checkpoint, not retrained from scratch
+    run_dir = _kill_and_resume(_image_config(tmp_path, "killed"), tmp_path, 4, 3, monkeypatch)
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["steps"] == full.metrics["steps"] == 9
     assert resumed["test_bpd"] == full.metrics["test_bpd"]
-    for name in ("last.ckpt", "best.ckpt"):
-        a, b = _state(tmp_path / "full" / "checkpoints" / name), _state(run_dir / "checkpoints" / name)
-        assert a.keys() == b.keys()
-        assert all(torch.equal(a[k], b[k]) for k in a), name
-    full_log = (tmp_path / "full" / "logs" / "metrics.csv").read_text().splitlines()
-    assert (run_dir / "logs" / "metrics.csv").read_text().splitlines() == full_log
+    _assert_same_weights_and_log(tmp_path / "full", run_dir)
