@@ -372,6 +372,12 @@ def write_tables(out: str | Path, note: str = "") -> tuple[Path, Path]:
 def _default_run(config: Any) -> Any:
     from flows.training import run
 
+    if config.train.compile:
+        import torch
+
+        # Each run compiles its own model; graphs kept from earlier runs of this process would count against
+        # dynamo's recompile limit (8 per function), after which later runs would silently train eagerly.
+        torch._dynamo.reset()
     return run(config)
 
 

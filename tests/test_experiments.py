@@ -270,3 +270,24 @@ def test_cli_end_to_end_with_the_real_training_run(
     assert "(0 new runs)" in capsys.readouterr().out
     assert main([*argv[:-2], "--force"]) == 0  # threads left at the default
     assert "(2 new runs)" in capsys.readouterr().out
+
+
+def test_default_runner_resets_dynamo_before_compiled_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs with train.compile start from an empty dynamo cache, so a long experiment list never reaches
+    dynamo's recompile limit; runs without it leave other compiled code alone."""
+    import torch
+
+    import experiments.run as runner_module
+    import flows.training
+
+    resets: list[int] = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    monkeypatch.setattr(flows.training, "run", lambda config: {"metrics": {}})
+    from flows.training.config import parse_config
+
+    for compile_flag, expected in ((False, 0), (True, 1)):
+        resets.clear()
+        runner_module._default_run(
+            parse_config({"data": {"dataset": "toy:moons"}, "train": {"compile": compile_flag}})
+        )
+        assert len(resets) == expected
