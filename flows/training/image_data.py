@@ -357,15 +357,11 @@ class ImageFlowModule(FlowModule):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.validation_seed + batch_index)
             total = self.nll(images, labels, self.eval_samples).sum()
-        self._val_sum = total if self._val_sum is None else self._val_sum + total
-        self._val_count += images.shape[0]
+        self.add_validation(total, images.shape[0])
 
-    def on_validation_epoch_end(self) -> None:
-        if self._val_sum is None or self._val_count == 0:
-            return
-        value = self._val_sum / self._val_count
-        self.log("val_nll", value, prog_bar=True, sync_dist=False)
-        self.log("val_bpd", bits_per_dim(value, self.num_dims), prog_bar=True, sync_dist=False)
+    def log_validation(self, mean_nll: Tensor) -> None:
+        super().log_validation(mean_nll)
+        self.log("val_bpd", bits_per_dim(mean_nll, self.num_dims), prog_bar=True, sync_dist=False)
 
 
 @torch.no_grad()

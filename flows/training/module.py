@@ -172,15 +172,21 @@ class FlowModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor], batch_index: int) -> None:
         (x,) = batch
-        total = self.nll(x).sum()
-        self._val_sum = total if self._val_sum is None else self._val_sum + total
-        self._val_count += x.shape[0]
+        self.add_validation(self.nll(x).sum(), x.shape[0])
+
+    def add_validation(self, total_nll: Tensor, rows: int) -> None:
+        """Accumulate one validation batch: the sum of its per-row NLLs and its row count."""
+        self._val_sum = total_nll if self._val_sum is None else self._val_sum + total_nll
+        self._val_count += rows
 
     def on_validation_epoch_end(self) -> None:
         if self._val_sum is None or self._val_count == 0:
             return
-        value = self._val_sum / self._val_count
-        self.log("val_nll", value, prog_bar=True, sync_dist=False)
+        self.log_validation(self._val_sum / self._val_count)
+
+    def log_validation(self, mean_nll: Tensor) -> None:
+        """Log the validation's mean NLL as `val_nll` (the early-stopping and checkpoint monitor)."""
+        self.log("val_nll", mean_nll, prog_bar=True, sync_dist=False)
 
     # ---------------------------------------------------------------- optimisation
 
