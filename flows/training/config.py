@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import difflib
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -148,6 +149,16 @@ class OutputConfig:
     logger: Literal["auto", "csv", "tensorboard", "none"] = "auto"
     progress_bar: bool = True
 
+    def __post_init__(self) -> None:
+        name = self.name
+        if name is not None and (
+            not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0")
+        ):
+            raise ConfigError(
+                "config key 'output.name': expected one directory name (no '/', '\\', '.' or '..'; the run "
+                f"goes in output.dir), got {_describe(name)}"
+            )
+
 
 @dataclass
 class Config:
@@ -191,8 +202,21 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+#: the longest rendering of a value in an error message
+MAX_SHOWN = 200
+
+
+def short_repr(value: Any, limit: int = MAX_SHOWN) -> str:
+    """`repr(value)` cut to `limit` characters (a config value can be huge, e.g. a YAML alias expansion)."""
+    shortener = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+    shortener.maxlevel, shortener.maxlist, shortener.maxdict = 3, 8, 8
+    shortener.maxstring = shortener.maxother = limit
+    text = shortener.repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {short_repr(value)}"
 
 
 def check_value(key: str, value: Any, annotation: Any) -> Any:
@@ -350,7 +374,42 @@ def _check_ranges(config: Config) -> None:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1's safe loader, except that `1e-3` and `3E5` are floats (YAML 1.2 style), not strings."""
+    """YAML 1.1's safe loader, except that `1e-3` and `3E5` are floats (YAML 1.2 style), not strings.
+
+    It refuses documents with more than `MAX_ALIASES` aliases ("billion laughs": a few kilobytes of nested
+    aliases that expand to gigabytes when the values are walked or printed).
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen = getattr(self, "aliases_seen", 0) + 1
+            if self.aliases_seen > MAX_ALIASES:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"expected at most {MAX_ALIASES} aliases (*name) in a config",
+                    self.peek_event().start_mark,
+                )
+        return super().compose_node(parent, index)
+
+
+#: limits on a YAML document: aliases, and values once every alias is expanded
+MAX_ALIASES = 100
+MAX_EXPANDED_VALUES = 100_000
+
+
+def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
+    """The number of values in `value` with every shared (aliased) container counted at each use."""
+    if not isinstance(value, (list, dict)):
+        return 1
+    known = sizes.get(id(value))
+    if known is not None:
+        return known
+    sizes[id(value)] = 1  # a recursive alias counts once
+    children = value.values() if isinstance(value, dict) else value
+    total = 1 + sum(min(_expanded_size(child, sizes), MAX_EXPANDED_VALUES + 1) for child in children)
+    sizes[id(value)] = total
+    return total
 
 
 _Loader.add_implicit_resolver(
@@ -369,7 +428,17 @@ _Loader.add_implicit_resolver(
 
 def yaml_load(text: Any) -> Any:
     """Parse YAML text or a stream with the config loader (floats such as `1e-3` included)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    try:
+        values = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError(
+            "expected a config nested at most a few hundred levels deep, got deeper"
+        ) from None
+    if _expanded_size(values, {}) > MAX_EXPANDED_VALUES:
+        raise yaml.YAMLError(
+            f"expected a config of at most {MAX_EXPANDED_VALUES} values with its aliases expanded, got more"
+        )
+    return values
 
 
 def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
