@@ -11,6 +11,7 @@ Nothing is downloaded.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,16 +91,63 @@ def _load_power(root: Path) -> Splits:
     return {"train": (train - mu) / s, "val": (val - mu) / s, "test": (test - mu) / s}
 
 
+#: the only globals a pickled DataFrame of numbers may name (the current pandas and numpy names, and
+#: numpy's pre-2.0 module paths); anything else could run code from the file, so it is refused
+_FRAME_GLOBALS = {
+    ("builtins", "slice"),
+    ("builtins", "bytearray"),
+    ("__builtin__", "slice"),
+    ("_codecs", "encode"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("pandas", "DataFrame"),
+    ("pandas", "Index"),
+    ("pandas", "RangeIndex"),
+    ("pandas.core.frame", "DataFrame"),
+    ("pandas.core.indexes.base", "Index"),
+    ("pandas.core.indexes.base", "_new_Index"),
+    ("pandas.core.indexes.range", "RangeIndex"),
+    ("pandas.core.internals.managers", "BlockManager"),
+    ("pandas._libs.internals", "_unpickle_block"),
+    # string column names (pandas 3 stores them as Arrow strings)
+    ("pandas", "StringDtype"),
+    ("pandas.arrays", "ArrowStringArray"),
+    ("pyarrow.lib", "_restore_array"),
+    ("pyarrow.lib", "py_buffer"),
+    ("pyarrow.lib", "type_for_alias"),
+}
+
+
+class _FrameUnpickler(pickle.Unpickler):
+    """Unpickles a DataFrame of numbers and refuses every other global (no code from the file runs)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _FRAME_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"expected a pickled DataFrame of numbers, got a reference to {module}.{name}; refusing it, since "
+                "unpickling arbitrary objects can run code"
+            )
+        return super().find_class(module, name)
+
+
 def _read_gas_frame(path: Path) -> Any:
     pd = _pandas()
     try:
-        return pd.read_pickle(path)
+        with open(path, "rb") as handle:
+            frame = _FrameUnpickler(handle).load()
     except Exception as err:  # old pandas pickles fail in many ways (ImportError, AttributeError, ...)
         raise ValueError(
             f"could not unpickle {str(path)!r} with pandas {pd.__version__} ({type(err).__name__}: {err}). "
             "The MAF archive's ethylene_CO.pickle was written by an old pandas; convert it once with an "
             "older pandas (e.g. `pd.read_pickle(p).to_pickle(p)` in pandas 0.2x/1.x) and retry"
         ) from err
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"{path}: expected a pickled pandas DataFrame, got {type(frame).__name__}")
+    return frame
 
 
 def _gas_corr_counts(frame: Any) -> np.ndarray:

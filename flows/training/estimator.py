@@ -25,7 +25,7 @@ from flows.training.checkpoints import ESTIMATOR_FORMAT, load_model
 from flows.training.config import ConfigError, TrainConfig, parse_config
 from flows.training.data import splits_from_arrays
 from flows.training.run import draw_samples, evaluate_log_prob, fit_flow
-from flows.training.safety import TrainingDivergedError
+from flows.training.safety import TrainingDivergedError, read_checkpoint
 
 __all__ = ["DensityEstimator"]
 
@@ -277,7 +277,7 @@ class DensityEstimator:
     def load(cls, path: Union[str, Path]) -> DensityEstimator:
         """Rebuild a fitted estimator from `save`'s file (or from a `flows fit` checkpoint)."""
         loaded = load_model(path)
-        payload = torch.load(Path(path), map_location="cpu", weights_only=False)
+        payload = read_checkpoint(path)
         params = payload.get("params")
         if params is None:  # a Lightning checkpoint: rebuild the parameters from its config
             config = loaded.config

@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
+import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -85,19 +87,23 @@ def _describe_checkpoint(checkpoint: Optional[str]) -> str:
 
 
 class NonFiniteGuard(Callback):
-    """Stops training with `TrainingDivergedError` at the first non-finite loss, gradient or `val_nll`.
+    """Stops training with `TrainingDivergedError` at the first non-finite loss, gradient, parameter or `val_nll`.
 
     The loss and the gradients are checked together before each optimiser step (one device-to-host sync
-    per step), and `val_nll` at the end of each validation (before the checkpoint callbacks, which
-    Lightning runs last), so neither the parameters nor the checkpoints on disk ever hold the diverged
-    state. With a mixed-precision gradient scaler, whose scaled gradients overflow by design (it skips
-    those steps itself), only the loss is checked.
+    per step). The parameters are copied before the step and checked after it (a finite gradient times an
+    infinite learning rate, or an overflowing update, is caught there): on a non-finite value they are put
+    back to their values before the step, so the model never holds the diverged state. `val_nll` is checked
+    at the end of each validation (before the checkpoint callbacks, which Lightning runs last), so no
+    checkpoint on disk ever holds a diverged state either. With a mixed-precision gradient scaler, whose
+    scaled gradients overflow by design (it skips those steps itself), the gradients are not checked.
     """
 
     def __init__(self, monitor: str = "val_nll") -> None:
         self.monitor = monitor
         self._loss: Optional[Tensor] = None  # the last loss of the current optimiser step (no sync)
         self._losses_finite: Optional[Tensor] = None  # all losses since the last step were finite
+        self._parameters: list[Tensor] = []  # the parameters the optimiser is about to update
+        self._before_step: list[Tensor] = []  # their values before the step
 
     def _fail(self, trainer: L.Trainer, what: str) -> None:
         epoch, step = trainer.current_epoch, trainer.global_step
@@ -121,26 +127,43 @@ class NonFiniteGuard(Callback):
     ) -> None:
         losses_finite, self._losses_finite = self._losses_finite, None
         scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
-        gradients = [
-            p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
-        ]
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        self._snapshot(parameters)
+        gradients = [p.grad for p in parameters if p.grad is not None]
         checks = [] if losses_finite is None else [losses_finite]
         if gradients and not scaled:  # a NaN or inf anywhere makes the norm of the norms non-finite
-            norms = torch._foreach_norm(gradients)
-            checks.append(torch.isfinite(torch.linalg.vector_norm(torch.stack(norms).float())))
+            checks.append(_all_finite(gradients))
         if not checks or bool(torch.stack(checks).all()):
             return
+        self._parameters = []  # nothing to check after a step that will not happen
         if losses_finite is not None and not bool(losses_finite):
             value = float(self._loss.float().mean()) if self._loss is not None else float("nan")
             self._fail(trainer, f"the training loss is {value}")
-        names = {id(p): n for n, p in pl_module.named_parameters()}
-        bad = [
-            names.get(id(p), "?")
-            for group in optimizer.param_groups
-            for p in group["params"]
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-        ]
+        bad = _non_finite_names(pl_module, [p for p in parameters if p.grad is not None], lambda p: p.grad)
         self._fail(trainer, f"non-finite gradients in {len(bad)} parameters (first: {bad[:3]})")
+
+    def _snapshot(self, parameters: list[Tensor]) -> None:
+        shapes = [(p.shape, p.dtype, p.device) for p in parameters]
+        if [(b.shape, b.dtype, b.device) for b in self._before_step] != shapes:
+            self._before_step = [torch.empty_like(p, memory_format=torch.preserve_format) for p in parameters]
+        with torch.no_grad():
+            torch._foreach_copy_(self._before_step, [p.detach() for p in parameters])
+        self._parameters = parameters
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        parameters, self._parameters = self._parameters, []
+        if not parameters or bool(_all_finite([p.detach() for p in parameters])):
+            return
+        bad = _non_finite_names(pl_module, parameters, lambda p: p)
+        with torch.no_grad():
+            torch._foreach_copy_([p.detach() for p in parameters], self._before_step)
+        self._fail(
+            trainer,
+            f"the optimiser step made {len(bad)} parameters non-finite (first: {bad[:3]}; they were put back to "
+            "their values before the step)",
+        )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -187,6 +210,20 @@ class RandomStateCheckpoint(Callback):
             states = state_dict["cuda"]
             if len(states) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(states)
+
+
+def _all_finite(tensors: list[Tensor]) -> Tensor:
+    """A 0-d bool tensor: every element of every tensor is finite (no host sync)."""
+    # max-abs norms: NaN and inf propagate, and unlike the 2-norm they cannot overflow on large finite values
+    norms = torch._foreach_norm(tensors, float("inf"))
+    return torch.isfinite(torch.stack(norms).float().max())
+
+
+def _non_finite_names(
+    module: torch.nn.Module, parameters: list[Tensor], value: Callable[[Tensor], Tensor]
+) -> list[str]:
+    names = {id(p): n for n, p in module.named_parameters()}
+    return [names.get(id(p), "?") for p in parameters if not bool(torch.isfinite(value(p)).all())]
 
 
 def safety_callbacks() -> list[Callback]:
@@ -258,12 +295,28 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
         raise ValueError(f"checkpoint path {path} is not a file")
     size = path.stat().st_size
     try:
-        # Our own files hold config dicts and tensors; Lightning adds a few objects of its own.
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:  # truncated zip, bad pickle, not a torch file at all
+        # Tensors and plain data only: unpickling anything else could run code from the file.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note about the pickle protocol of foreign files
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            raise ValueError(
+                f"refusing to load {path}: expected a flows checkpoint of tensors and plain data, got a file that "
+                f"needs other objects (it asks for {found.group(1)}); it may be unsafe, and nothing in it was run"
+            ) from None
+        tail = text.split("WeightsUnpickler error:", 1)[-1]
+        detail = next((line.strip() for line in tail.splitlines() if line.strip()), "no detail")
+        raise ValueError(
+            f"{path} ({size} bytes) is not a readable checkpoint: truncated or corrupted, or not a torch file "
+            f"({detail[:200]}); nothing in it was run"
+        ) from None
+    except Exception as error:  # truncated zip, not a torch file at all
         raise ValueError(
             f"{path} ({size} bytes) is not a readable checkpoint: truncated or corrupted "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'})"
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else 'no detail'})"
         ) from error
     if not isinstance(payload, Mapping) or "state_dict" not in payload:
         kind = type(payload).__name__
