@@ -24,6 +24,9 @@ from flows.training.config import ConfigError, apply_override, load_config, merg
 
 __all__ = ["main", "split_overrides"]
 
+#: the longest error line the CLI prints
+MAX_MESSAGE = 2000
+
 
 def split_overrides(tokens: Sequence[str]) -> list[tuple[str, str]]:
     """`["--a.b", "1", "--c=x"]` -> `[("a.b", "1"), ("c", "x")]`; anything else is a ConfigError."""
@@ -214,8 +217,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from flows.training.safety import TrainingDivergedError
 
         message = " ".join(str(error).split()) or type(error).__name__
+        if len(message) > MAX_MESSAGE:  # a value in a message can be huge (a table row, a config value)
+            message = f"{message[: MAX_MESSAGE - 40]}... ({len(message)} characters in all)"
         # ConfigError is a ValueError; these are the user's to fix, anything else is a bug to report.
-        if isinstance(error, (ValueError, TypeError, OSError, ImportError, TrainingDivergedError)):
+        from flows.training.rundir import RunDirectoryLocked
+
+        user_errors = (ValueError, TypeError, OSError, ImportError, TrainingDivergedError, RunDirectoryLocked)
+        if isinstance(error, user_errors):
             print(f"flows {arguments.command}: error: {message}", file=sys.stderr)
             return 2
         print(

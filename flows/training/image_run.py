@@ -25,7 +25,6 @@ from flows.datasets.images import ImageSplits
 from flows.dequantization import DequantizedFlow, bits_per_dim
 from flows.training.config import (
     Config,
-    ConfigError,
     write_yaml_atomic,
 )
 from flows.training.data import GlobalBatchSampler
@@ -43,7 +42,7 @@ from flows.training.image_data import (
 )
 from flows.training.images import one_hot, write_reconstructions, write_sample_grids
 from flows.training.models import with_model_defaults
-from flows.training.safety import read_checkpoint, resume_checkpoint
+from flows.training.safety import read_checkpoint
 
 __all__ = [
     "LoadedImageModel",
@@ -92,15 +91,20 @@ def run_image(values: Union[Config, Mapping[str, Any]], verbose: bool = True, re
     # Saved configs and checkpoints carry every model option, defaults included.
     model = with_model_defaults(config.model, _image_model_parameters(config.model["name"]))
     config, plain = dataclasses.replace(config, model=model), dict(plain, model=model)
-    if resume and not config.output.name:
-        raise ConfigError("resuming needs a fixed run directory: set output.name (the run to continue)")
-    run_dir = tabular.resolve_run_dir(config)
-    resume_from = resume_checkpoint(run_dir, model) if resume else None
-    if resume and resume_from is None and verbose:
-        print(f"no checkpoint in {run_dir / 'checkpoints'} to resume from; starting from scratch", flush=True)
-    worker = tabular._launched_worker()
+    with tabular.claim_run_dir(config, model, resume, verbose) as started:
+        if started.finished is not None:
+            return tabular.finished_result(started, config)
+        return _train_and_evaluate(config, options, plain, started, verbose, start)
+
+
+def _train_and_evaluate(
+    config: Config, options: ImageOptions, plain: dict[str, Any], started: Any, verbose: bool, start: float
+) -> Any:
+    import importlib
+
+    tabular = importlib.import_module("flows.training.run")
+    run_dir, resume_from, worker = started.run_dir, started.resume_from, started.worker
     if not worker:
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml_atomic(plain, run_dir / "config.yaml")
     splits = load_image_splits(config, options)
     num_classes = splits.num_classes if options.conditional else 0
@@ -128,7 +132,7 @@ def run_image(values: Union[Config, Mapping[str, Any]], verbose: bool = True, re
     os.environ[tabular.RUN_DIR_ENV] = str(run_dir.resolve())
     try:
         with tabular.quiet_fit_warnings():
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     finally:
         if not worker:
             if previous is None:
@@ -137,7 +141,7 @@ def run_image(values: Union[Config, Mapping[str, Any]], verbose: bool = True, re
                 os.environ[tabular.RUN_DIR_ENV] = previous
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     if best_path is not None and best_path.is_file():
-        state = torch.load(best_path, map_location=module.device, weights_only=False)["state_dict"]
+        state = read_checkpoint(best_path, map_location=module.device)["state_dict"]
         module.load_state_dict(state)
     if not trainer.is_global_zero:
         return tabular.RunResult({}, run_dir, best_path, model, config, is_global_zero=False)
@@ -283,9 +287,7 @@ def evaluate_image_checkpoint(
     from flows.training.config import merge
 
     loaded = load_image_model(checkpoint)
-    payload_config = torch.load(Path(checkpoint), map_location="cpu", weights_only=False)["hyper_parameters"][
-        "config"
-    ]
+    payload_config = read_checkpoint(checkpoint)["hyper_parameters"]["config"]
     config, options, _ = split_image_options(merge(payload_config, dict(values or {})))
     splits = load_image_splits(config, options)
     if splits.shape != loaded.shape or splits.num_levels != loaded.num_levels:

@@ -23,9 +23,10 @@ from typing import Any, Optional, Union
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from flows.io import atomic_open, atomic_write_text
+from flows.training.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
 from flows.training.checkpoints import model_record
 from flows.training.config import (
     Config,
@@ -45,6 +46,7 @@ from flows.training.models import (
     standardization_of,
 )
 from flows.training.module import FlowModule, TableDataModule
+from flows.training.rundir import finished_metrics, remove_stale_temporaries, run_lock
 from flows.training.safety import read_checkpoint, resume_checkpoint, safety_callbacks, warn_about_columns
 
 __all__ = ["FitOutcome", "RunResult", "evaluate_log_prob", "fit_flow", "run", "trainer_arguments", "validate"]
@@ -159,6 +161,57 @@ def resolve_run_dir(config: Config) -> Path:
     return candidate
 
 
+@dataclass
+class RunStart:
+    """The run directory that a run owns, the checkpoint it resumes from, and the metrics of a finished run."""
+
+    run_dir: Path
+    resume_from: Optional[Path]
+    finished: Optional[dict[str, Any]]
+    worker: bool
+
+
+@contextlib.contextmanager
+def claim_run_dir(config: Config, model: dict[str, Any], resume: bool, verbose: bool) -> Iterator[RunStart]:
+    """Resolve and lock the run directory for the block (rank 0; DDP workers share its lock).
+
+    With `resume`, finds `last.ckpt` (checked to hold the same `model` section) or, for a run that already
+    finished (it wrote `metrics.json`), its metrics: the caller then does nothing. Without `resume`, a
+    `metrics.json` of an earlier run in the same directory is removed, so it can never pass for this run's.
+    Temporary files left by a killed writer are removed.
+    """
+    if resume and not config.output.name:
+        raise ConfigError("resuming needs a fixed run directory: set output.name (the run to continue)")
+    run_dir = resolve_run_dir(config)
+    worker = _launched_worker()
+    with contextlib.nullcontext() if worker else run_lock(run_dir):
+        resume_from = resume_checkpoint(run_dir, model) if resume else None
+        finished = finished_metrics(run_dir) if resume and not worker else None
+        if not worker:
+            remove_stale_temporaries(run_dir)
+            if not resume:
+                (run_dir / "metrics.json").unlink(missing_ok=True)
+        if verbose and finished is not None:
+            print(
+                f"run {run_dir} has finished (metrics.json); nothing to resume, nothing changed. Evaluate it "
+                "again with `flows test --ckpt <run>/checkpoints/best.ckpt`",
+                flush=True,
+            )
+        elif verbose and resume and resume_from is None:
+            print(
+                f"no checkpoint in {run_dir / 'checkpoints'} to resume from; starting from scratch",
+                flush=True,
+            )
+        yield RunStart(run_dir, resume_from, finished, worker)
+
+
+def finished_result(start: RunStart, config: Config) -> RunResult:
+    """The `RunResult` of a run that had already finished (its saved metrics; no model is loaded)."""
+    metrics = dict(start.finished or {})
+    checkpoint = metrics.get("checkpoint")
+    return RunResult(metrics, start.run_dir, Path(checkpoint) if checkpoint else None, None, config)
+
+
 class _PrintValidation(Callback):
     """A one-line validation summary when the progress bar is off."""
 
@@ -239,7 +292,7 @@ def make_trainer(
     trainer_kwargs.setdefault("enable_model_summary", False)
     trainer_kwargs.setdefault("num_sanity_val_steps", 0)
     monitor = "val_nll"
-    checkpoint = ModelCheckpoint(
+    checkpoint = RunCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         filename="best",
         monitor=monitor,
@@ -270,6 +323,8 @@ def make_trainer(
     if config.output.logger != "none":
         resume_step = int(read_checkpoint(resume)["global_step"]) if resume is not None else None
         loggers = make_loggers(run_dir, config.output.logger, resume_step)
+    plugins = trainer_kwargs.pop("plugins", None) or []
+    plugins = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
     return L.Trainer(
         max_epochs=train.max_epochs,
         max_steps=train.max_steps,
@@ -280,6 +335,7 @@ def make_trainer(
         default_root_dir=str(run_dir),
         enable_progress_bar=config.output.progress_bar,
         use_distributed_sampler=False,
+        plugins=plugins,
         **validation,
         **trainer_kwargs,
     )
@@ -353,7 +409,7 @@ def _fit_flow(
         num_workers=config.data.num_workers,
     )
     with quiet_fit_warnings():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
 
     best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     last = run_dir / "checkpoints" / "last.ckpt"  # (ddp_spawn leaves last_model_path unset in this process)
@@ -361,14 +417,14 @@ def _fit_flow(
         best_path = last
     best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
     if best_path is not None and best_path.is_file():
-        state = torch.load(best_path, map_location=module.device, weights_only=False)["state_dict"]
+        state = read_checkpoint(best_path, map_location=module.device)["state_dict"]
         module.load_state_dict(state)
     flow.eval()
     if best_score is None and splits.val.shape[0] > 0:  # training ended before any validation ran
         best_score = float(-np.mean(evaluate_log_prob(flow, splits.val, train.eval_batch_size)))
     epochs, steps = int(trainer.current_epoch), int(trainer.global_step)
     if steps == 0 and last.is_file():  # ddp_spawn: the counters stayed in the workers
-        saved = torch.load(last, map_location="cpu", weights_only=False)
+        saved = read_checkpoint(last)
         epochs, steps = int(saved.get("epoch", 0)), int(saved.get("global_step", 0))
     info = {
         "epochs": epochs,
@@ -536,15 +592,15 @@ def _run(config: Config, verbose: bool, resume: bool = False) -> RunResult:
     start = time.perf_counter()
     validate(config)
     config = resolve_model(config)
-    if resume and not config.output.name:
-        raise ConfigError("resuming needs a fixed run directory: set output.name (the run to continue)")
-    run_dir = resolve_run_dir(config)
-    resume_from = resume_checkpoint(run_dir, config.model) if resume else None
-    if resume and resume_from is None and verbose:
-        print(f"no checkpoint in {run_dir / 'checkpoints'} to resume from; starting from scratch", flush=True)
-    worker = _launched_worker()
+    with claim_run_dir(config, config.model, resume, verbose) as started:
+        if started.finished is not None:
+            return finished_result(started, config)
+        return _train_and_evaluate(config, started, verbose, start)
+
+
+def _train_and_evaluate(config: Config, started: RunStart, verbose: bool, start: float) -> RunResult:
+    run_dir, resume_from, worker = started.run_dir, started.resume_from, started.worker
     if not worker:
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_yaml_atomic(config.to_dict(), run_dir / "config.yaml")
     splits = load_splits(config.data, config.seed)
     previous = os.environ.get(RUN_DIR_ENV)
