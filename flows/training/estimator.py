@@ -248,8 +248,8 @@ class DensityEstimator:
             X = X[[c for c in X.columns if str(c) in self.columns_]]
             X = X[sorted(X.columns, key=lambda c: self.columns_.index(str(c)))]
         frame = pd is not None and isinstance(X, (pd.DataFrame, pd.Series))
-        if np.ndim(X) == 1 and not frame:
-            X = np.asarray(X)[None, :]  # one row
+        if np.ndim(X) == 1 and not frame:  # one row; a column for a one-feature model (as `fit` reads it)
+            X = np.asarray(X)[:, None] if self.n_features_in_ == 1 else np.asarray(X)[None, :]
         if len(X) == 1:  # as_array wants two rows to call it a table; duplicate, validate, keep one
             doubled = pd.concat([X, X]) if frame else np.concatenate([np.asarray(X)] * 2)
             rows = as_array(doubled, "X")[0][:1]
