@@ -60,6 +60,10 @@ def user_dir(tmp_path: Path) -> Iterator[Path]:
     (tmp_path / "one_row.csv").write_text("a,b,c\n1.0,2.0,3.0\n")
     (tmp_path / "table.xlsx").write_bytes(b"PK\x03\x04 not really a spreadsheet")
     pd.DataFrame(table[:, :2], columns=["a", "b"]).to_csv(tmp_path / "two_columns.csv", index=False)
+    (tmp_path / "zero.csv").write_bytes(b"")
+    (tmp_path / "ragged.csv").write_text("a,b,c\n1,2,3\n4,5\n6,7,8,9\n" + "1,2,3\n" * 20)
+    (tmp_path / "config_dir.yaml").mkdir()
+    (tmp_path / "latin1.yaml").write_bytes("seed: 0  # caf\xe9\n".encode("latin-1"))
     before = _snapshot(tmp_path)
     yield tmp_path
     after = _snapshot(tmp_path)
@@ -115,8 +119,24 @@ def _untrained(directory: Path) -> bool:
         (np.ones((1, 3)), ["at least 2 rows", "got 1"]),
         (np.ones((4, 2, 2)), ["2-D table", "(4, 2, 2)"]),
         ([[1.0, 2.0], [3.0]], ["rectangular"]),
+        (pd.DataFrame({"a": [1.0, 2.0, 3.0], "z": [1 + 1j, 2.0, 3.0]}), ["real-valued", "'z (complex128)'"]),
+        (
+            np.r_[[[1e300, 0.0]], np.arange(40.0).reshape(20, 2)],
+            ["float32 range", "x0 (|x| up to 1e+300)", "64-true"],
+        ),
     ],
-    ids=["nan", "inf", "text-column", "text-entries", "empty", "one-row", "3-d", "ragged"],
+    ids=[
+        "nan",
+        "inf",
+        "text-column",
+        "text-entries",
+        "empty",
+        "one-row",
+        "3-d",
+        "ragged",
+        "complex",
+        "1e300",
+    ],
 )
 def test_fit_rejects_bad_tables_before_training(data: object, expected: list[str], tmp_path: Path) -> None:
     estimator = DensityEstimator("gaussian", output_dir=tmp_path / "runs", **FAST)
@@ -141,8 +161,14 @@ def fitted() -> DensityEstimator:
         (np.zeros((5, 4)), ["4 features", "fitted on 3"]),
         (np.array([[0.0, np.nan, 1.0], [1.0, 2.0, 3.0]]), ["1 NaN", "[0]"]),
         (pd.DataFrame({"a": [1.0, 2.0], "b": ["u", "v"], "c": [0.0, 1.0]}), ["non-numeric", "'b'"]),
+        (
+            pd.DataFrame({"a": [1.0, 2.0], "b": [1j, 0j], "c": [0.0, 1.0]}),
+            ["real-valued", "'b (complex128)'"],
+        ),
+        (np.array([1.0 + 2j, 0.0, 0.0]), ["real-valued", "complex128"]),
+        (np.array(["1.0", "x", "2"], dtype=object), ["non-numeric", "could not convert"]),
     ],
-    ids=["too-few-features", "too-many-features", "nan", "text"],
+    ids=["too-few-features", "too-many-features", "nan", "text", "complex-column", "complex-row", "text-row"],
 )
 def test_score_rejects_bad_rows(fitted: DensityEstimator, data: object, expected: list[str]) -> None:
     with pytest.raises((ValueError, TypeError)) as caught:
@@ -280,8 +306,21 @@ def test_damaged_and_foreign_checkpoints_are_clear_errors(checkpoint: Path, tmp_
         ("missing.csv", {}, ["table file not found", "missing.csv"]),
         ("table.xlsx", {}, ["unsupported table format '.xlsx'", ".csv"]),
         ("good.csv", {"columns": ["a", "z"]}, ["column 'z' not found", "['a', 'b', 'c']"]),
+        ("zero.csv", {}, ["zero.csv is empty (0 bytes)", "expected a table"]),
+        ("ragged.csv", {}, ["ragged.csv is ragged", "expected 3 fields", "line 3 has 2", "line 4 has 4"]),
     ],
-    ids=["nan", "inf", "text-column", "empty", "one-row", "missing", "unknown-format", "unknown-column"],
+    ids=[
+        "nan",
+        "inf",
+        "text-column",
+        "empty",
+        "one-row",
+        "missing",
+        "unknown-format",
+        "unknown-column",
+        "zero-bytes",
+        "ragged",
+    ],
 )
 def test_cli_fit_rejects_bad_files(
     user_dir: Path, capsys: pytest.CaptureFixture[str], file: str, extra: dict, expected: list[str]
@@ -302,8 +341,24 @@ def test_cli_fit_rejects_bad_files(
         (["--model.name", "nsf", "--model.bins", "1"], ["bins", ">= 2", "1"]),
         (["--model.name", "nsf", "--model.tails", "cubic"], ["tails", "'cubic'"]),
         (["--data.dataset", "toy:spiral"], ["unknown toy 'spiral'", "moons"]),
+        (["--seed", "-5"], ["'seed'", "integer >= 0", "-5"]),
+        (["--train.lr", ".nan"], ["'train.lr'", "finite positive number", "nan"]),
+        (["--train.lr", ".inf"], ["'train.lr'", "finite positive number", "inf"]),
+        (["--train.noise_std", ".inf"], ["'train.noise_std'", "finite", "inf"]),
     ],
-    ids=["unknown-key", "wrong-type", "negative-lr", "zero-batch", "bins-1", "bad-tails", "unknown-toy"],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "negative-lr",
+        "zero-batch",
+        "bins-1",
+        "bad-tails",
+        "unknown-toy",
+        "negative-seed",
+        "nan-lr",
+        "inf-lr",
+        "inf-noise",
+    ],
 )
 def test_cli_fit_rejects_bad_configs(
     user_dir: Path, capsys: pytest.CaptureFixture[str], override: list[str], expected: list[str]
@@ -322,6 +377,17 @@ def test_cli_missing_config_file_and_bad_yaml(user_dir: Path, capsys: pytest.Cap
     bad.write_text("train: [unclosed\n")
     status, err = _cli(capsys, "fit", "--config", str(bad))
     _assert_one_line_error(status, err, "not valid YAML")
+
+
+def test_cli_config_that_is_a_directory_or_not_utf8(
+    user_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, err = _cli(capsys, "fit", "--config", str(user_dir / "config_dir.yaml"))
+    _assert_one_line_error(
+        status, err, "config path", "config_dir.yaml is a directory", "expected a YAML file"
+    )
+    status, err = _cli(capsys, "fit", "--config", str(user_dir / "latin1.yaml"))
+    _assert_one_line_error(status, err, "latin1.yaml is not UTF-8", "0xe9", "expected a UTF-8")
 
 
 def test_cli_score_and_sample_reject_bad_input(
@@ -479,3 +545,146 @@ def test_cli_fit_of_a_hard_table_warns_and_finishes(
     assert any("constant columns ['k']" in str(w.message) for w in caught)
     metrics = yaml.safe_load((tmp_path / "runs" / "run" / "metrics.json").read_text())
     assert np.isfinite(metrics["test_log_likelihood"]) and metrics["test_nonfinite_rows"] == 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Untrusted input (issue #10): nothing silently wrong
+
+
+def test_score_samples_is_never_nan_far_from_the_data(fitted: DensityEstimator) -> None:
+    far = np.array(
+        [
+            [1e300, 1e300, 1e300],
+            [1e300, -1e300, 0.0],
+            [-1e300, 0.0, 1e300],
+            [1e30, 1e30, 1e30],
+            [1e38, 0.0, 0.0],
+        ]
+    )
+    rows = np.vstack([far, np.zeros((1, 3))])
+    scores = fitted.score_samples(rows)
+    assert scores.shape == (6,) and not np.isnan(scores).any(), scores
+    assert np.all(scores[:5] == -np.inf) and np.isfinite(scores[5])
+    assert fitted.score_samples(far[0]).tolist() == [-np.inf]  # one row, 1-D
+
+
+def test_fit_warns_about_extreme_outliers_naming_the_column() -> None:
+    rows = np.random.default_rng(0).normal(size=(200, 2))
+    rows[[3, 50], 1] = [1e15, -2e14]
+    with pytest.warns(UserWarning, match=r"extreme outliers .* \['x1 \(2 rows\)'\]"):
+        DensityEstimator("gaussian", **{**FAST, "max_epochs": 1}).fit(rows)
+
+
+def test_standardisation_statistics_do_not_overflow_at_1e300() -> None:
+    from flows.training.models import standardization_of
+
+    mean, std = standardization_of(np.array([[1e300], [-1e300], [5e299], [0.0]]))
+    assert np.isfinite(mean).all() and np.isfinite(std).all()
+    np.testing.assert_allclose(std, [np.std([1.0, -1.0, 0.5, 0.0]) * 1e300], rtol=1e-12)
+
+
+def test_float64_fit_keeps_its_dtype_through_save_and_load(tmp_path: Path) -> None:
+    rows = np.random.default_rng(2).normal(size=(128, 2)) * [1.0, 1e-9] + [0.0, 1.0]
+    options = {**FAST, "max_epochs": 1, "trainer": {"accelerator": "cpu", "precision": "64-true"}}
+    estimator = DensityEstimator("gaussian", **options).fit(rows)
+    loaded = DensityEstimator.load(estimator.save(tmp_path / "f64.pt"))
+    assert {p.dtype for p in loaded.flow_.parameters()} == {torch.float64}
+    assert load_model(tmp_path / "f64.pt").dtype == torch.float64
+    np.testing.assert_array_equal(loaded.score_samples(rows[:20]), estimator.score_samples(rows[:20]))
+    assert loaded.sample(5, random_state=0).dtype == np.float64
+
+
+@pytest.fixture(scope="module")
+def named_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A `flows fit` checkpoint of a table with named columns a, b, c of very different scales."""
+    directory = tmp_path_factory.mktemp("named")
+    table = np.random.default_rng(3).normal(size=(300, 3)) * [1.0, 10.0, 100.0] + [0.0, 50.0, -500.0]
+    pd.DataFrame(table, columns=["a", "b", "c"]).to_csv(directory / "train.csv", index=False)
+    config = _config(directory, f"file:{directory / 'train.csv'}", output={"samples": 0})
+    assert main(["fit", "--config", str(config)]) == 0
+    return directory / "runs" / "run" / "checkpoints" / "best.ckpt", table[:40]
+
+
+def _scores(path: Path) -> np.ndarray:
+    return pd.read_csv(path)["log_prob"].to_numpy()
+
+
+def test_cli_score_matches_columns_by_name(
+    named_checkpoint: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint, rows = named_checkpoint
+    frame = pd.DataFrame(rows, columns=["a", "b", "c"])
+    frame.to_csv(tmp_path / "same.csv", index=False)
+    frame[["c", "a", "b"]].assign(city="x").to_csv(tmp_path / "shuffled.csv", index=False)
+    for name in ("same", "shuffled"):
+        status = main(
+            [
+                "score",
+                "--ckpt",
+                str(checkpoint),
+                "--data",
+                str(tmp_path / f"{name}.csv"),
+                "--out",
+                str(tmp_path / f"{name}.out.csv"),
+            ]
+        )
+        assert status == 0 and "note" not in capsys.readouterr().err
+    np.testing.assert_array_equal(_scores(tmp_path / "shuffled.out.csv"), _scores(tmp_path / "same.out.csv"))
+    # --columns picks numeric columns out of a file that also holds text
+    out = tmp_path / "picked.out.csv"
+    assert (
+        main(
+            [
+                "score",
+                "--ckpt",
+                str(checkpoint),
+                "--data",
+                str(tmp_path / "shuffled.csv"),
+                "--columns",
+                "a,b,c",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(_scores(out), _scores(tmp_path / "same.out.csv"))
+    # a headerless file is matched by position, and says so
+    np.savetxt(tmp_path / "bare.csv", rows, delimiter=",")
+    assert (
+        main(["score", "--ckpt", str(checkpoint), "--data", str(tmp_path / "bare.csv"), "--out", str(out)])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert (
+        "bare.csv has no column names" in err and "matched to the model's ['a', 'b', 'c'] by position" in err
+    )
+    np.testing.assert_allclose(_scores(out), _scores(tmp_path / "same.out.csv"), rtol=1e-12)
+
+
+def test_cli_score_refuses_missing_or_duplicate_names(
+    named_checkpoint: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint, rows = named_checkpoint
+    pd.DataFrame(rows, columns=["a", "x", "y"]).to_csv(tmp_path / "renamed.csv", index=False)
+    (tmp_path / "dup.csv").write_text("a,b,a\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    out = tmp_path / "out.csv"
+    status, err = _cli(
+        capsys, "score", "--ckpt", str(checkpoint), "--data", str(tmp_path / "renamed.csv"), "--out", str(out)
+    )
+    _assert_one_line_error(
+        status, err, "renamed.csv lacks the model's columns ['b', 'c']", "['a', 'x', 'y']", "--columns"
+    )
+    status, err = _cli(
+        capsys, "score", "--ckpt", str(checkpoint), "--data", str(tmp_path / "dup.csv"), "--out", str(out)
+    )
+    _assert_one_line_error(status, err, "dup.csv has duplicate column names ['a']")
+    assert not out.exists()
+
+
+def test_config_columns_select_numeric_columns_of_a_mixed_table(user_dir: Path) -> None:
+    from flows.datasets import load_table
+
+    table, names = load_table(user_dir / "text.csv", columns=["c", "a"])
+    assert names == ["c", "a"] and table.shape == (200, 2)
+    np.testing.assert_array_equal(table, pd.read_csv(user_dir / "good.csv")[["c", "a"]].to_numpy())

@@ -341,3 +341,21 @@ def test_image_options_and_models_are_validated_by_key() -> None:
     )
     assert parsed.preprocessing == "center" and plain["image"] == {"preprocessing": "center"}
     assert config.data.dataset == "image:digits"
+
+
+def test_cifar_reader_refuses_pickles_that_ask_for_huge_allocations(tmp_path: Path) -> None:
+    """Tiny pickles that would make the unpickler allocate 1 TiB: a counted bytes8 and a numpy array."""
+    import struct
+
+    bombs = {
+        "bytes8": b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b".",
+        "array": b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+        b"\x8a\x06\x00\x00\x00\x00\x00\x01\x85C\x01b\x87R.",
+    }
+    for name, payload in bombs.items():
+        path = tmp_path / name
+        path.write_bytes(payload)
+        with pytest.raises(ValueError, match="not a CIFAR-10 python batch") as caught:
+            read_cifar_batch(path)
+        message = str(caught.value)
+        assert str(path) in message and f"({len(payload)} bytes)" in message and "1099511627776" in message

@@ -1,6 +1,6 @@
 """Numpy-level datasets: 2-D toys, synthetic targets with known density, tables, files, splits, UCI/MAF."""
 
-from flows.datasets.files import SUPPORTED_FORMATS, as_array, load_table, validate_table
+from flows.datasets.files import SUPPORTED_FORMATS, as_array, load_table, table_columns, validate_table
 from flows.datasets.splits import train_val_test_split
 from flows.datasets.synthetic import (
     SYNTHETIC_TARGETS,
@@ -33,6 +33,7 @@ __all__ = [
     "load_uci",
     "make_synthetic_target",
     "random_covariance",
+    "table_columns",
     "toy_sample",
     "train_val_test_split",
     "validate_table",

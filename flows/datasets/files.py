@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SUPPORTED_FORMATS", "as_array", "load_table", "validate_table"]
+__all__ = ["SUPPORTED_FORMATS", "as_array", "load_table", "table_columns", "validate_table"]
 
 SUPPORTED_FORMATS: dict[str, str] = {
     ".csv": "comma-separated text",
@@ -84,6 +84,14 @@ def as_array(data: Any, name: str = "data") -> tuple[np.ndarray, list[str]]:
         ]
         if non_numeric:
             raise TypeError(f"{name} has non-numeric columns {non_numeric}; drop or encode them first")
+        complex_columns = [
+            f"{c} ({data[c].dtype})" for c in data.columns if pd.api.types.is_complex_dtype(data[c])
+        ]
+        if complex_columns:
+            raise TypeError(
+                f"{name} must be real-valued, got complex columns {complex_columns}; "
+                "split them into real and imaginary columns first"
+            )
         names = [str(c) for c in data.columns]
         return validate_table(data.to_numpy(dtype=np.float64), name), names
     if isinstance(data, (str, bytes)) or data is None:
@@ -105,12 +113,8 @@ def as_array(data: Any, name: str = "data") -> tuple[np.ndarray, list[str]]:
     return out, _default_names(out.shape[1])
 
 
-def _select(
-    arr: np.ndarray, names: list[str], columns: Sequence[str | int] | None, path: Path
-) -> tuple[np.ndarray, list[str]]:
-    """Pick columns by name or position; returns (array (n, k), names)."""
-    if columns is None:
-        return arr, names
+def _column_indices(names: list[str], columns: Sequence[str | int], path: Path) -> list[int]:
+    """Positions of `columns` (names or positions) among `names`; errors list what is available."""
     idx: list[int] = []
     for c in columns:
         if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
@@ -123,12 +127,12 @@ def _select(
             idx.append(names.index(c))
         else:
             raise TypeError(f"columns must be names (str) or positions (int), got {c!r}")
-    return arr[:, idx], [names[i] for i in idx]
+    return idx
 
 
 def _sniff_header(path: Path, sep: str) -> bool:
     """True when the first non-empty line has a field that does not parse as a number."""
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         for row in csv.reader(fh, delimiter=sep):
             if not any(field.strip() for field in row):
                 continue
@@ -142,14 +146,91 @@ def _sniff_header(path: Path, sep: str) -> bool:
     return False
 
 
-def _read_text(path: Path, sep: str, header: bool | None) -> Any:
+def _csv_rows(path: Path, sep: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of the non-blank rows of a text table."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        for row in reader:
+            if any(field.strip() for field in row):
+                yield reader.line_num, row
+
+
+def _header_names(path: Path, sep: str) -> list[str]:
+    """The fields of the first non-blank row; duplicate names are an error (they cannot be matched)."""
+    names = next((row for _, row in _csv_rows(path, sep)), [])
+    names = [name.strip() for name in names]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(
+            f"{path} has duplicate column names {duplicates} in its header; expected unique names "
+            "(rename them so that columns can be matched by name)"
+        )
+    return names
+
+
+def _check_ragged(path: Path, sep: str) -> None:
+    """A ValueError naming the first rows whose number of fields differs from the first row's."""
+    rows = _csv_rows(path, sep)
+    first = next(rows, None)
+    if first is None:
+        return
+    width = len(first[1])
+    bad = [(line, len(row)) for line, row in rows if len(row) != width]
+    if bad:
+        listing = ", ".join(f"line {line} has {count}" for line, count in bad[:5])
+        raise ValueError(
+            f"{path} is ragged: expected {width} fields per row like its first row, but {len(bad)} rows "
+            f"differ ({listing})"
+        )
+
+
+def _read_text(path: Path, sep: str, header: bool | None, columns: Sequence[str | int] | None) -> Any:
+    """A text table as a DataFrame of the selected `columns` (only those need to be numeric)."""
+    try:
+        return _read_text_utf8(path, sep, header, columns)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error}); expected a UTF-8 encoded table") from error
+
+
+def _read_text_utf8(path: Path, sep: str, header: bool | None, columns: Sequence[str | int] | None) -> Any:
     pd = _pandas()
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes); expected a table with a header row or numeric rows")
+    _check_ragged(path, sep)  # pandas reads short rows as NaN and long ones as an index column
     if header is None:
         header = _sniff_header(path, sep)
-    df = pd.read_csv(path, sep=sep, header=0 if header else None)
+    names = _header_names(path, sep) if header else None
+    try:
+        df = pd.read_csv(path, sep=sep, header=0 if header else None, index_col=False)
+    except pd.errors.EmptyDataError as error:
+        raise ValueError(
+            f"{path} holds no table (only blank lines); expected a header row or numeric rows"
+        ) from error
+    except pd.errors.ParserError as error:
+        raise ValueError(f"{path} could not be parsed as a table: {error}") from error
     if not header:
         df.columns = _default_names(df.shape[1])
+    elif names is not None and len(names) == df.shape[1]:
+        df.columns = names
+    if columns is not None:
+        df = df.iloc[:, _column_indices([str(c) for c in df.columns], columns, path)]
     return df
+
+
+def table_columns(path: str | Path, header: bool | None = None) -> list[str] | None:
+    """The column names a table file carries (a CSV/TSV header, Parquet's schema), or None when it has none.
+
+    Duplicate names in a header are an error (ValueError listing them).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv") and path.is_file() and path.stat().st_size > 0:
+        sep = "," if suffix == ".csv" else "\t"
+        has_header = _sniff_header(path, sep) if header is None else header
+        return _header_names(path, sep) if has_header else None
+    if suffix == ".parquet" and path.is_file():
+        return [str(c) for c in _pandas().read_parquet(path).columns]
+    return None
 
 
 def load_table(
@@ -161,7 +242,9 @@ def load_table(
     """Load a numeric table from CSV/TSV/NPY/NPZ/Parquet; returns (float64 array (n, D), column names).
 
     ``header`` (CSV/TSV only) is auto-detected when None; ``key`` names the array inside an NPZ archive
-    (optional when it holds exactly one); ``columns`` selects columns by name or position.
+    (optional when it holds exactly one); ``columns`` selects columns by name or position (only the selected
+    columns of a CSV/TSV/Parquet table need to be numeric). Empty, ragged (rows of different lengths) and
+    duplicate-header CSV files are errors naming the file.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -170,14 +253,19 @@ def load_table(
             f"unsupported table format {path.suffix or '(no extension)'!r} for {path}; "
             f"supported: {', '.join(SUPPORTED_FORMATS)}"
         )
+    if path.is_dir():
+        raise ValueError(f"table path {path} is a directory; expected a table file")
     if not path.is_file():
         raise FileNotFoundError(f"table file not found: {path.resolve()}")
     if suffix in (".csv", ".tsv"):
-        df = _read_text(path, "," if suffix == ".csv" else "\t", header)
-        arr, names = as_array(df, name=str(path))
-    elif suffix == ".parquet":
-        arr, names = as_array(_pandas().read_parquet(path), name=str(path))
-    elif suffix == ".npy":
+        df = _read_text(path, "," if suffix == ".csv" else "\t", header, columns)
+        return as_array(df, name=str(path))
+    if suffix == ".parquet":
+        df = _pandas().read_parquet(path)
+        if columns is not None:
+            df = df.iloc[:, _column_indices([str(c) for c in df.columns], columns, path)]
+        return as_array(df, name=str(path))
+    if suffix == ".npy":
         arr, names = as_array(np.load(path, allow_pickle=False), name=str(path))
     else:
         with np.load(path, allow_pickle=False) as archive:
@@ -190,5 +278,7 @@ def load_table(
                 raise ValueError(f"array {key!r} not in {path}; available: {keys}")
             raw = archive[key]
         arr, names = as_array(raw, name=f"{path}[{key}]")
-    arr, names = _select(arr, names, columns, path)
-    return arr, names
+    if columns is None:
+        return arr, names
+    idx = _column_indices(names, columns, path)
+    return arr[:, idx], [names[i] for i in idx]

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
+import pickletools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Optional, Union
@@ -227,7 +229,11 @@ def _hold_out(
 
 # ----------------------------------------------------------------------------------------------- CIFAR-10
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles the CIFAR batches (dicts of numpy arrays, lists, bytes) and refuses any other class."""
+    """Unpickles the CIFAR batches (dicts of numpy arrays, lists, bytes) and refuses any other class.
+
+    New arrays are built only while their bytes, all together, fit in the file (`data` is the whole pickle):
+    a tiny file cannot ask for a huge allocation.
+    """
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -239,22 +245,64 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data), encoding="bytes")
+        self._limit = len(data)
+        self._budget = len(data)  # bytes that new arrays may still take
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to unpickle {module}.{name}: a CIFAR-10 batch holds only numpy arrays and lists"
-        )
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to unpickle {module}.{name}: a CIFAR-10 batch holds only numpy arrays and lists"
+            )
+        found = super().find_class(module, name)
+        if name == "_reconstruct":
+            return lambda subtype, shape, dtype: found(np.ndarray, self._checked(shape, dtype), dtype)
+        if name == "ndarray":
+            return self._ndarray
+        return found
+
+    def _ndarray(
+        self, shape: Any, dtype: Any = float, buffer: Any = None, *args: Any, **kwargs: Any
+    ) -> np.ndarray:
+        if buffer is None:  # a new allocation (with a buffer, numpy checks its size itself)
+            self._checked(shape, dtype)
+        return np.ndarray(shape, dtype, buffer, *args, **kwargs)
+
+    def _checked(self, shape: Any, dtype: Any) -> Any:
+        """`shape`, after checking that an array of it fits in what is left of the file's size."""
+        try:
+            dims = [int(shape)] if np.ndim(shape) == 0 else [int(n) for n in shape]
+            itemsize = np.dtype(dtype.decode() if isinstance(dtype, bytes) else dtype).itemsize
+        except (TypeError, ValueError):
+            return shape  # numpy's own error follows
+        nbytes = math.prod(dims) * itemsize
+        if nbytes > self._budget:
+            raise pickle.UnpicklingError(
+                f"an array of shape {tuple(dims)} needs {nbytes} bytes, more than the file "
+                f"({self._limit} bytes) can hold"
+            )
+        self._budget -= max(nbytes, 0)
+        return shape
+
+
+def _check_counted_lengths(data: bytes) -> None:
+    """Walk the pickle's opcodes without building anything: every counted string, bytes or frame must fit
+    in the data (the unpickler allocates a counted object before reading it)."""
+    for opcode, argument, position in pickletools.genops(data):  # ValueError on a truncated argument
+        if opcode.name == "FRAME" and argument > len(data) - position:
+            raise ValueError(f"a frame of {argument} bytes at offset {position} runs past the file's end")
 
 
 def read_cifar_batch(path: Union[str, Path]) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch: `(images (N, 3, 32, 32) uint8, labels (N,) int64)`."""
     path = Path(path)
-    with path.open("rb") as handle:
-        try:
-            batch = _NumpyOnlyUnpickler(io.BytesIO(handle.read()), encoding="bytes").load()
-        except (pickle.UnpicklingError, EOFError, ValueError) as error:
-            raise ValueError(f"{path} is not a CIFAR-10 python batch: {error}") from error
+    data = path.read_bytes()
+    try:
+        _check_counted_lengths(data)
+        batch = _NumpyOnlyUnpickler(data).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, MemoryError) as error:
+        raise ValueError(f"{path} ({len(data)} bytes) is not a CIFAR-10 python batch: {error}") from error
     if not isinstance(batch, dict):
         raise ValueError(
             f"{path}: expected a pickled dict with b'data' and b'labels', got {type(batch).__name__}"

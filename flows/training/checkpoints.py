@@ -24,12 +24,13 @@ ESTIMATOR_FORMAT = "flows.DensityEstimator/1"
 
 @dataclass
 class LoadedModel:
-    """A flow in evaluation mode (float32, CPU) and what it was trained with."""
+    """A flow in evaluation mode (CPU, in the float dtype of its saved weights) and what it was trained with."""
 
     flow: Flow
     config: Config
     columns: list[str]
     features: int
+    dtype: torch.dtype = torch.float32
 
 
 def model_record(config: Config, features: int, columns: list[str], standardized: bool) -> dict[str, Any]:
@@ -66,10 +67,19 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
     state = payload["state_dict"]
     if payload.get("format") != ESTIMATOR_FORMAT:  # a Lightning checkpoint of FlowModule: keys "flow.*"
         state = {key[len("flow.") :]: value for key, value in state.items() if key.startswith("flow.")}
+    dtype = next((v.dtype for v in state.values() if torch.is_tensor(v) and v.is_floating_point()), None)
+    if dtype is not None:  # a float64 fit stays float64 (load_state_dict would round it to the flow's dtype)
+        flow.to(dtype)
     try:
         flow.load_state_dict(state)
     except RuntimeError as error:  # weights of another architecture than the record describes
         raise ValueError(f"{path}: the weights do not fit the model its record describes: {error}") from error
     flow.eval()
     columns = list(record.get("columns") or [f"x{i}" for i in range(int(record["features"]))])
-    return LoadedModel(flow=flow, config=config, columns=columns, features=int(record["features"]))
+    return LoadedModel(
+        flow=flow,
+        config=config,
+        columns=columns,
+        features=int(record["features"]),
+        dtype=dtype or torch.float32,
+    )

@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--columns",
         default=None,
-        help="comma-separated column names (default: the training columns when the file has them, else all)",
+        help="comma-separated column names, in the model's order (default: the training columns by name when "
+        "the file has a header, else all columns by position)",
     )
     score.add_argument(
         "--header", default=None, choices=["true", "false"], help="CSV/TSV header (default: sniff)"
@@ -174,6 +175,33 @@ def _sample(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _score_columns(
+    path: str, header: Optional[bool], model_columns: list[str]
+) -> tuple[Optional[list[str]], Optional[str]]:
+    """Which columns of `path` to score, and a note for stderr: the model's, by name, when the file names
+    them all; None (every column, by position, with a note saying so) when the file has no names or the
+    model has none of its own (`x0, x1, ...`: it was trained on unnamed data). Names the file lacks are an
+    error listing them."""
+    from flows.datasets import table_columns
+
+    names = table_columns(path, header)
+    if names is not None and set(model_columns) <= set(names):
+        return list(model_columns), None
+    unnamed_model = model_columns == [f"x{i}" for i in range(len(model_columns))]
+    if names is None or unnamed_model:
+        whose = f"{path} has no column names" if names is None else "the model was trained on unnamed columns"
+        return None, (
+            f"flows score: note: {whose}; the file's columns were matched to the model's {model_columns} "
+            "by position"
+        )
+    missing = [c for c in model_columns if c not in names]
+    raise ValueError(
+        f"{path} lacks the model's columns {missing} (the model was trained on {model_columns}; the file "
+        f"has {names}); name the file's columns in the model's order with --columns, or pass --header "
+        "false to match by position"
+    )
+
+
 def _score(arguments: argparse.Namespace) -> int:
     from flows.datasets import load_table
     from flows.training.checkpoints import load_model
@@ -181,10 +209,12 @@ def _score(arguments: argparse.Namespace) -> int:
 
     loaded = load_model(arguments.ckpt)
     header = None if arguments.header is None else arguments.header == "true"
-    columns: Optional[list[str]] = None if arguments.columns is None else arguments.columns.split(",")
+    note = None
+    if arguments.columns is not None:
+        columns: Optional[list[str]] = [c.strip() for c in arguments.columns.split(",")]
+    else:
+        columns, note = _score_columns(arguments.data, header, loaded.columns)
     table, names = load_table(arguments.data, columns=columns, header=header, key=arguments.key)
-    if columns is None and table.shape[1] != loaded.features and set(loaded.columns) <= set(names):
-        table = table[:, [names.index(c) for c in loaded.columns]]
     if table.shape[1] != loaded.features:
         raise ValueError(
             f"{arguments.data} has {table.shape[1]} columns {names}; the model expects {loaded.features} "
@@ -192,6 +222,8 @@ def _score(arguments: argparse.Namespace) -> int:
         )
     log_prob = evaluate_log_prob(loaded.flow, table)
     path = write_samples(Path(arguments.out), log_prob[:, None], ["log_prob"])
+    if note is not None:  # after success: an error stays the only line on stderr
+        print(note, file=sys.stderr)
     print(f"wrote {log_prob.shape[0]} log densities to {path}; mean {np.mean(log_prob):.4f} nats")
     return 0
 

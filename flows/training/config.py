@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import reprlib
 import types
@@ -319,10 +320,16 @@ def _check_ranges(config: Config) -> None:
     def positive(key: str, value: Union[int, float, None], allow_none: bool = False) -> None:
         if value is None and allow_none:
             return
-        if value is None or value <= 0:
-            raise ConfigError(f"config key {key!r}: expected a positive number, got {value!r}")
+        if value is None or not 0 < value < math.inf:  # also refuses NaN and infinity
+            raise ConfigError(f"config key {key!r}: expected a finite positive number, got {value!r}")
 
+    if config.seed < 0:
+        raise ConfigError(f"config key 'seed': expected an integer >= 0, got {config.seed}")
     train, data = config.train, config.data
+    for key in ("weight_decay", "final_lr_fraction", "noise_std"):
+        value = getattr(train, key)
+        if not math.isfinite(value):
+            raise ConfigError(f"config key 'train.{key}': expected a finite number, got {value!r}")
     positive("train.batch_size", train.batch_size)
     positive("train.eval_batch_size", train.eval_batch_size)
     positive("train.lr", train.lr)
@@ -455,13 +462,21 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 def read_yaml(path: Union[str, Path]) -> dict[str, Any]:
     """Read one YAML config file as a mapping (an empty file is an empty mapping)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config path {path} is a directory; expected a YAML file")
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    with path.open() as handle:
-        try:
-            values = yaml_load(handle)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); expected a UTF-8 encoded YAML file"
+        ) from error
+    try:
+        values = yaml_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
     if values is None:
         return {}
     if not isinstance(values, Mapping):

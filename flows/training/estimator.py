@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -58,7 +59,12 @@ class DensityEstimator:
     `early_stopping_patience`, `noise_std`, ...); `trainer` holds `lightning.Trainer` keyword arguments
     (`accelerator`, `devices`, `precision`, ...). `val_fraction` of the rows is held out for early stopping
     when `fit` gets no `X_val`. `standardize=True` folds the training mean/std into the model, so
-    scores and samples are in the units of `X`.
+    scores and samples are in the units of `X` (extreme outliers get a warning naming their columns; see
+    `flows.training.models.standardization_of` for why the plain mean/std are kept).
+
+    The model computes in float32 unless `trainer={"precision": "64-true"}` (float64); `save`/`load` keep
+    that dtype. `fit` refuses values beyond the training dtype's range; `score_samples` returns `-inf` for
+    rows too far out for that dtype (never NaN).
     """
 
     def __init__(
@@ -160,6 +166,7 @@ class DensityEstimator:
         """
         config = self._config()
         splits = splits_from_arrays(X, X_val, None, self.val_fraction, self.seed)
+        self._check_range(splits)
         try:
             with _quiet_lightning(not self.verbose):
                 if self.output_dir is None:
@@ -180,6 +187,27 @@ class DensityEstimator:
         self.n_steps_ = outcome.info["steps"]
         self.config_ = config
         return self
+
+    def _training_dtype(self) -> torch.dtype:
+        """float64 when the trainer's `precision` is 64-bit, else float32 (the default dtype)."""
+        precision = str(self.trainer.get("precision", "32")).lower()
+        return torch.float64 if precision in ("64", "64-true", "double") else torch.get_default_dtype()
+
+    def _check_range(self, splits: Any) -> None:
+        """A ValueError naming the columns whose values do not fit the dtype the model trains in."""
+        dtype = self._training_dtype()
+        limit = float(torch.finfo(dtype).max)
+        tables = [splits.train, splits.val]
+        largest = np.max([np.max(np.abs(t), axis=0) for t in tables], axis=0)
+        too_large = [
+            f"{name} (|x| up to {value:.3g})" for name, value in zip(splits.columns, largest) if value > limit
+        ]
+        if too_large:
+            raise ValueError(
+                f"X has values beyond the {str(dtype).removeprefix('torch.')} range (|x| <= {limit:.3g}) that "
+                f"training uses, in columns {too_large}; rescale them, or fit in float64 with "
+                "trainer={'precision': '64-true'}"
+            )
 
     def _diverged(self, error: TrainingDivergedError) -> TrainingDivergedError:
         """The training layer's divergence error reworded for this class's arguments (it names config keys
@@ -219,10 +247,12 @@ class DensityEstimator:
         ):
             X = X[[c for c in X.columns if str(c) in self.columns_]]
             X = X[sorted(X.columns, key=lambda c: self.columns_.index(str(c)))]
-        if np.ndim(X) == 1 and not (pd is not None and isinstance(X, pd.Series)):
-            X = np.asarray(X)[None, :]  # one row
+        frame = pd is not None and isinstance(X, (pd.DataFrame, pd.Series))
+        if np.ndim(X) == 1 and not frame:  # one row; a column for a one-feature model (as `fit` reads it)
+            X = np.asarray(X)[:, None] if self.n_features_in_ == 1 else np.asarray(X)[None, :]
         if len(X) == 1:  # as_array wants two rows to call it a table; duplicate, validate, keep one
-            rows = as_array(np.concatenate([np.asarray(X, dtype=np.float64)] * 2), "X")[0][:1]
+            doubled = pd.concat([X, X]) if frame else np.concatenate([np.asarray(X)] * 2)
+            rows = as_array(doubled, "X")[0][:1]
         else:
             rows, _ = as_array(X, "X")
         if rows.shape[1] != self.n_features_in_:
@@ -231,10 +261,51 @@ class DensityEstimator:
             )
         return rows
 
+    def _dtype(self) -> torch.dtype:
+        """The float dtype the fitted flow computes in."""
+        for tensor in (*self.flow_.parameters(), *self.flow_.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.get_default_dtype()
+
+    def _standardized(self, rows: np.ndarray) -> np.ndarray:
+        """`rows` in the flow's standardised units (float64): through its leading `Standardize`, if any."""
+        from flows.bijectors.elementwise import Standardize
+
+        transform = getattr(self.flow_, "transform", None)
+        first = transform.bijectors[0] if hasattr(transform, "bijectors") and len(transform) else transform
+        if isinstance(first, Standardize):
+            scale = first.scale.detach().double().cpu().numpy()
+            shift = first.shift.detach().double().cpu().numpy()
+            with np.errstate(over="ignore", invalid="ignore"):
+                return rows * scale + shift
+        return rows
+
     def score_samples(self, X: Any) -> np.ndarray:
-        """Log density of each row of `X (n, D)` in the units of the training data: `(n,)` float64."""
+        """Log density of each row of `X (n, D)` in the units of the training data: `(n,)` float64.
+
+        Rows with NaN or infinite values are a ValueError naming them. A row further out than the square
+        root of the model dtype's largest number (1.8e19 standard units in float32) scores `-inf`: its
+        log density, about `-z**2 / 2`, overflows that dtype. Should the flow still overflow to NaN on a
+        row, the row scores `-inf` too, with a `RuntimeWarning` naming it; the result never holds NaN.
+        """
         rows = self._rows(X)
-        return evaluate_log_prob(self.flow_, rows)
+        limit = float(np.sqrt(torch.finfo(self._dtype()).max))
+        with np.errstate(invalid="ignore"):
+            inside = np.all(np.abs(self._standardized(rows)) <= limit, axis=1)
+        scores = np.full(rows.shape[0], -np.inf)
+        if inside.any():
+            scores[inside] = evaluate_log_prob(self.flow_, rows[inside])
+        overflowed = np.flatnonzero(np.isnan(scores))
+        if overflowed.size:
+            warnings.warn(
+                f"the model's log density overflowed to NaN for {overflowed.size} rows far from the training "
+                f"data (first row indices: {overflowed[:5].tolist()}); they score -inf",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            scores[overflowed] = -np.inf
+        return scores
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log density of the rows of `X` (nats)."""
@@ -263,6 +334,7 @@ class DensityEstimator:
             "record": self.record_,
             "params": self.get_params(),
             "state_dict": self.flow_.state_dict(),
+            "dtype": str(self._dtype()).removeprefix("torch."),
             "fit_info": {
                 "best_val_nll": self.best_val_nll_,
                 "epochs": self.n_epochs_,
@@ -290,7 +362,8 @@ class DensityEstimator:
             estimator = cls(**params)
         except (ConfigError, TypeError):
             estimator = cls(model=loaded.config.model["name"])
-        estimator.flow_ = loaded.flow
+        dtype = getattr(torch, str(payload.get("dtype", "")), None)
+        estimator.flow_ = loaded.flow.to(dtype) if isinstance(dtype, torch.dtype) else loaded.flow
         estimator.record_ = payload.get("record") or payload.get("hyper_parameters")
         estimator.columns_ = loaded.columns
         estimator.n_features_in_ = loaded.features

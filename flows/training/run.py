@@ -377,7 +377,7 @@ def _fit_flow(
     mean = std = None
     if config.data.standardize:
         stats_source = dequantize_fixed(splits.train, seed) if dequantize else splits.train
-        mean, std = standardization_of(stats_source)
+        mean, std = standardization_of(stats_source, splits.columns)
 
     torch.manual_seed(seed)
     flow = build_flow(config.model, features, mean, std)
