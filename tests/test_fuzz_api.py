@@ -40,7 +40,7 @@ BUILDERS = {
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 METHODS = ["log_prob", "encode", "decode", "sample", "rsample", "sample_and_log_prob"]
 KINDS = ["same", "same", "same", "other_float", "int64", "bool", "complex64", "numpy", "list"]
-CONTEXTS = ["right", "right", "none", "wrong_width", "int64", "numpy", "nan", "no_broadcast"]
+CONTEXTS = ["right", "right", "none", "wrong_width", "int64", "numpy", "nan", "no_broadcast", "no_broadcast"]
 
 
 @functools.cache
@@ -83,7 +83,8 @@ def cases(draw: st.DrawFn) -> Case:
 
     if case.method in ("log_prob", "encode", "decode"):
         event = draw(st.sampled_from([(FEATURES,)] * 4 + [(FEATURES - 1,), (FEATURES, 1), ()]))
-        values = torch.randn(batch + event, dtype=torch.float64)
+        generator = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
+        values = torch.randn(batch + event, dtype=torch.float64, generator=generator)
         flat = values.view(-1)
         special = draw(st.sampled_from(["normal", "normal", "nan", "inf", "huge"]))
         if special == "huge":
@@ -116,7 +117,8 @@ def cases(draw: st.DrawFn) -> Case:
         elif kind == "numpy":
             case.x, case.defects["type"] = values.numpy(), ["numpy.ndarray"]
         else:
-            case.x, case.defects["type"] = values.tolist(), ["list"]
+            case.x = values.tolist()  # a float for a 0-d tensor
+            case.defects["type"] = [type(case.x).__name__]
         x_batch = batch
     else:
         case.sample_shape = draw(
@@ -137,11 +139,12 @@ def cases(draw: st.DrawFn) -> Case:
             case.defects["context"] = ["got None"]
         return case
     width = CONTEXT if kind != "wrong_width" else CONTEXT + 1
-    # A context batch that cannot broadcast against the input's: only a last size >= 2 can clash.
-    clash = kind == "no_broadcast" and len(x_batch) > 0 and x_batch[-1] >= 2
+    # A context batch that cannot broadcast against the input's (a size of 1 broadcasts with any).
+    clash = kind == "no_broadcast" and len(x_batch) > 0 and x_batch[-1] != 1
     if clash:
-        context_batch = x_batch[:-1] + (x_batch[-1] + 1,)
-    context = torch.randn(context_batch + (width,), dtype=dtype)
+        context_batch = x_batch[:-1] + (x_batch[-1] + 2,)
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
+    context = torch.randn(context_batch + (width,), dtype=torch.float64, generator=generator).to(dtype)
     if kind == "nan" and context.numel():
         context.view(-1)[0] = math.nan
     if kind == "int64":
