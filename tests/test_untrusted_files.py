@@ -380,9 +380,11 @@ def _alias_bomb(levels: int = 9, width: int = 9) -> str:
     [
         (_alias_bomb(), "aliases expanded"),  # 9**9 values from 400 bytes
         ("x: &x [1, 2]\n" + "".join(f"k{i}: *x\n" for i in range(150)), "at most 100 aliases"),
-        ("data: " + "[" * 3000 + "]" * 3000 + "\n", "nested"),
+        ("data: " + "[" * 20_000 + "]" * 20_000 + "\n", "nested at most 64 brackets deep"),
+        ("data:\n" + "".join(" " * i + "- \n" for i in range(350)), "nested"),
+        ("data: [" + ", ".join(["1"] * 300_000) + "]\n", "at most 65536 characters"),
     ],
-    ids=["billion-laughs", "many-aliases", "deep"],
+    ids=["billion-laughs", "many-aliases", "deep-brackets", "deep-blocks", "huge"],
 )
 def test_hostile_yaml_is_refused_quickly(
     text: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -400,7 +402,7 @@ def test_error_messages_show_huge_values_truncated(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("seed: [" + ", ".join(["123456789"] * 50_000) + "]\n")
+    path.write_text("seed: [" + ", ".join(["123456789"] * 5_000) + "]\n")
     with pytest.raises(ConfigError) as caught:
         load_config([path])
     assert "'seed'" in str(caught.value) and len(str(caught.value)) < 400

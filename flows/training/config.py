@@ -403,6 +403,8 @@ class _Loader(yaml.SafeLoader):
 #: limits on a YAML document: aliases, and values once every alias is expanded
 MAX_ALIASES = 100
 MAX_EXPANDED_VALUES = 100_000
+MAX_CONFIG_CHARS = 65_536
+MAX_FLOW_DEPTH = 64
 
 
 def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
@@ -433,8 +435,46 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _max_flow_depth(text: str) -> int:
+    """The deepest nesting of `[` and `{` in `text`, outside quotes and comments (one linear pass)."""
+    depth = deepest = 0
+    quote = ""
+    comment = False
+    previous = "\n"
+    for char in text:
+        if comment:
+            comment = char != "\n"
+        elif quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"" and (previous in " \t\n[{,:" or depth == 0 and previous == "-"):
+            quote = char
+        elif char == "#" and previous in " \t\n":
+            comment = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        previous = char
+    return deepest
+
+
 def yaml_load(text: Any) -> Any:
-    """Parse YAML text or a stream with the config loader (floats such as `1e-3` included)."""
+    """Parse YAML text or a stream with the config loader (floats such as `1e-3` included).
+
+    Text over `MAX_CONFIG_CHARS` characters or nested deeper than `MAX_FLOW_DEPTH` brackets is refused before
+    parsing (PyYAML's scanner takes time quadratic in the bracket depth).
+    """
+    if isinstance(text, str):
+        if len(text) > MAX_CONFIG_CHARS:
+            raise yaml.YAMLError(
+                f"expected a config of at most {MAX_CONFIG_CHARS} characters, got {len(text)}"
+            )
+        if _max_flow_depth(text) > MAX_FLOW_DEPTH:
+            raise yaml.YAMLError(
+                f"expected a config nested at most {MAX_FLOW_DEPTH} brackets deep, got {_max_flow_depth(text)}"
+            )
     try:
         values = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:
