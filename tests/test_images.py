@@ -274,7 +274,8 @@ def small_overrides(config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_image_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None:
     from flows.training.config import read_yaml
-    from flows.training.image_run import evaluate_image_checkpoint, run_image, sample_images
+    from flows.training.pipeline import run as run_image
+    from flows.training.tasks.image import evaluate_image_checkpoint, sample_images
 
     assert len(CONFIGS) >= 7
     config = small_overrides(read_yaml(path), tmp_path)

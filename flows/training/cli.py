@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fit(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int:
-    from flows.training.run import run, validate
+    from flows.training.pipeline import run, validate
 
     config = load_config(arguments.config, overrides)
     validate(config)
@@ -128,10 +128,10 @@ def _is_image_checkpoint(path: str) -> bool:
 
 def _test(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int:
     from flows.training.checkpoints import load_model
-    from flows.training.run import evaluate_checkpoint
+    from flows.training.tasks.tabular import evaluate_checkpoint
 
     if _is_image_checkpoint(arguments.ckpt):
-        from flows.training.image_run import evaluate_image_checkpoint
+        from flows.training.tasks.image import evaluate_image_checkpoint
 
         values: dict = {}
         for path in arguments.config:
@@ -151,12 +151,12 @@ def _test(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> in
 
 def _sample(arguments: argparse.Namespace) -> int:
     from flows.training.checkpoints import load_model
-    from flows.training.run import draw_samples, write_samples
+    from flows.training.evaluation import draw_samples, write_samples
 
     if arguments.num_samples < 1:
         raise ConfigError(f"-n must be a positive integer, got {arguments.num_samples}")
     if _is_image_checkpoint(arguments.ckpt):
-        from flows.training.image_run import sample_images
+        from flows.training.tasks.image import sample_images
 
         path = sample_images(
             arguments.ckpt,
@@ -205,7 +205,7 @@ def _score_columns(
 def _score(arguments: argparse.Namespace) -> int:
     from flows.datasets import load_table
     from flows.training.checkpoints import load_model
-    from flows.training.run import evaluate_log_prob, write_samples
+    from flows.training.evaluation import evaluate_log_prob, write_samples
 
     loaded = load_model(arguments.ckpt)
     header = None if arguments.header is None else arguments.header == "true"

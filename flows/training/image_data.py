@@ -1,4 +1,4 @@
-"""Image runs, part 1: the `image` config section, the data and the models (`image_run` trains and samples).
+"""Image runs, part 1: the `image` config section, the data and the models (`tasks.image` trains and samples).
 
 Image runs: `data.dataset: image:<digits|mnist|cifar10>` trained through the same `FlowModule` and configs.
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -56,6 +56,7 @@ from flows.training.config import (
 from flows.training.data import GlobalBatchSampler, ResumableBatches
 from flows.training.images import DEFAULT_TEMPERATURES, one_hot
 from flows.training.module import FlowModule
+from flows.training.objectives import Objective
 
 __all__ = [
     "IMAGE_MODELS",
@@ -327,37 +328,37 @@ class ImageFlowModule(FlowModule):
         eval_samples: int = 1,
         hparams: Optional[dict[str, Any]] = None,
         validation_seed: int = 0,
+        objective: Optional[Objective] = None,
     ) -> None:
-        super().__init__(model, train_config, hparams=hparams)
+        super().__init__(model, train_config, hparams=hparams, objective=objective)
         self.validation_seed = int(validation_seed)
         self.num_classes = int(num_classes)
         self.eval_samples = int(eval_samples)
         self.num_dims = model.num_dims
 
-    def context(self, labels: Tensor) -> Optional[Tensor]:
+    def inputs(self, batch: Sequence[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        """`(integer images, labels)` as `(images, one-hot context or None)`."""
+        images, labels = batch
         if not self.num_classes:
-            return None
-        return one_hot(labels, self.num_classes, self.data_mean.dtype)
+            return images, None
+        return images, one_hot(labels, self.num_classes, self.data_mean.dtype)
 
-    def nll(self, x: Tensor, labels: Optional[Tensor] = None, num_samples: int = 1) -> Tensor:  # type: ignore[override]
-        context = None if labels is None else self.context(labels)
+    def perturb(self, x: Tensor, progress: float) -> Tensor:
+        return x  # the dequantisation noise is part of the model's bound
+
+    def nll(self, x: Tensor, context: Optional[Tensor] = None, num_samples: int = 1) -> Tensor:  # type: ignore[override]
         return -self.log_density(x, context, num_samples=num_samples)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> Tensor:
-        images, labels = batch
-        loss = self.nll(images, labels).mean()
-        self.log("train_nll", loss, prog_bar=True, batch_size=images.shape[0])
-        self.log("train_bpd", bits_per_dim(loss.detach(), self.num_dims), batch_size=images.shape[0])
-        return loss
+    def log_training(self, loss: Tensor, rows: int) -> None:
+        super().log_training(loss, rows)
+        self.log("train_bpd", bits_per_dim(loss.detach(), self.num_dims), batch_size=rows)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> None:
-        images, labels = batch
+    def validation_nll(self, x: Tensor, context: Optional[Tensor], batch_index: int) -> Tensor:
         # The same noise at every validation (common random numbers): val_nll changes only with the model.
-        devices = [images.device] if images.device.type == "cuda" else []
+        devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.validation_seed + batch_index)
-            total = self.nll(images, labels, self.eval_samples).sum()
-        self.add_validation(total, images.shape[0])
+            return self.nll(x, context, self.eval_samples)
 
     def log_validation(self, mean_nll: Tensor) -> None:
         super().log_validation(mean_nll)

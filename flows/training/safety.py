@@ -215,6 +215,9 @@ class RandomStateCheckpoint(Callback):
 def _all_finite(tensors: list[Tensor]) -> Tensor:
     """A 0-d bool tensor: every element of every tensor is finite (no host sync)."""
     # max-abs norms: NaN and inf propagate, and unlike the 2-norm they cannot overflow on large finite values
+    tensors = [t for t in tensors if t.numel() > 0]  # (the max-abs norm of an empty tensor is undefined)
+    if not tensors:
+        return torch.tensor(True)
     norms = torch._foreach_norm(tensors, float("inf"))
     return torch.isfinite(torch.stack(norms).float().max())
 
@@ -226,9 +229,9 @@ def _non_finite_names(
     return [names.get(id(p), "?") for p in parameters if not bool(torch.isfinite(value(p)).all())]
 
 
-def safety_callbacks() -> list[Callback]:
-    """The callbacks every flows training run gets: `NonFiniteGuard` and `RandomStateCheckpoint`."""
-    return [NonFiniteGuard(), RandomStateCheckpoint()]
+def safety_callbacks(monitor: str = "val_nll") -> list[Callback]:
+    """The callbacks every flows training run gets: `NonFiniteGuard` (on `monitor`) and `RandomStateCheckpoint`."""
+    return [NonFiniteGuard(monitor), RandomStateCheckpoint()]
 
 
 # ----------------------------------------------------------------------------------------------------------
