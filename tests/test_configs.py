@@ -17,8 +17,9 @@ import pytest
 
 from flows.datasets import SKLEARN_TABLES, SYNTHETIC_TARGETS, TOY_NAMES, UCI_NAMES, make_synthetic_target
 from flows.training.config import load_config
-from flows.training.models import build_flow, check_model_options, model_parameters
+from flows.training.models import build_flow
 from flows.training.pipeline import run
+from flows.training.registry import check_model_options, model_parameters
 from flows.training.trainer import trainer_arguments
 
 try:

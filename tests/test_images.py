@@ -333,7 +333,7 @@ def test_image_options_and_models_are_validated_by_key() -> None:
         build_image_model({"name": "glow", "depth": 3}, options, (1, 8, 8), 17, 10)
     with pytest.raises(ConfigError, match="set from the data"):
         build_image_model({"name": "glow", "shape": [1, 8, 8]}, options, (1, 8, 8), 17, 10)
-    with pytest.raises(ConfigError, match="image models"):
+    with pytest.raises(ConfigError, match="model 'maf' is for a table dataset; models for an image dataset"):
         build_image_model({"name": "maf"}, options, (1, 8, 8), 17, 10)
     model = build_image_model({"name": "realnvp", "hidden_channels": 4}, options, (1, 8, 8), 17, 10)
     assert model.flow.transform is not None and model.dequantizer.context_features == 10

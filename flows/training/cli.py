@@ -107,13 +107,11 @@ def _parser() -> argparse.ArgumentParser:
 def _fit(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int:
     from flows.training.pipeline import run, validate
 
-    config = load_config(arguments.config, overrides)
-    validate(config)
-    if arguments.print_config:
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    config = load_config(arguments.config, overrides)  # YAML parsed and every section validated, once
+    if arguments.print_config:  # the resolved config: the task's checks, the model's defaults filled in
+        print(yaml.safe_dump(validate(config).to_dict(), sort_keys=False), end="")
         return 0
-
-    run(config, resume=arguments.resume)
+    run(config, resume=arguments.resume)  # the task validates the model and trainer keys, once
     return 0
 
 

@@ -128,7 +128,7 @@ class DensityEstimator:
             },
         }
         config = parse_config(values)
-        from flows.training.models import check_model_options
+        from flows.training.registry import check_model_options
         from flows.training.trainer import trainer_arguments
 
         check_model_options(config.model)

@@ -7,7 +7,6 @@ layers, fits (or resumes), and restores the best validation weights.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,23 +15,10 @@ import torch
 
 from flows.training.config import Config
 from flows.training.safety import read_checkpoint
-from flows.training.tasks.base import Task
+from flows.training.tasks.base import Fitted, Task
 from flows.training.trainer import make_trainer, quiet_fit_warnings
 
 __all__ = ["Fitted", "train"]
-
-
-@dataclass
-class Fitted:
-    """A trained model (best validation weights restored) and facts about its training."""
-
-    model: torch.nn.Module
-    module: L.LightningModule
-    trainer: L.Trainer
-    best_checkpoint: Optional[Path]
-    best_val: Optional[float]
-    record: dict[str, Any]
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def train(

@@ -30,8 +30,6 @@ images (dequantisation is always on and built into the bound).
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
@@ -49,7 +47,6 @@ from flows.training.config import (
     Config,
     ConfigError,
     _build,
-    check_value,
     parse_config,
     unknown_key_error,
 )
@@ -57,9 +54,9 @@ from flows.training.data import GlobalBatchSampler, ResumableBatches
 from flows.training.images import DEFAULT_TEMPERATURES, one_hot
 from flows.training.module import FlowModule
 from flows.training.objectives import Objective
+from flows.training.registry import check_model_options, model_builder
 
 __all__ = [
-    "IMAGE_MODELS",
     "ImageDataModule",
     "ImageFlowModule",
     "ImageOptions",
@@ -71,10 +68,6 @@ __all__ = [
 ]
 
 #: model name -> "module:attribute" of an image preset taking `shape` and `context_features`
-IMAGE_MODELS: dict[str, str] = {
-    "glow": "flows.presets_image:Glow",
-    "realnvp": "flows.presets_image:RealNVPImage",
-}
 
 
 @dataclass
@@ -224,53 +217,6 @@ class ImageDataModule(ResumableBatches, L.LightningDataModule):
 
 
 # ------------------------------------------------------------------------------------------------ models
-def _image_builder(name: str) -> Any:
-    if name not in IMAGE_MODELS:
-        raise ConfigError(f"config key 'model.name': image models are {sorted(IMAGE_MODELS)}, got {name!r}")
-    import importlib
-
-    module_name, attribute = IMAGE_MODELS[name].split(":")
-    return getattr(importlib.import_module(module_name), attribute)
-
-
-_IMAGE_DATA_ARGUMENTS = ("shape", "context_features")
-
-
-def _image_model_parameters(name: str) -> dict[str, inspect.Parameter]:
-    """The configurable keyword parameters of image model `name` (data-given ones excluded)."""
-    signature = inspect.signature(_image_builder(name))
-    return {
-        key: parameter
-        for key, parameter in signature.parameters.items()
-        if key not in _IMAGE_DATA_ARGUMENTS and key != "self"
-    }
-
-
-def _check_image_model_options(model: Mapping[str, Any]) -> dict[str, Any]:
-    name = model.get("name")
-    if not isinstance(name, str):
-        raise ConfigError(f"config key 'model.name' is required; expected one of {sorted(IMAGE_MODELS)}")
-    builder = _image_builder(name)
-    try:
-        hints = typing.get_type_hints(builder.__init__ if inspect.isclass(builder) else builder)
-    except Exception:
-        hints = {}
-    given = _IMAGE_DATA_ARGUMENTS
-    valid = list(_image_model_parameters(name))
-    options: dict[str, Any] = {}
-    for key, value in model.items():
-        if key == "name":
-            continue
-        if key in given:
-            raise ConfigError(
-                f"config key 'model.{key}' is set from the data and cannot be configured; remove it"
-            )
-        if key not in valid:
-            raise unknown_key_error(f"model.{key}", valid, f"model ({name})")
-        options[key] = check_value(f"model.{key}", value, hints.get(key, Any))
-    return options
-
-
 def build_image_model(
     model: Mapping[str, Any],
     options: ImageOptions,
@@ -279,9 +225,9 @@ def build_image_model(
     num_classes: int,
 ) -> DequantizedFlow:
     """The `DequantizedFlow` of a `model` section and the `image` options for images of `shape`."""
-    kwargs = _check_image_model_options(model)
+    kwargs = check_model_options(model, "image")
     context_features = num_classes if options.conditional else 0
-    builder = _image_builder(model["name"])
+    builder = model_builder(model["name"], "image")
     try:
         flow = builder(shape=tuple(shape), context_features=context_features, **kwargs)
     except (TypeError, ValueError) as error:

@@ -10,14 +10,22 @@ of reading a batch) is one new class here, with no change to the pipeline.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import Any, Optional, Protocol
 
 from torch import Tensor
 
-if TYPE_CHECKING:  # pragma: no cover
-    from flows.training.module import FlowModule
+__all__ = ["MaximumLikelihood", "Objective", "TrainingModule"]
 
-__all__ = ["MaximumLikelihood", "Objective"]
+
+class TrainingModule(Protocol):
+    """What an objective uses of the LightningModule (`flows.training.module.FlowModule` and subclasses)."""
+
+    def inputs(self, batch: Any) -> tuple[Tensor, Optional[Tensor]]: ...
+    def perturb(self, x: Tensor, progress: float) -> Tensor: ...
+    def progress(self) -> float: ...
+    def nll(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor: ...
+    def validation_nll(self, x: Tensor, context: Optional[Tensor], batch_index: int) -> Tensor: ...
+    def log_training(self, loss: Tensor, rows: int) -> None: ...
 
 
 class Objective(ABC):
@@ -27,11 +35,11 @@ class Objective(ABC):
     monitor: str = "val_nll"
 
     @abstractmethod
-    def training_loss(self, module: FlowModule, batch: Any) -> Tensor:
+    def training_loss(self, module: TrainingModule, batch: Any) -> Tensor:
         """The scalar loss of one training batch (logged by the objective)."""
 
     @abstractmethod
-    def validation_total(self, module: FlowModule, batch: Any, batch_index: int) -> tuple[Tensor, int]:
+    def validation_total(self, module: TrainingModule, batch: Any, batch_index: int) -> tuple[Tensor, int]:
         """`(sum of the per-row validation metric, number of rows)` of one validation batch."""
 
 
@@ -44,12 +52,12 @@ class MaximumLikelihood(Objective):
 
     monitor = "val_nll"
 
-    def training_loss(self, module: FlowModule, batch: Any) -> Tensor:
+    def training_loss(self, module: TrainingModule, batch: Any) -> Tensor:
         x, context = module.inputs(batch)
         loss = module.nll(module.perturb(x, module.progress()), context).mean()
         module.log_training(loss, int(x.shape[0]))
         return loss
 
-    def validation_total(self, module: FlowModule, batch: Any, batch_index: int) -> tuple[Tensor, int]:
+    def validation_total(self, module: TrainingModule, batch: Any, batch_index: int) -> tuple[Tensor, int]:
         x, context = module.inputs(batch)
         return module.validation_nll(x, context, batch_index).sum(), int(x.shape[0])

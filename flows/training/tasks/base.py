@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import lightning as L
 import torch
@@ -19,10 +20,21 @@ from lightning.pytorch.callbacks import Callback
 from flows.training.config import Config
 from flows.training.objectives import MaximumLikelihood, Objective
 
-if TYPE_CHECKING:  # pragma: no cover
-    from flows.training.pipeline import Fitted
+__all__ = ["Fitted", "Task"]
 
-__all__ = ["Task"]
+
+@dataclass
+class Fitted:
+    """A trained model (best validation weights restored) and facts about its training (`info["data"]`: the
+    splits it was trained on, as the task prepared them)."""
+
+    model: torch.nn.Module
+    module: L.LightningModule
+    trainer: L.Trainer
+    best_checkpoint: Optional[Path]
+    best_val: Optional[float]
+    record: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Task(ABC):

@@ -30,8 +30,6 @@ from flows.training.image_data import (
     ImageDataModule,
     ImageFlowModule,
     ImageOptions,
-    _check_image_model_options,
-    _image_model_parameters,
     build_image_model,
     evaluate_bound,
     initialize_image_model,
@@ -40,8 +38,8 @@ from flows.training.image_data import (
     split_image_options,
 )
 from flows.training.images import one_hot, write_reconstructions, write_sample_grids
-from flows.training.models import with_model_defaults
 from flows.training.objectives import Objective
+from flows.training.registry import check_model_options, with_model_defaults
 from flows.training.safety import read_checkpoint
 from flows.training.tasks.base import Task
 from flows.training.trainer import trainer_arguments
@@ -86,10 +84,10 @@ class ImageTask(Task):
     def resolve(self, values: Union[Config, Mapping[str, Any]]) -> Config:
         config, options, plain = split_image_options(values)
         _check_tabular_keys_unset(config)
-        _check_image_model_options(config.model)
+        check_model_options(config.model, "image")
         trainer_arguments(config.trainer)
         # Saved configs and checkpoints carry every model option, defaults included.
-        model = with_model_defaults(config.model, _image_model_parameters(config.model["name"]))
+        model = with_model_defaults(config.model, "image")
         self.options, self.plain = options, dict(plain, model=model)
         return dataclasses.replace(config, model=model)
 

@@ -28,15 +28,10 @@ from flows.training.evaluation import (
     write_samples,
 )
 from flows.training.fitting import Fitted, train
-from flows.training.models import (
-    build_flow,
-    check_model_options,
-    initialize_flow,
-    resolve_model,
-    standardization_of,
-)
+from flows.training.models import build_flow, initialize_flow, resolve_model, standardization_of
 from flows.training.module import FlowModule, TableDataModule
 from flows.training.objectives import Objective
+from flows.training.registry import check_model_options
 from flows.training.safety import warn_about_columns
 from flows.training.tasks.base import Task
 from flows.training.trainer import torch_threads, trainer_arguments
