@@ -45,7 +45,8 @@ def broadcast_context(
         batch = torch.broadcast_shapes(batch_x, batch_c)
     except RuntimeError as error:
         raise ValueError(
-            f"context batch shape {tuple(batch_c)} does not broadcast with input batch shape {tuple(batch_x)}"
+            f"expected a context batch shape that broadcasts with the input batch shape {tuple(batch_x)}, "
+            f"got {tuple(batch_c)}"
         ) from error
     if batch != batch_x:
         x = x.expand(batch + event_shape)

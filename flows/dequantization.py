@@ -402,7 +402,7 @@ class DequantizedFlow(nn.Module):
         self, sample_shape: Shape = (), context: Optional[Tensor] = None, temperature: float = 1.0
     ) -> Tensor:
         """Continuous samples `y` of shape `sample_shape + context_batch + event`, clipped to `[0, 1]`."""
-        embedded = self.flow._context(context)
+        _, embedded = self.flow._validate(None, context)
         latent = sample_base(self.flow.base, sample_shape, embedded, temperature)
         z, _ = self.flow.transform.inverse(latent, embedded)
         y = z if self.preprocessing is None else self.preprocessing.inverse(z)[0]

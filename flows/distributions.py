@@ -17,6 +17,7 @@ required. `make_base` builds any of them by name.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -50,10 +51,15 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def as_shape(shape: Shape) -> tuple[int, ...]:
-    """An int or a sequence of ints as a tuple of ints."""
-    if isinstance(shape, int):
-        return (shape,)
-    return tuple(int(s) for s in shape)
+    """An int or a sequence of ints (each >= 0) as a tuple of ints; anything else is a TypeError/ValueError."""
+    sizes = (shape,) if isinstance(shape, numbers.Integral) else shape
+    if isinstance(sizes, (str, bytes, Tensor)) or not isinstance(sizes, Sequence):
+        raise TypeError(f"a shape must be an int or a sequence of ints, got {type(shape).__name__} {shape!r}")
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in sizes):
+        raise TypeError(f"a shape must be an int or a sequence of ints, got {shape!r}")
+    if any(s < 0 for s in sizes):
+        raise ValueError(f"a shape must have sizes >= 0, got {tuple(int(s) for s in sizes)}")
+    return tuple(int(s) for s in sizes)
 
 
 class Distribution(nn.Module):

@@ -126,7 +126,9 @@ class MAF(Flow):
             )
             if batch_norm:
                 layers.append(BatchNorm(features))
-        super().__init__(Chain(layers), make_base(base, features, context_features))
+        super().__init__(
+            Chain(layers), make_base(base, features, context_features), context_features=context_features
+        )
 
 
 class NSF(Flow):
@@ -208,7 +210,9 @@ class NSF(Flow):
                         tails=tails,
                     )
                 )
-        super().__init__(Chain(layers), make_base(base, features, context_features))
+        super().__init__(
+            Chain(layers), make_base(base, features, context_features), context_features=context_features
+        )
 
 
 class RealNVP(Flow):
@@ -256,4 +260,6 @@ class RealNVP(Flow):
             )
             if normalization == "batchnorm":
                 layers.append(BatchNorm(features))
-        super().__init__(Chain(layers), make_base(base, features, context_features))
+        super().__init__(
+            Chain(layers), make_base(base, features, context_features), context_features=context_features
+        )

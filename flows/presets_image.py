@@ -92,8 +92,8 @@ class _ImageFlow(Flow):
 
     def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> None:
         """Initialise every ActNorm in order on a batch `x (batch, C, H, W)` (each on its own input)."""
-        self._check_input(x)
-        initialize_actnorms(self.transform, x, self._context(context))
+        x, context = self._validate(x, context)
+        initialize_actnorms(self.transform, x, context)
 
 
 class Glow(_ImageFlow):
@@ -164,7 +164,7 @@ class Glow(_ImageFlow):
             members.append(Inverse(Squeeze(level_shape)))
             return Chain(members)
 
-        super().__init__(level(shape, 0), StandardNormal(shape))
+        super().__init__(level(shape, 0), StandardNormal(shape), context_features=context_features)
         self.levels, self.steps, self.coupling = levels, steps, coupling
         self.split_prior = split_prior
 
@@ -234,6 +234,6 @@ class RealNVPImage(_ImageFlow):
             members.append(Inverse(Squeeze(scale_shape)))
             return Chain(members)
 
-        super().__init__(scale(shape, 0), StandardNormal(shape))
+        super().__init__(scale(shape, 0), StandardNormal(shape), context_features=context_features)
         self.levels, self.coupling = levels, coupling
         self.split_prior = split_prior

@@ -462,3 +462,12 @@ def test_guard_restores_the_parameters_before_the_step() -> None:
         guard.on_train_batch_end(Trainer(), module, None, None, 0)
     assert all(torch.equal(p, b) for p, b in zip(module.parameters(), before))
     assert np.isfinite(sum(float(p.sum()) for p in module.parameters()))
+
+
+def test_guard_accepts_models_with_empty_parameters() -> None:
+    """A zero-size parameter (e.g. an unused context projection) is neither finite nor infinite: skipped."""
+    from flows.training.safety import _all_finite
+
+    assert bool(_all_finite([torch.zeros(0), torch.ones(3)]))
+    assert not bool(_all_finite([torch.zeros(0), torch.tensor([1.0, float("nan")])]))
+    assert bool(_all_finite([torch.zeros(0, 4)]))

@@ -129,7 +129,8 @@ class MaskedCoupling(Bijector):
 
     def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """`batch + event -> (batch + (n_cond,), batch + (n_transformed,))`."""
-        flat = x.reshape(x.shape[: x.dim() - self.event_dims] + (-1,))
+        # The event size is explicit: a `-1` is ambiguous for an empty batch.
+        flat = x.reshape(x.shape[: x.dim() - self.event_dims] + (self.mask.numel(),))
         return flat.index_select(-1, self.identity_index), flat.index_select(-1, self.transformed_index)
 
     def merge(self, x_cond: Tensor, x_transformed: Tensor) -> Tensor:
@@ -217,11 +218,13 @@ class ImageConditioner(nn.Module):
             out = out.reshape(batch + (channels, self.num_params, height * width)).transpose(-1, -2)
             out = out.reshape(batch + (channels * height * width, self.num_params))
             return out.index_select(-2, self.transformed_index)
-        image = x_cond.reshape(batch + (-1, height, width))
+        # Explicit channel counts: a `-1` is ambiguous for an empty batch.
+        n_transformed = self.transformed_index.numel()
+        image = x_cond.reshape(batch + (channels - n_transformed // (height * width), height, width))
         out = self.network(image, context)
         # Transformed channels are contiguous, so their flattened order is (channel, h, w).
-        out = out.reshape(batch + (-1, self.num_params, height * width)).transpose(-1, -2)
-        return out.reshape(batch + (-1, self.num_params))
+        out = out.reshape(batch + (n_transformed // (height * width), self.num_params, height * width))
+        return out.transpose(-1, -2).reshape(batch + (n_transformed, self.num_params))
 
 
 # ---------------------------------------------------------------------------------- thin constructors
