@@ -429,7 +429,7 @@ def _run_all(
 ) -> list[Record]:
     """Validate every config, then run the (config, repeat) pairs that have no up-to-date record."""
     from flows.training.config import load_config
-    from flows.training.run import validate
+    from flows.training.pipeline import validate
 
     # validate every config before running any, so that a typo fails fast
     planned = []

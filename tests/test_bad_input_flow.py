@@ -16,7 +16,7 @@ import torch
 from flows.flow import Flow
 from flows.presets import MAF, NSF, RealNVP
 from flows.presets_image import Glow, RealNVPImage
-from flows.training.models import gaussian
+from flows.training.registry import gaussian
 from tests.helpers import randomize
 
 SMALL = {"transforms": 2, "hidden_features": (8, 8)}

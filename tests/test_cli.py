@@ -15,7 +15,7 @@ import yaml
 from flows.training.checkpoints import load_model
 from flows.training.cli import main, split_overrides
 from flows.training.config import ConfigError
-from flows.training.run import evaluate_log_prob
+from flows.training.evaluation import evaluate_log_prob
 
 REPO = Path(__file__).resolve().parents[1]
 

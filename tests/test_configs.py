@@ -17,8 +17,10 @@ import pytest
 
 from flows.datasets import SKLEARN_TABLES, SYNTHETIC_TARGETS, TOY_NAMES, UCI_NAMES, make_synthetic_target
 from flows.training.config import load_config
-from flows.training.models import build_flow, check_model_options, model_parameters
-from flows.training.run import run, trainer_arguments
+from flows.training.models import build_flow
+from flows.training.pipeline import run
+from flows.training.registry import check_model_options, model_parameters
+from flows.training.trainer import trainer_arguments
 
 try:
     from data_fixtures import write_bsds300, write_gas, write_hepmass, write_miniboone, write_power

@@ -23,8 +23,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from flows.training.cli import main
 from flows.training.config import write_yaml_atomic
 from flows.training.estimator import DensityEstimator
+from flows.training.evaluation import write_samples
 from flows.training.module import FlowModule
-from flows.training.run import run, write_json_atomic, write_samples
+from flows.training.pipeline import run, write_json_atomic
 from flows.training.safety import TrainingDivergedError, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,8 +161,8 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
     original_nll = FlowModule.nll
 
-    def nan_on_validation(self: FlowModule, x: torch.Tensor) -> torch.Tensor:
-        nll = original_nll(self, x)
+    def nan_on_validation(self: FlowModule, x: torch.Tensor, context: Any = None) -> torch.Tensor:
+        nll = original_nll(self, x, context)
         return nll * float("nan") if not self.training and self.current_epoch >= 1 else nll
 
     if poison == "validation":  # training stays finite; the second epoch's validation NLL is NaN
@@ -205,8 +206,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 KILLER = """
 import os, signal, sys
 from lightning.pytorch.callbacks import Callback
-import flows.training.run
-run_module = sys.modules["flows.training.run"]
+import flows.training.trainer as run_module
 
 class KillMidEpoch(Callback):
     def on_train_batch_start(self, trainer, module, batch, index):
@@ -214,7 +214,7 @@ class KillMidEpoch(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 callbacks = run_module.safety_callbacks
-run_module.safety_callbacks = lambda: [*callbacks(), KillMidEpoch()]
+run_module.safety_callbacks = lambda monitor='val_nll': [*callbacks(monitor), KillMidEpoch()]
 from flows.training.cli import main
 sys.exit(main(["fit", "--config", sys.argv[1]]))
 """
@@ -286,9 +286,12 @@ def _kill_and_resume(
         def on_train_start(self, trainer: Any, module: Any) -> None:
             first_steps.append(trainer.global_step)
 
-    run_module = sys.modules["flows.training.run"]  # the module (`flows.training.run` is also the function)
+    import flows.training.trainer as run_module
+
     callbacks = run_module.safety_callbacks
-    monkeypatch.setattr(run_module, "safety_callbacks", lambda: [*callbacks(), FirstStep()])
+    monkeypatch.setattr(
+        run_module, "safety_callbacks", lambda monitor="val_nll": [*callbacks(monitor), FirstStep()]
+    )
     assert main(["fit", "--config", str(config_path), "--resume"]) == 0
     assert first_steps == [checkpoint_step]  # continued from the checkpoint, not retrained from scratch
     return run_dir

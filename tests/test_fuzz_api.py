@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from flows.flow import Flow
 from flows.presets import MAF, NSF, RealNVP
-from flows.training.models import gaussian
+from flows.training.registry import gaussian
 from tests.helpers import randomize
 
 FEATURES, CONTEXT = 3, 2

@@ -274,7 +274,8 @@ def small_overrides(config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_image_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None:
     from flows.training.config import read_yaml
-    from flows.training.image_run import evaluate_image_checkpoint, run_image, sample_images
+    from flows.training.pipeline import run as run_image
+    from flows.training.tasks.image import evaluate_image_checkpoint, sample_images
 
     assert len(CONFIGS) >= 7
     config = small_overrides(read_yaml(path), tmp_path)
@@ -332,7 +333,7 @@ def test_image_options_and_models_are_validated_by_key() -> None:
         build_image_model({"name": "glow", "depth": 3}, options, (1, 8, 8), 17, 10)
     with pytest.raises(ConfigError, match="set from the data"):
         build_image_model({"name": "glow", "shape": [1, 8, 8]}, options, (1, 8, 8), 17, 10)
-    with pytest.raises(ConfigError, match="image models"):
+    with pytest.raises(ConfigError, match="model 'maf' is for a table dataset; models for an image dataset"):
         build_image_model({"name": "maf"}, options, (1, 8, 8), 17, 10)
     model = build_image_model({"name": "realnvp", "hidden_channels": 4}, options, (1, 8, 8), 17, 10)
     assert model.flow.transform is not None and model.dequantizer.context_features == 10

@@ -33,11 +33,11 @@ from flows.training.checkpoints import load_model
 from flows.training.cli import main
 from flows.training.config import ConfigError, load_config, parse_config
 from flows.training.estimator import DensityEstimator
-from flows.training.image_run import load_image_model
 from flows.training.module import FlowModule
-from flows.training.run import run
+from flows.training.pipeline import run
 from flows.training.rundir import RunDirectoryLocked, run_lock
 from flows.training.safety import TrainingDivergedError, read_checkpoint
+from flows.training.tasks.image import load_image_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_NSF = {"name": "nsf", "transforms": 2, "hidden_features": [8, 8], "residual_blocks": 0, "bins": 4}
@@ -181,7 +181,7 @@ def test_resume_refuses_a_malicious_last_checkpoint(
 
 def test_trainer_resumes_through_the_safe_reader(tmp_path: Path) -> None:
     """Lightning's own `ckpt_path=` load goes through `AtomicCheckpointIO` (weights only)."""
-    from flows.training.run import make_trainer
+    from flows.training.trainer import make_trainer
 
     config = parse_config(_config(tmp_path, "run"))
     trainer = make_trainer(config, tmp_path / "run")
@@ -262,8 +262,8 @@ def test_last_checkpoint_follows_every_validation_and_the_end(
 ) -> None:
     original = FlowModule.nll
 
-    def worse_every_epoch(self: FlowModule, x: torch.Tensor) -> torch.Tensor:
-        nll = original(self, x)
+    def worse_every_epoch(self: FlowModule, x: torch.Tensor, context: Any = None) -> torch.Tensor:
+        nll = original(self, x, context)
         return nll + 10.0 * self.current_epoch if not self.training else nll
 
     monkeypatch.setattr(FlowModule, "nll", worse_every_epoch)

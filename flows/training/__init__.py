@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from flows.training.config import Config, ConfigError, load_config, parse_config
 from flows.training.estimator import DensityEstimator
-from flows.training.run import RunResult, evaluate_checkpoint, run, validate
+from flows.training.pipeline import RunResult, run, validate
+from flows.training.tasks.tabular import evaluate_checkpoint
 
 __all__ = [
     "Config",

@@ -105,15 +105,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fit(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int:
-    from flows.training.run import run, validate
+    from flows.training.pipeline import run, validate
 
-    config = load_config(arguments.config, overrides)
-    validate(config)
-    if arguments.print_config:
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    config = load_config(arguments.config, overrides)  # YAML parsed and every section validated, once
+    if arguments.print_config:  # the resolved config: the task's checks, the model's defaults filled in
+        print(yaml.safe_dump(validate(config).to_dict(), sort_keys=False), end="")
         return 0
-
-    run(config, resume=arguments.resume)
+    run(config, resume=arguments.resume)  # the task validates the model and trainer keys, once
     return 0
 
 
@@ -128,10 +126,10 @@ def _is_image_checkpoint(path: str) -> bool:
 
 def _test(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int:
     from flows.training.checkpoints import load_model
-    from flows.training.run import evaluate_checkpoint
+    from flows.training.tasks.tabular import evaluate_checkpoint
 
     if _is_image_checkpoint(arguments.ckpt):
-        from flows.training.image_run import evaluate_image_checkpoint
+        from flows.training.tasks.image import evaluate_image_checkpoint
 
         values: dict = {}
         for path in arguments.config:
@@ -151,12 +149,12 @@ def _test(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> in
 
 def _sample(arguments: argparse.Namespace) -> int:
     from flows.training.checkpoints import load_model
-    from flows.training.run import draw_samples, write_samples
+    from flows.training.evaluation import draw_samples, write_samples
 
     if arguments.num_samples < 1:
         raise ConfigError(f"-n must be a positive integer, got {arguments.num_samples}")
     if _is_image_checkpoint(arguments.ckpt):
-        from flows.training.image_run import sample_images
+        from flows.training.tasks.image import sample_images
 
         path = sample_images(
             arguments.ckpt,
@@ -205,7 +203,7 @@ def _score_columns(
 def _score(arguments: argparse.Namespace) -> int:
     from flows.datasets import load_table
     from flows.training.checkpoints import load_model
-    from flows.training.run import evaluate_log_prob, write_samples
+    from flows.training.evaluation import evaluate_log_prob, write_samples
 
     loaded = load_model(arguments.ckpt)
     header = None if arguments.header is None else arguments.header == "true"

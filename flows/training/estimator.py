@@ -25,8 +25,9 @@ from flows.io import atomic_open
 from flows.training.checkpoints import ESTIMATOR_FORMAT, load_model
 from flows.training.config import ConfigError, TrainConfig, parse_config
 from flows.training.data import splits_from_arrays
-from flows.training.run import draw_samples, evaluate_log_prob, fit_flow
+from flows.training.evaluation import draw_samples, evaluate_log_prob
 from flows.training.safety import TrainingDivergedError, read_checkpoint
+from flows.training.tasks.tabular import fit_flow
 
 __all__ = ["DensityEstimator"]
 
@@ -127,8 +128,8 @@ class DensityEstimator:
             },
         }
         config = parse_config(values)
-        from flows.training.models import check_model_options
-        from flows.training.run import trainer_arguments
+        from flows.training.registry import check_model_options
+        from flows.training.trainer import trainer_arguments
 
         check_model_options(config.model)
         trainer_arguments(config.trainer)
@@ -178,11 +179,11 @@ class DensityEstimator:
                     outcome = fit_flow(config, splits, run_dir, quiet=not self.verbose)
         except TrainingDivergedError as error:
             raise self._diverged(error) from None
-        self.flow_ = outcome.flow.cpu().eval()
+        self.flow_ = outcome.model.cpu().eval()
         self.record_ = outcome.record
         self.columns_ = list(splits.columns)
         self.n_features_in_ = splits.features
-        self.best_val_nll_ = outcome.best_val_nll
+        self.best_val_nll_ = outcome.best_val
         self.n_epochs_ = outcome.info["epochs"]
         self.n_steps_ = outcome.info["steps"]
         self.config_ = config

@@ -1,4 +1,4 @@
-"""Image runs, part 1: the `image` config section, the data and the models (`image_run` trains and samples).
+"""Image runs, part 1: the `image` config section, the data and the models (`tasks.image` trains and samples).
 
 Image runs: `data.dataset: image:<digits|mnist|cifar10>` trained through the same `FlowModule` and configs.
 
@@ -30,9 +30,7 @@ images (dequantisation is always on and built into the bound).
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -49,16 +47,16 @@ from flows.training.config import (
     Config,
     ConfigError,
     _build,
-    check_value,
     parse_config,
     unknown_key_error,
 )
 from flows.training.data import GlobalBatchSampler, ResumableBatches
 from flows.training.images import DEFAULT_TEMPERATURES, one_hot
 from flows.training.module import FlowModule
+from flows.training.objectives import Objective
+from flows.training.registry import check_model_options, model_builder
 
 __all__ = [
-    "IMAGE_MODELS",
     "ImageDataModule",
     "ImageFlowModule",
     "ImageOptions",
@@ -70,10 +68,6 @@ __all__ = [
 ]
 
 #: model name -> "module:attribute" of an image preset taking `shape` and `context_features`
-IMAGE_MODELS: dict[str, str] = {
-    "glow": "flows.presets_image:Glow",
-    "realnvp": "flows.presets_image:RealNVPImage",
-}
 
 
 @dataclass
@@ -223,53 +217,6 @@ class ImageDataModule(ResumableBatches, L.LightningDataModule):
 
 
 # ------------------------------------------------------------------------------------------------ models
-def _image_builder(name: str) -> Any:
-    if name not in IMAGE_MODELS:
-        raise ConfigError(f"config key 'model.name': image models are {sorted(IMAGE_MODELS)}, got {name!r}")
-    import importlib
-
-    module_name, attribute = IMAGE_MODELS[name].split(":")
-    return getattr(importlib.import_module(module_name), attribute)
-
-
-_IMAGE_DATA_ARGUMENTS = ("shape", "context_features")
-
-
-def _image_model_parameters(name: str) -> dict[str, inspect.Parameter]:
-    """The configurable keyword parameters of image model `name` (data-given ones excluded)."""
-    signature = inspect.signature(_image_builder(name))
-    return {
-        key: parameter
-        for key, parameter in signature.parameters.items()
-        if key not in _IMAGE_DATA_ARGUMENTS and key != "self"
-    }
-
-
-def _check_image_model_options(model: Mapping[str, Any]) -> dict[str, Any]:
-    name = model.get("name")
-    if not isinstance(name, str):
-        raise ConfigError(f"config key 'model.name' is required; expected one of {sorted(IMAGE_MODELS)}")
-    builder = _image_builder(name)
-    try:
-        hints = typing.get_type_hints(builder.__init__ if inspect.isclass(builder) else builder)
-    except Exception:
-        hints = {}
-    given = _IMAGE_DATA_ARGUMENTS
-    valid = list(_image_model_parameters(name))
-    options: dict[str, Any] = {}
-    for key, value in model.items():
-        if key == "name":
-            continue
-        if key in given:
-            raise ConfigError(
-                f"config key 'model.{key}' is set from the data and cannot be configured; remove it"
-            )
-        if key not in valid:
-            raise unknown_key_error(f"model.{key}", valid, f"model ({name})")
-        options[key] = check_value(f"model.{key}", value, hints.get(key, Any))
-    return options
-
-
 def build_image_model(
     model: Mapping[str, Any],
     options: ImageOptions,
@@ -278,9 +225,9 @@ def build_image_model(
     num_classes: int,
 ) -> DequantizedFlow:
     """The `DequantizedFlow` of a `model` section and the `image` options for images of `shape`."""
-    kwargs = _check_image_model_options(model)
+    kwargs = check_model_options(model, "image")
     context_features = num_classes if options.conditional else 0
-    builder = _image_builder(model["name"])
+    builder = model_builder(model["name"], "image")
     try:
         flow = builder(shape=tuple(shape), context_features=context_features, **kwargs)
     except (TypeError, ValueError) as error:
@@ -327,37 +274,37 @@ class ImageFlowModule(FlowModule):
         eval_samples: int = 1,
         hparams: Optional[dict[str, Any]] = None,
         validation_seed: int = 0,
+        objective: Optional[Objective] = None,
     ) -> None:
-        super().__init__(model, train_config, hparams=hparams)
+        super().__init__(model, train_config, hparams=hparams, objective=objective)
         self.validation_seed = int(validation_seed)
         self.num_classes = int(num_classes)
         self.eval_samples = int(eval_samples)
         self.num_dims = model.num_dims
 
-    def context(self, labels: Tensor) -> Optional[Tensor]:
+    def inputs(self, batch: Sequence[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        """`(integer images, labels)` as `(images, one-hot context or None)`."""
+        images, labels = batch
         if not self.num_classes:
-            return None
-        return one_hot(labels, self.num_classes, self.data_mean.dtype)
+            return images, None
+        return images, one_hot(labels, self.num_classes, self.data_mean.dtype)
 
-    def nll(self, x: Tensor, labels: Optional[Tensor] = None, num_samples: int = 1) -> Tensor:  # type: ignore[override]
-        context = None if labels is None else self.context(labels)
+    def perturb(self, x: Tensor, progress: float) -> Tensor:
+        return x  # the dequantisation noise is part of the model's bound
+
+    def nll(self, x: Tensor, context: Optional[Tensor] = None, num_samples: int = 1) -> Tensor:  # type: ignore[override]
         return -self.log_density(x, context, num_samples=num_samples)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> Tensor:
-        images, labels = batch
-        loss = self.nll(images, labels).mean()
-        self.log("train_nll", loss, prog_bar=True, batch_size=images.shape[0])
-        self.log("train_bpd", bits_per_dim(loss.detach(), self.num_dims), batch_size=images.shape[0])
-        return loss
+    def log_training(self, loss: Tensor, rows: int) -> None:
+        super().log_training(loss, rows)
+        self.log("train_bpd", bits_per_dim(loss.detach(), self.num_dims), batch_size=rows)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> None:
-        images, labels = batch
+    def validation_nll(self, x: Tensor, context: Optional[Tensor], batch_index: int) -> Tensor:
         # The same noise at every validation (common random numbers): val_nll changes only with the model.
-        devices = [images.device] if images.device.type == "cuda" else []
+        devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.validation_seed + batch_index)
-            total = self.nll(images, labels, self.eval_samples).sum()
-        self.add_validation(total, images.shape[0])
+            return self.nll(x, context, self.eval_samples)
 
     def log_validation(self, mean_nll: Tensor) -> None:
         super().log_validation(mean_nll)

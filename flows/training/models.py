@@ -1,19 +1,13 @@
-"""Build a `Flow` from a `model` config section, with the data standardisation folded in as its first bijector.
-
-`model.name` picks a builder (the presets `maf`, `nsf`, `realnvp`, `glow`, and `gaussian`, a full-covariance
-Gaussian baseline); the other keys are the builder's keyword arguments, checked against its signature
-(unknown key -> error listing the valid ones; wrong type -> error naming the key, the expected type and
-the value). `features` (and `context_features`) come from the data, not from the config.
+"""Build a table `Flow` from a `model` config section, with the data standardisation folded in as its first
+bijector. `model.name` picks a builder of `flows.training.registry.MODELS` (`maf`, `nsf`, `realnvp`,
+`gaussian`); `features` (and `context_features`) come from the data, not from the config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
-import typing
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -21,129 +15,16 @@ import torch
 from torch import Tensor, nn
 
 from flows.core import Bijector, Chain
-from flows.distributions import StandardNormal
 from flows.flow import Flow
-from flows.training.config import Config, ConfigError, check_value, unknown_key_error
+from flows.training.config import Config, ConfigError
+from flows.training.registry import check_model_options, model_builder, with_model_defaults
 
-__all__ = [
-    "MODELS",
-    "build_flow",
-    "check_model_options",
-    "initialize_flow",
-    "model_builder",
-    "model_parameters",
-    "standardization_of",
-]
-
-#: Keyword arguments filled in from the data, never from the config.
-DATA_ARGUMENTS = ("features", "context_features")
-
-
-def gaussian(features: int, context_features: int = 0) -> Flow:
-    """A full-covariance Gaussian baseline: one LU-parameterised affine map to N(0, I)."""
-    from flows.bijectors.linear import LULinear
-
-    if context_features:
-        raise ValueError("the gaussian baseline is unconditional; got context_features > 0")
-    return Flow(Chain(LULinear(features)), StandardNormal(features))
-
-
-#: model name -> "module:attribute" of a callable returning a Flow, or the callable itself.
-MODELS: dict[str, Any] = {
-    "maf": "flows.presets:MAF",
-    "nsf": "flows.presets:NSF",
-    "realnvp": "flows.presets:RealNVP",
-    "glow": "flows.presets_image:Glow",
-    "gaussian": gaussian,
-}
-
-
-def model_builder(name: str) -> Callable[..., Flow]:
-    """The callable registered under `name`; a ConfigError when unknown or not importable."""
-    if name not in MODELS:
-        raise ConfigError(
-            f"config key 'model.name': unknown model {name!r}; expected one of {sorted(MODELS)}"
-        )
-    target = MODELS[name]
-    if callable(target):
-        return target
-    module_name, attribute = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, attribute)
-    except (ImportError, AttributeError) as error:
-        raise ConfigError(
-            f"config key 'model.name': model {name!r} needs {module_name}.{attribute}, "
-            f"which could not be imported ({error})"
-        ) from error
-
-
-def model_parameters(name: str) -> dict[str, inspect.Parameter]:
-    """The configurable keyword parameters of model `name` (data-given ones excluded)."""
-    builder = model_builder(name)
-    signature = inspect.signature(builder)
-    return {
-        key: parameter
-        for key, parameter in signature.parameters.items()
-        if key not in DATA_ARGUMENTS
-        and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    }
-
-
-def with_model_defaults(
-    model: Mapping[str, Any], parameters: Mapping[str, inspect.Parameter]
-) -> dict[str, Any]:
-    """The `model` section with every omitted option at its default, as plain YAML values.
-
-    Saved configs and checkpoints carry the whole architecture, so a later change of a preset's default
-    never changes what an old checkpoint rebuilds.
-    """
-    resolved = dict(model)
-    for key, parameter in parameters.items():
-        if key not in resolved and parameter.default is not inspect.Parameter.empty:
-            default = parameter.default
-            resolved[key] = list(default) if isinstance(default, tuple) else default
-    return resolved
+__all__ = ["build_flow", "initialize_flow", "resolve_model", "standardization_of"]
 
 
 def resolve_model(config: Config) -> Config:
     """`config` with its (tabular) model section completed by `with_model_defaults`."""
-    model = with_model_defaults(config.model, model_parameters(config.model["name"]))
-    return dataclasses.replace(config, model=model)
-
-
-def _type_hints(builder: Callable[..., Any]) -> dict[str, Any]:
-    target = builder.__init__ if inspect.isclass(builder) else builder
-    try:
-        return typing.get_type_hints(target)
-    except Exception:  # unresolvable annotations: fall back to no type checks
-        return {}
-
-
-def check_model_options(model: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a `model` section; returns the builder's keyword arguments (without `name`)."""
-    if "name" not in model:
-        raise ConfigError("config key 'model.name' is required; expected one of " + ", ".join(sorted(MODELS)))
-    name = model["name"]
-    builder = model_builder(name)
-    parameters = model_parameters(name)
-    hints = _type_hints(builder)
-    options: dict[str, Any] = {}
-    for key, value in model.items():
-        if key == "name":
-            continue
-        if key in DATA_ARGUMENTS:
-            raise ConfigError(
-                f"config key 'model.{key}' is set from the data and cannot be configured; remove it"
-            )
-        if key not in parameters:
-            raise unknown_key_error(f"model.{key}", list(parameters), f"model ({name})")
-        annotation = hints.get(key, Any)
-        options[key] = check_value(f"model.{key}", value, annotation)
-    for key, parameter in parameters.items():
-        if parameter.default is inspect.Parameter.empty and key not in options:
-            raise ConfigError(f"config key 'model.{key}' is required by model {name!r}")
-    return options
+    return dataclasses.replace(config, model=with_model_defaults(config.model, "table"))
 
 
 def _standardize_bijector(mean: np.ndarray, std: np.ndarray) -> Bijector:
@@ -227,12 +108,7 @@ def build_flow(
     - sum(log std)`. Pass zeros/ones placeholders when the values will come from a state dict.
     """
     options = check_model_options(model)
-    builder = model_builder(model["name"])
-    if "shape" in model_parameters(model["name"]):
-        raise ConfigError(
-            f"model {model['name']!r} is an image model; the tabular pipeline trains vector models "
-            f"(one of {sorted(k for k in MODELS if k != 'glow')})"
-        )
+    builder = model_builder(model["name"], "table")
     try:
         flow = builder(features=features, **options)
     except (TypeError, ValueError) as error:

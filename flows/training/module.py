@@ -11,6 +11,7 @@ early stopping decides the same on every rank).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import lightning as L
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from flows.training.config import MollificationConfig, TrainConfig
 from flows.training.data import GlobalBatchSampler, ResumableBatches
+from flows.training.objectives import MaximumLikelihood, Objective
 
 __all__ = ["FlowModule", "TableDataModule", "mollification_sigma", "warmup_cosine_factor"]
 
@@ -72,9 +74,11 @@ class FlowModule(L.LightningModule):
         dequantize: bool = False,
         hparams: Optional[dict[str, Any]] = None,
         seed: int = 0,
+        objective: Optional[Objective] = None,
     ) -> None:
         super().__init__()
         self.flow = flow
+        self.objective = objective if objective is not None else MaximumLikelihood()
         self.seed = int(seed)
         self.train_config = train_config
         self.dequantize = dequantize
@@ -156,23 +160,31 @@ class FlowModule(L.LightningModule):
             x = z * std + mean
         return x
 
-    def nll(self, x: Tensor) -> Tensor:
-        """Per-row negative log-likelihood `(batch,)` in data units."""
-        return -self.log_density(x)
+    def inputs(self, batch: Sequence[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        """A batch as `(x (b, D), context (b, C) or None)`: tables yield `(x,)` or `(x, context)`."""
+        return batch[0], (batch[1] if len(batch) > 1 else None)
 
-    def training_step(self, batch: tuple[Tensor], batch_index: int) -> Tensor:
-        (x,) = batch
-        loss = self.nll(self.perturb(x, self.progress())).mean()
-        self.log("train_nll", loss, prog_bar=True, batch_size=x.shape[0])
-        return loss
+    def nll(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """Per-row negative log-likelihood `(batch,)` in data units."""
+        return -self.log_density(x, context)
+
+    def validation_nll(self, x: Tensor, context: Optional[Tensor], batch_index: int) -> Tensor:
+        """Per-row NLL `(batch,)` of a validation batch (tables: exact, no noise)."""
+        return self.nll(x, context)
+
+    def log_training(self, loss: Tensor, rows: int) -> None:
+        """Log a training batch's loss as `train_nll`."""
+        self.log("train_nll", loss, prog_bar=True, batch_size=rows)
+
+    def training_step(self, batch: Sequence[Tensor], batch_index: int) -> Tensor:
+        return self.objective.training_loss(self, batch)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sum = None
         self._val_count = 0
 
-    def validation_step(self, batch: tuple[Tensor], batch_index: int) -> None:
-        (x,) = batch
-        self.add_validation(self.nll(x).sum(), x.shape[0])
+    def validation_step(self, batch: Sequence[Tensor], batch_index: int) -> None:
+        self.add_validation(*self.objective.validation_total(self, batch, batch_index))
 
     def add_validation(self, total_nll: Tensor, rows: int) -> None:
         """Accumulate one validation batch: the sum of its per-row NLLs and its row count."""
@@ -184,9 +196,9 @@ class FlowModule(L.LightningModule):
             return
         self.log_validation(self._val_sum / self._val_count)
 
-    def log_validation(self, mean_nll: Tensor) -> None:
-        """Log the validation's mean NLL as `val_nll` (the early-stopping and checkpoint monitor)."""
-        self.log("val_nll", mean_nll, prog_bar=True, sync_dist=False)
+    def log_validation(self, mean_value: Tensor) -> None:
+        """Log the validation's mean as the objective's monitor (the early-stopping and checkpoint metric)."""
+        self.log(self.objective.monitor, mean_value, prog_bar=True, sync_dist=False)
 
     # ---------------------------------------------------------------- optimisation
 

@@ -229,9 +229,9 @@ def _non_finite_names(
     return [names.get(id(p), "?") for p in parameters if not bool(torch.isfinite(value(p)).all())]
 
 
-def safety_callbacks() -> list[Callback]:
-    """The callbacks every flows training run gets: `NonFiniteGuard` and `RandomStateCheckpoint`."""
-    return [NonFiniteGuard(), RandomStateCheckpoint()]
+def safety_callbacks(monitor: str = "val_nll") -> list[Callback]:
+    """The callbacks every flows training run gets: `NonFiniteGuard` (on `monitor`) and `RandomStateCheckpoint`."""
+    return [NonFiniteGuard(monitor), RandomStateCheckpoint()]
 
 
 # ----------------------------------------------------------------------------------------------------------

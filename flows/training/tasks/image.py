@@ -1,16 +1,13 @@
-"""Image runs, part 2: training and evaluating an image config, and using its checkpoints.
+"""The image task: a `DequantizedFlow` on integer images (bits/dim), with sample grids and reconstructions.
 
-`run_image` trains through the same `FlowModule`, Trainer and checkpoints as tabular runs (see
-`flows.training.image_data` for the `image` config section, the data and the models);
-`evaluate_image_checkpoint` and `sample_images` serve `flows test` and `flows sample`.
+`ImageTask` runs through the one pipeline (see `flows.training.image_data` for the `image` config section,
+the data and the models); `evaluate_image_checkpoint` and `sample_images` serve `flows test` and `flows sample`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,24 +22,27 @@ from flows.datasets.images import ImageSplits
 from flows.dequantization import DequantizedFlow, bits_per_dim
 from flows.training.config import (
     Config,
-    write_yaml_atomic,
+    ConfigError,
 )
 from flows.training.data import GlobalBatchSampler
+from flows.training.fitting import Fitted
 from flows.training.image_data import (
     ImageDataModule,
     ImageFlowModule,
     ImageOptions,
-    _check_image_model_options,
-    _image_model_parameters,
     build_image_model,
     evaluate_bound,
     initialize_image_model,
+    is_image_config,
     load_image_splits,
     split_image_options,
 )
 from flows.training.images import one_hot, write_reconstructions, write_sample_grids
-from flows.training.models import with_model_defaults
+from flows.training.objectives import Objective
+from flows.training.registry import check_model_options, with_model_defaults
 from flows.training.safety import read_checkpoint
+from flows.training.tasks.base import Task
+from flows.training.trainer import trainer_arguments
 
 __all__ = [
     "LoadedImageModel",
@@ -50,7 +50,8 @@ __all__ = [
     "format_image_summary",
     "is_image_checkpoint",
     "load_image_model",
-    "run_image",
+    "ImageTask",
+    "is_image_config",
     "sample_images",
 ]
 
@@ -72,144 +73,154 @@ def _record(plain_config: dict[str, Any], splits: ImageSplits, num_classes: int)
     }
 
 
-def run_image(values: Union[Config, Mapping[str, Any]], verbose: bool = True, resume: bool = False) -> Any:
-    """Train and evaluate an image config; returns a `flows.training.run.RunResult`.
+class ImageTask(Task):
+    """Integer images: `ImageSplits`, a `DequantizedFlow` whose `log_prob` is the discrete bound, bits/dim."""
 
-    `resume=True` continues from `run_dir/checkpoints/last.ckpt` when it exists (needs `output.name`).
+    def __init__(self) -> None:
+        self.options = ImageOptions()
+        self.plain: dict[str, Any] = {}
+        self.num_classes = 0
 
-    Writes into the run directory: `config.yaml`, `checkpoints/`, `metrics.csv` (with `val_bpd`),
-    `metrics.json` (`test_bpd`, `test_bpd_se`, `test_nll`, `best_val_bpd`, `reconstruction_error`, ...),
-    `samples/samples_t<T>.png` per temperature and `samples/samples_temperatures.png`, `reconstructions.png`.
-    """
-    import importlib
+    def resolve(self, values: Union[Config, Mapping[str, Any]]) -> Config:
+        config, options, plain = split_image_options(values)
+        _check_tabular_keys_unset(config)
+        check_model_options(config.model, "image")
+        trainer_arguments(config.trainer)
+        # Saved configs and checkpoints carry every model option, defaults included.
+        model = with_model_defaults(config.model, "image")
+        self.options, self.plain = options, dict(plain, model=model)
+        return dataclasses.replace(config, model=model)
 
-    tabular = importlib.import_module("flows.training.run")
+    def plain_config(self, config: Config) -> dict[str, Any]:
+        return self.plain
 
-    start = time.perf_counter()
-    config, options, plain = split_image_options(values)
-    _check_image_model_options(config.model)
-    # Saved configs and checkpoints carry every model option, defaults included.
-    model = with_model_defaults(config.model, _image_model_parameters(config.model["name"]))
-    config, plain = dataclasses.replace(config, model=model), dict(plain, model=model)
-    with tabular.claim_run_dir(config, model, resume, verbose) as started:
-        if started.finished is not None:
-            return tabular.finished_result(started, config)
-        return _train_and_evaluate(config, options, plain, started, verbose, start)
+    def load_data(self, config: Config) -> ImageSplits:
+        splits = load_image_splits(config, self.options)
+        self.num_classes = splits.num_classes if self.options.conditional else 0
+        return splits
 
+    def build(self, config: Config, data: ImageSplits) -> tuple[torch.nn.Module, dict[str, Any]]:
+        model = build_image_model(config.model, self.options, data.shape, data.num_levels, data.num_classes)
+        return model, _record(self.plain, data, self.num_classes)
 
-def _train_and_evaluate(
-    config: Config, options: ImageOptions, plain: dict[str, Any], started: Any, verbose: bool, start: float
-) -> Any:
-    import importlib
-
-    tabular = importlib.import_module("flows.training.run")
-    run_dir, resume_from, worker = started.run_dir, started.resume_from, started.worker
-    if not worker:
-        write_yaml_atomic(plain, run_dir / "config.yaml")
-    splits = load_image_splits(config, options)
-    num_classes = splits.num_classes if options.conditional else 0
-
-    seed = config.seed
-    L.seed_everything(seed, workers=True, verbose=False)
-    model = build_image_model(config.model, options, splits.shape, splits.num_levels, splits.num_classes)
-    record = _record(plain, splits, num_classes)
-    train = config.train
-
-    trainer = tabular.make_trainer(config, run_dir, _PrintBitsPerDim(), resume_from)
-    checkpoint = trainer.checkpoint_callback
-    datamodule = ImageDataModule(splits, train.batch_size, train.eval_batch_size, train.shuffle, seed)
-    if train.actnorm_init:
-        global_batch = train.batch_size * trainer.world_size
-        first = next(iter(GlobalBatchSampler(splits.train.shape[0], global_batch, train.shuffle, seed)))
-        labels = torch.as_tensor(splits.train_labels[first])
-        context = one_hot(labels, num_classes) if num_classes else None
-        initialize_image_model(model, torch.as_tensor(splits.train[first]), context)
-    module = ImageFlowModule(
-        model, train, num_classes, options.eval_samples, hparams=record, validation_seed=seed + 7
-    )
-    # DDP workers started by Lightning find rank 0's run directory through this variable.
-    previous = os.environ.get(tabular.RUN_DIR_ENV)
-    os.environ[tabular.RUN_DIR_ENV] = str(run_dir.resolve())
-    try:
-        with tabular.quiet_fit_warnings():
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    finally:
-        if not worker:
-            if previous is None:
-                os.environ.pop(tabular.RUN_DIR_ENV, None)
-            else:
-                os.environ[tabular.RUN_DIR_ENV] = previous
-    best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-    if best_path is not None and best_path.is_file():
-        state = read_checkpoint(best_path, map_location=module.device)["state_dict"]
-        module.load_state_dict(state)
-    if not trainer.is_global_zero:
-        return tabular.RunResult({}, run_dir, best_path, model, config, is_global_zero=False)
-    model.eval()
-    train_seconds = time.perf_counter() - start
-
-    metrics: dict[str, Any] = {
-        "dataset": config.data.dataset,
-        "model": config.model["name"],
-        "dequantization": options.dequantization,
-        "preprocessing": options.preprocessing,
-        "conditional": options.conditional,
-        "shape": list(splits.shape),
-        "num_levels": splits.num_levels,
-    }
-    for split in ("val", "test"):
-        images, labels = getattr(splits, split), getattr(splits, f"{split}_labels")
-        log_p = evaluate_bound(
-            model, images, labels, num_classes, train.eval_batch_size, options.eval_samples, seed + 1
+    def initialize(
+        self, model: torch.nn.Module, data: ImageSplits, config: Config, global_batch: int
+    ) -> None:
+        first = next(
+            iter(GlobalBatchSampler(data.train.shape[0], global_batch, config.train.shuffle, config.seed))
         )
-        nll = -log_p
-        se = float(np.std(nll, ddof=1) / math.sqrt(nll.shape[0])) if nll.shape[0] > 1 else float("nan")
-        metrics.update(
-            {
-                f"{split}_nll": float(nll.mean()),
-                f"{split}_nll_se": se,
-                f"{split}_bpd": float(bits_per_dim(float(nll.mean()), splits.num_dims)),
-                f"{split}_bpd_se": float(bits_per_dim(se, splits.num_dims)),
-                f"{split}_rows": int(nll.shape[0]),
-            }
-        )
-    # The tabular results' column names, for the experiments runner: log-likelihood in nats per image.
-    metrics["test_log_likelihood"] = -metrics["test_nll"]
-    metrics["test_log_likelihood_se"] = metrics["test_nll_se"]
-    metrics["test_log_likelihood_2se"] = 2 * metrics["test_nll_se"]
-    metrics["eval_samples"] = options.eval_samples
-    if checkpoint.best_model_score is not None:
-        metrics["best_val_nll"] = float(checkpoint.best_model_score)
-        metrics["best_val_bpd"] = float(bits_per_dim(float(checkpoint.best_model_score), splits.num_dims))
+        labels = torch.as_tensor(data.train_labels[first])
+        context = one_hot(labels, self.num_classes) if self.num_classes else None
+        initialize_image_model(model, torch.as_tensor(data.train[first]), context)  # type: ignore[arg-type]
 
-    pictures = run_dir / "samples"
-    grids = write_sample_grids(model, pictures, options.temperatures, options.grid_size, num_classes, seed)
-    metrics["sample_grids"] = [str(p) for p in grids]
-    if options.reconstructions > 0:
-        count = min(options.reconstructions, splits.test.shape[0])
-        context = None
-        if num_classes:
-            context = one_hot(torch.as_tensor(splits.test_labels[:count]), num_classes)
-        metrics["reconstruction_error"] = write_reconstructions(
-            model, torch.as_tensor(splits.test[:count]), run_dir / "reconstructions.png", context
+    def module(
+        self,
+        model: torch.nn.Module,
+        config: Config,
+        data: ImageSplits,
+        record: dict[str, Any],
+        objective: Objective,
+    ) -> ImageFlowModule:
+        return ImageFlowModule(
+            model,  # type: ignore[arg-type]
+            config.train,
+            self.num_classes,
+            self.options.eval_samples,
+            hparams=record,
+            validation_seed=config.seed + 7,
+            objective=objective,
         )
-    metrics.update(
-        {
-            "n_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
-            "train_rows": int(splits.train.shape[0]),
-            "epochs": int(trainer.current_epoch),
-            "steps": int(trainer.global_step),
-            "seed": seed,
-            "train_seconds": train_seconds,
-            "wall_time": time.perf_counter() - start,
-            "run_dir": str(run_dir),
-            "checkpoint": None if best_path is None else str(best_path),
+
+    def datamodule(self, data: ImageSplits, config: Config) -> ImageDataModule:
+        train = config.train
+        return ImageDataModule(data, train.batch_size, train.eval_batch_size, train.shuffle, config.seed)
+
+    def progress_printer(self) -> Callback:
+        return _PrintBitsPerDim()
+
+    def evaluate(self, fitted: Fitted, config: Config) -> dict[str, Any]:
+        splits: ImageSplits = fitted.info["data"]
+        options, model, seed = self.options, fitted.model, config.seed
+        metrics: dict[str, Any] = {
+            "dequantization": options.dequantization,
+            "preprocessing": options.preprocessing,
+            "conditional": options.conditional,
+            "shape": list(splits.shape),
+            "num_levels": splits.num_levels,
         }
-    )
-    tabular.write_json_atomic(metrics, run_dir / "metrics.json")
-    if verbose:
-        print(format_image_summary(metrics), flush=True)
-    return tabular.RunResult(metrics, run_dir, best_path, model, config)
+        for split in ("val", "test"):
+            images, labels = getattr(splits, split), getattr(splits, f"{split}_labels")
+            log_p = evaluate_bound(
+                model,
+                images,
+                labels,
+                self.num_classes,
+                config.train.eval_batch_size,
+                options.eval_samples,
+                seed + 1,
+            )
+            nll = -log_p
+            se = float(np.std(nll, ddof=1) / math.sqrt(nll.shape[0])) if nll.shape[0] > 1 else float("nan")
+            metrics.update(
+                {
+                    f"{split}_nll": float(nll.mean()),
+                    f"{split}_nll_se": se,
+                    f"{split}_bpd": float(bits_per_dim(float(nll.mean()), splits.num_dims)),
+                    f"{split}_bpd_se": float(bits_per_dim(se, splits.num_dims)),
+                    f"{split}_rows": int(nll.shape[0]),
+                }
+            )
+        # The tabular results' column names, for the experiments runner: log-likelihood in nats per image.
+        metrics["test_log_likelihood"] = -metrics["test_nll"]
+        metrics["test_log_likelihood_se"] = metrics["test_nll_se"]
+        metrics["test_log_likelihood_2se"] = 2 * metrics["test_nll_se"]
+        metrics["eval_samples"] = options.eval_samples
+        if fitted.best_val is not None:
+            metrics["best_val_nll"] = float(fitted.best_val)
+            metrics["best_val_bpd"] = float(bits_per_dim(float(fitted.best_val), splits.num_dims))
+        metrics["train_rows"] = int(splits.train.shape[0])
+        metrics["train_seconds"] = fitted.info["fit_seconds"]
+        return metrics
+
+    def write_outputs(self, fitted: Fitted, config: Config, run_dir: Path) -> dict[str, Any]:
+        splits: ImageSplits = fitted.info["data"]
+        options, model = self.options, fitted.model
+        grids = write_sample_grids(  # type: ignore[arg-type]
+            model, run_dir / "samples", options.temperatures, options.grid_size, self.num_classes, config.seed
+        )
+        metrics: dict[str, Any] = {"sample_grids": [str(p) for p in grids]}
+        if options.reconstructions > 0:
+            count = min(options.reconstructions, splits.test.shape[0])
+            context = None
+            if self.num_classes:
+                context = one_hot(torch.as_tensor(splits.test_labels[:count]), self.num_classes)
+            metrics["reconstruction_error"] = write_reconstructions(  # type: ignore[arg-type]
+                model, torch.as_tensor(splits.test[:count]), run_dir / "reconstructions.png", context
+            )
+        return metrics
+
+    def summary(self, metrics: Mapping[str, Any]) -> str:
+        return format_image_summary(metrics)
+
+
+#: keys of table runs that have no meaning for images, with their defaults
+_TABULAR_ONLY = {
+    "train.noise_std": lambda c: c.train.noise_std,
+    "train.mollification.fraction": lambda c: c.train.mollification.fraction,
+    "data.standardize": lambda c: c.data.standardize,
+    "data.dequantize": lambda c: c.data.dequantize,
+}
+
+
+def _check_tabular_keys_unset(config: Config) -> None:
+    """Image runs refuse the table-only keys (set to anything but their defaults) instead of ignoring them."""
+    defaults = Config()
+    for key, get in _TABULAR_ONLY.items():
+        if get(config) != get(defaults):
+            raise ConfigError(
+                f"config key {key!r} applies to table datasets only; image runs dequantise inside the model's "
+                f"bound (image.dequantization), got {key} = {get(config)!r} for {config.data.dataset!r}"
+            )
 
 
 def format_image_summary(metrics: Mapping[str, Any]) -> str:

@@ -1,0 +1,77 @@
+"""Training one model with Lightning: the part of the pipeline that `DensityEstimator` shares with runs.
+
+`train(task, config, data, run_dir)` builds the task's model, makes the Trainer, initialises data-dependent
+layers, fits (or resumes), and restores the best validation weights.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+
+from flows.training.config import Config
+from flows.training.safety import read_checkpoint
+from flows.training.tasks.base import Fitted, Task
+from flows.training.trainer import make_trainer, quiet_fit_warnings
+
+__all__ = ["Fitted", "train"]
+
+
+def train(
+    task: Task,
+    config: Config,
+    data: Any,
+    run_dir: Path,
+    resume_from: Optional[Path] = None,
+    quiet: bool = False,
+) -> Fitted:
+    """Build the task's model for `data`, train it with Lightning into `run_dir`, restore the best weights.
+
+    Returns on every rank; only rank 0 should evaluate and write outputs. `quiet` drops the per-validation
+    lines printed when the progress bar is off. `resume_from`: a checkpoint to continue training from.
+    """
+    seed = config.seed
+    L.seed_everything(seed, workers=True, verbose=False)
+    data = task.prepare_data(config, data)
+    torch.manual_seed(seed)
+    model, record = task.build(config, data)
+    objective = task.objective(config)
+    trainer = make_trainer(
+        config, run_dir, objective.monitor, None if quiet else task.progress_printer(), resume_from
+    )
+    checkpoint = trainer.checkpoint_callback
+    # Data-dependent initialisation on the first global batch: the same rows on every rank, before DDP
+    # wraps the model (so all ranks start from identical parameters).
+    if config.train.actnorm_init:
+        task.initialize(model, data, config, config.train.batch_size * trainer.world_size)
+    module = task.module(model, config, data, record, objective)
+    datamodule = task.datamodule(data, config)
+    fit_start = time.perf_counter()
+    with quiet_fit_warnings():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    fit_seconds = time.perf_counter() - fit_start
+
+    best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    last = run_dir / "checkpoints" / "last.ckpt"  # (ddp_spawn leaves last_model_path unset in this process)
+    if best_path is None and last.is_file():  # no validation ran: the final weights
+        best_path = last
+    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+    if best_path is not None and best_path.is_file():
+        module.load_state_dict(read_checkpoint(best_path, map_location=module.device)["state_dict"])
+    model.eval()
+    epochs, steps = int(trainer.current_epoch), int(trainer.global_step)
+    if steps == 0 and last.is_file():  # ddp_spawn: the counters stayed in the workers
+        saved = read_checkpoint(last)
+        epochs, steps = int(saved.get("epoch", 0)), int(saved.get("global_step", 0))
+    info = {
+        "epochs": epochs,
+        "steps": steps,
+        "world_size": int(trainer.world_size),
+        "fit_seconds": fit_seconds,
+        "data": data,
+    }
+    return Fitted(model, module, trainer, best_path, best_score, record, info)

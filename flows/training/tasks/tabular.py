@@ -1,0 +1,261 @@
+"""The tabular task: a flow fitted to the rows of a table (nats per row), with samples and plots.
+
+Also the pieces that `DensityEstimator` and `flows test` share with it: `fit_flow` (training on given splits,
+without a run directory of its own) and `evaluate_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from flows.training.checkpoints import model_record
+from flows.training.config import Config, ConfigError, parse_config
+from flows.training.data import DataSplits, GlobalBatchSampler, dequantize_fixed, load_splits
+from flows.training.evaluation import (
+    draw_samples,
+    entropy_metrics,
+    evaluate_log_prob,
+    log_likelihood_metrics,
+    write_samples,
+)
+from flows.training.fitting import Fitted, train
+from flows.training.models import build_flow, initialize_flow, resolve_model, standardization_of
+from flows.training.module import FlowModule, TableDataModule
+from flows.training.objectives import Objective
+from flows.training.registry import check_model_options
+from flows.training.safety import warn_about_columns
+from flows.training.tasks.base import Task
+from flows.training.trainer import torch_threads, trainer_arguments
+
+__all__ = ["TabularTask", "evaluate_checkpoint", "fit_flow", "format_summary", "prepare_splits"]
+
+
+class _PrintValidation(Callback):
+    """A one-line validation summary when the progress bar is off."""
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val_nll")
+        if trainer.is_global_zero and value is not None and not trainer.sanity_checking:
+            print(
+                f"epoch {trainer.current_epoch} step {trainer.global_step}: val_nll {float(value):.4f}",
+                flush=True,
+            )
+
+
+def prepare_splits(splits: DataSplits, config: Config, seed: int) -> DataSplits:
+    """Decide dequantisation (`data.dequantize`, or automatic for integer data) and apply its fixed noise to
+    the validation and test splits; `info["dequantized"]` records the decision."""
+    dequantize = config.data.dequantize
+    if dequantize is None:
+        dequantize = splits.discrete or bool(np.all(splits.train == np.round(splits.train)))
+        if dequantize:
+            warnings.warn(
+                f"every training value of {splits.name} is an integer: adding U[0, 1) dequantisation noise "
+                "(set data.dequantize: false to fit the values as they are)",
+                stacklevel=2,
+            )
+    val, test = splits.val, splits.test
+    if dequantize:
+        val, test = dequantize_fixed(splits.val, seed + 1), dequantize_fixed(splits.test, seed + 2)
+    return DataSplits(
+        splits.train,
+        val,
+        test,
+        splits.columns,
+        splits.name,
+        splits.entropy,
+        splits.entropy_se,
+        splits.discrete,
+        dict(splits.info, dequantized=bool(dequantize)),
+    )
+
+
+class TabularTask(Task):
+    """Tables: `DataSplits` of float64 rows, a `flows.Flow` with the standardisation folded in, nats per row."""
+
+    def __init__(self) -> None:
+        self._standardization: tuple[Optional[np.ndarray], Optional[np.ndarray]] = (None, None)
+
+    def resolve(self, values: Union[Config, Mapping[str, Any]]) -> Config:
+        config = parse_config(values)
+        if config.image:
+            raise ConfigError(
+                "config key 'image': the image section applies to image datasets only (data.dataset: "
+                f"image:<name>), got data.dataset {config.data.dataset!r}"
+            )
+        check_model_options(config.model)
+        trainer_arguments(config.trainer)
+        return resolve_model(config)
+
+    def load_data(self, config: Config) -> DataSplits:
+        return load_splits(config.data, config.seed)
+
+    def prepare_data(self, config: Config, data: DataSplits) -> DataSplits:
+        return prepare_splits(data, config, config.seed)
+
+    def build(self, config: Config, data: DataSplits) -> tuple[torch.nn.Module, dict[str, Any]]:
+        dequantized = bool(data.info.get("dequantized"))
+        warn_about_columns(data.train, data.columns, dequantized=dequantized)
+        mean = std = None
+        if config.data.standardize:
+            stats_source = dequantize_fixed(data.train, config.seed) if dequantized else data.train
+            mean, std = standardization_of(stats_source, data.columns)
+        self._standardization = (mean, std)
+        torch.manual_seed(config.seed)
+        flow = build_flow(config.model, data.features, mean, std)
+        return flow, model_record(config, data.features, data.columns, standardized=mean is not None)
+
+    def initialize(self, model: torch.nn.Module, data: DataSplits, config: Config, global_batch: int) -> None:
+        seed = config.seed
+        first = next(iter(GlobalBatchSampler(data.train.shape[0], global_batch, config.train.shuffle, seed)))
+        rows = data.train[first]
+        if data.info.get("dequantized"):
+            rows = dequantize_fixed(rows, seed + 3)
+        initialize_flow(model, torch.as_tensor(rows, dtype=torch.get_default_dtype()))
+
+    def module(
+        self,
+        model: torch.nn.Module,
+        config: Config,
+        data: DataSplits,
+        record: dict[str, Any],
+        objective: Objective,
+    ) -> FlowModule:
+        mean, std = self._standardization
+        return FlowModule(
+            model,
+            config.train,
+            mean,
+            std,
+            dequantize=bool(data.info.get("dequantized")),
+            hparams=record,
+            seed=config.seed,
+            objective=objective,
+        )
+
+    def datamodule(self, data: DataSplits, config: Config) -> TableDataModule:
+        train = config.train
+        return TableDataModule(
+            data.train,
+            data.val,
+            data.test,
+            batch_size=train.batch_size,
+            eval_batch_size=train.eval_batch_size,
+            shuffle=train.shuffle,
+            seed=config.seed,
+            num_workers=config.data.num_workers,
+        )
+
+    def progress_printer(self) -> Callback:
+        return _PrintValidation()
+
+    def evaluate(self, fitted: Fitted, config: Config) -> dict[str, Any]:
+        splits: DataSplits = fitted.info["data"]
+        log_prob = evaluate_log_prob(fitted.model, splits.test, config.train.eval_batch_size)
+        metrics = log_likelihood_metrics(log_prob)
+        metrics.update(entropy_metrics(splits, metrics["test_log_likelihood"]))
+        best = fitted.best_val
+        if best is None and splits.val.shape[0] > 0:  # training ended before any validation ran
+            best = float(-np.mean(evaluate_log_prob(fitted.model, splits.val, config.train.eval_batch_size)))
+        metrics.update(
+            {
+                "best_val_nll": best,
+                "features": splits.features,
+                "train_rows": int(splits.train.shape[0]),
+                "dequantized": bool(splits.info.get("dequantized")),
+            }
+        )
+        return metrics
+
+    def write_outputs(self, fitted: Fitted, config: Config, run_dir: Path) -> dict[str, Any]:
+        splits: DataSplits = fitted.info["data"]
+        metrics: dict[str, Any] = {}
+        if config.output.samples <= 0:
+            return metrics
+        samples = draw_samples(fitted.model, config.output.samples, seed=config.seed)
+        write_samples(run_dir / "samples.csv", samples, splits.columns)
+        metrics["samples_nonfinite_rows"] = int(np.sum(~np.isfinite(samples).all(axis=1)))
+        if config.output.plots:
+            metrics["plots"] = _plots(run_dir, fitted.model, splits, samples)
+        return metrics
+
+    def summary(self, metrics: Mapping[str, Any]) -> str:
+        return format_summary(metrics)
+
+
+def _plots(run_dir: Path, flow: torch.nn.Module, splits: DataSplits, samples: np.ndarray) -> list[str]:
+    try:
+        from flows.training.plots import write_plots
+    except ImportError as error:
+        print(f"plots skipped: {error}", file=sys.stderr)
+        return []
+    try:
+        written = write_plots(run_dir, flow, {"train": splits.train, "test": splits.test}, samples)
+    except ImportError as error:
+        print(f"plots skipped: {error}", file=sys.stderr)
+        return []
+    except Exception as error:  # a plotting failure must not lose a finished training run
+        warnings.warn(f"writing plots failed: {type(error).__name__}: {error}", stacklevel=2)
+        return []
+    return [str(p) for p in written]
+
+
+def format_summary(metrics: Mapping[str, Any]) -> str:
+    lines = [
+        f"test log-likelihood: {metrics['test_log_likelihood']:.4f} +- {metrics['test_log_likelihood_2se']:.4f} nats "
+        f"(2 standard errors, {metrics['test_rows']} rows)"
+    ]
+    if "entropy" in metrics:
+        lines.append(
+            f"true entropy: {metrics['entropy']:.4f} nats; gap (test NLL - entropy): {metrics['gap']:.4f} nats"
+        )
+    lines.append(
+        f"parameters: {metrics['n_params']}; epochs: {metrics['epochs']}; steps: {metrics['steps']}; "
+        f"wall time: {metrics['wall_time']:.1f} s; run dir: {metrics['run_dir']}"
+    )
+    return "\n".join(lines)
+
+
+def fit_flow(
+    config: Config, splits: DataSplits, run_dir: Path, quiet: bool = False, resume: Optional[Path] = None
+) -> Fitted:
+    """Train a table flow on given splits into `run_dir` (no lock, no outputs): `DensityEstimator`'s fit.
+
+    Returns on every rank, the best validation weights restored.
+    """
+    task = TabularTask()
+    config = resolve_model(config)
+    with torch_threads(config.train.num_threads):
+        return train(task, config, splits, run_dir, resume, quiet=quiet)
+
+
+def evaluate_checkpoint(config: Config, checkpoint: Union[str, Path], verbose: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint on the test split of `config`'s data (`flows test`)."""
+    from flows.training.checkpoints import load_model
+
+    loaded = load_model(checkpoint)
+    splits = prepare_splits(load_splits(config.data, config.seed), config, config.seed)
+    if splits.features != loaded.features:
+        raise ValueError(f"the checkpoint models {loaded.features} features, the data has {splits.features}")
+    log_prob = evaluate_log_prob(loaded.flow, splits.test, config.train.eval_batch_size)
+    metrics: dict[str, Any] = {"dataset": config.data.dataset, "checkpoint": str(checkpoint)}
+    metrics.update(log_likelihood_metrics(log_prob))
+    metrics.update(entropy_metrics(splits, metrics["test_log_likelihood"]))
+    if verbose:
+        line = (
+            f"test log-likelihood: {metrics['test_log_likelihood']:.4f} +- {metrics['test_log_likelihood_2se']:.4f} "
+            f"nats (2 standard errors, {metrics['test_rows']} rows)"
+        )
+        if "gap" in metrics:
+            line += f"\ntrue entropy: {metrics['entropy']:.4f} nats; gap: {metrics['gap']:.4f} nats"
+        print(line, flush=True)
+    return metrics

@@ -1,0 +1,190 @@
+"""The Lightning Trainer of a run: its arguments from the config, checkpoints, safety callbacks, loggers.
+
+`make_trainer` is the one place where a run's Trainer is built (tabular and image runs, the estimator);
+`trainer_arguments` checks the config's `trainer` section against `lightning.Trainer`'s signature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import typing
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+from flows.training.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
+from flows.training.config import Config, ConfigError, check_value, unknown_key_error
+from flows.training.loggers import make_loggers
+from flows.training.safety import read_checkpoint, safety_callbacks
+
+__all__ = [
+    "RESERVED_TRAINER_KEYS",
+    "launched_worker",
+    "make_trainer",
+    "quiet_fit_warnings",
+    "torch_threads",
+    "trainer_arguments",
+]
+
+#: Trainer arguments that other config sections own.
+RESERVED_TRAINER_KEYS = {
+    "max_epochs": "train.max_epochs",
+    "max_steps": "train.max_steps",
+    "gradient_clip_val": "train.gradient_clip",
+    "val_check_interval": "train.val_every_n_steps",
+    "check_val_every_n_epoch": "train.val_every_n_steps",
+    "callbacks": "(built by flows)",
+    "logger": "output.logger",
+    "default_root_dir": "output.dir",
+    "enable_checkpointing": "(always on)",
+    "enable_progress_bar": "output.progress_bar",
+    "use_distributed_sampler": "(flows shards batches itself)",
+}
+
+
+def trainer_arguments(trainer_config: dict[str, Any]) -> dict[str, Any]:
+    """Check the `trainer` section against `lightning.Trainer`'s signature; returns the keyword arguments."""
+    parameters = inspect.signature(L.Trainer.__init__).parameters
+    try:
+        hints = typing.get_type_hints(L.Trainer.__init__)
+    except Exception:
+        hints = {}
+    valid = [name for name in parameters if name != "self" and name not in RESERVED_TRAINER_KEYS]
+    out: dict[str, Any] = {}
+    for key, value in trainer_config.items():
+        if key in RESERVED_TRAINER_KEYS:
+            raise ConfigError(
+                f"config key 'trainer.{key}' is set by flows; use {RESERVED_TRAINER_KEYS[key]} instead"
+            )
+        if key not in parameters or key == "self":
+            raise unknown_key_error(f"trainer.{key}", valid, "trainer (lightning.Trainer arguments)")
+        out[key] = check_value(f"trainer.{key}", value, hints.get(key, Any))
+    return out
+
+
+def _is_cpu_run(trainer_kwargs: dict[str, Any]) -> bool:
+    accelerator = trainer_kwargs.get("accelerator", "auto")
+    if accelerator == "cpu":
+        return True
+    return (
+        accelerator == "auto"
+        and not torch.cuda.is_available()
+        and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+    )
+
+
+def launched_worker() -> bool:
+    """True in a non-zero DDP rank started by Lightning's launcher or torchrun."""
+    for variable in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        value = os.environ.get(variable)
+        if value not in (None, "", "0"):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def quiet_fit_warnings() -> Iterator[None]:
+    """Silence Lightning's warnings that do not apply to our runs during `trainer.fit`: tensor datasets need
+    no workers, metrics are logged as we intend, and our datamodules do resume mid-epoch (`ResumableBatches`),
+    which Lightning's check of the loader itself cannot see."""
+    with warnings.catch_warnings():
+        for message in (
+            ".*does not have many workers.*",
+            ".*sync_dist=True.*",
+            ".*smaller than the logging interval.*",
+            ".*could not find the monitored key.*",
+            ".*isinstance\\(treespec, LeafSpec\\).*",
+            ".*resuming from a checkpoint that ended before the epoch ended.*",
+        ):
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+def make_trainer(
+    config: Config,
+    run_dir: Path,
+    monitor: str = "val_nll",
+    print_callback: Optional[Callback] = None,
+    resume: Optional[Path] = None,
+) -> L.Trainer:
+    """The Lightning Trainer of a run (every task and objective).
+
+    Best and last checkpoints on `monitor` (the objective's metric, minimised) in `run_dir/checkpoints`,
+    the non-finite guard on it, early stopping on it,
+    the loggers, the validation interval, and the config's `trainer` arguments (deterministic by default on
+    CPU). `print_callback` reports validations when the progress bar is off. `resume`: the checkpoint the run
+    continues from (the CSV log keeps its rows up to that checkpoint's step).
+    """
+    train = config.train
+    trainer_kwargs = trainer_arguments(config.trainer)
+    if "deterministic" not in trainer_kwargs and _is_cpu_run(trainer_kwargs):
+        trainer_kwargs["deterministic"] = True
+    trainer_kwargs.setdefault("log_every_n_steps", 10)
+    trainer_kwargs.setdefault("enable_model_summary", False)
+    trainer_kwargs.setdefault("num_sanity_val_steps", 0)
+    checkpoint = RunCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best",
+        monitor=monitor,
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    callbacks: list[Callback] = [checkpoint, *safety_callbacks(monitor)]
+    if train.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStopping(
+                monitor=monitor,
+                mode="min",
+                patience=train.early_stopping_patience,
+                check_finite=True,
+                check_on_train_epoch_end=False,  # decide after validations only
+            )
+        )
+    if not config.output.progress_bar and print_callback is not None:
+        callbacks.append(print_callback)
+    validation = (
+        {"val_check_interval": train.val_every_n_steps, "check_val_every_n_epoch": None}
+        if train.val_every_n_steps is not None
+        else {"check_val_every_n_epoch": 1}
+    )
+    loggers: Any = False
+    if config.output.logger != "none":
+        resume_step = int(read_checkpoint(resume)["global_step"]) if resume is not None else None
+        loggers = make_loggers(run_dir, config.output.logger, resume_step)
+    plugins = trainer_kwargs.pop("plugins", None) or []
+    plugins = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
+    return L.Trainer(
+        max_epochs=train.max_epochs,
+        max_steps=train.max_steps,
+        gradient_clip_val=train.gradient_clip,
+        gradient_clip_algorithm="norm",
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=config.output.progress_bar,
+        use_distributed_sampler=False,
+        plugins=plugins,
+        **validation,
+        **trainer_kwargs,
+    )
+
+
+@contextlib.contextmanager
+def torch_threads(threads: Optional[int]) -> Iterator[None]:
+    """Run with `torch.set_num_threads(threads)` (no change when None), restoring the previous count."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
