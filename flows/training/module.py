@@ -22,7 +22,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from flows.training.config import MollificationConfig, TrainConfig
 from flows.training.data import GlobalBatchSampler, ResumableBatches
 
-__all__ = ["FlowModule", "TableDataModule", "mollification_sigma", "warmup_cosine_factor"]
+__all__ = ["FlowModule", "TableDataModule", "mollification_sigma", "split_batch", "warmup_cosine_factor"]
+
+
+def split_batch(batch: tuple[Tensor, ...]) -> tuple[Tensor, Optional[Tensor]]:
+    """`(x,)` -> `(x, None)`; `(x, context)` (a conditional table's batch) -> `(x, context)`."""
+    if len(batch) == 1:
+        return batch[0], None
+    x, context = batch
+    return x, context
 
 
 def warmup_cosine_factor(
@@ -156,13 +164,13 @@ class FlowModule(L.LightningModule):
             x = z * std + mean
         return x
 
-    def nll(self, x: Tensor) -> Tensor:
-        """Per-row negative log-likelihood `(batch,)` in data units."""
-        return -self.log_density(x)
+    def nll(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """Per-row negative log-likelihood `(batch,)` in data units (of `x` given `context (batch, k)`)."""
+        return -self.log_density(x) if context is None else -self.log_density(x, context)
 
-    def training_step(self, batch: tuple[Tensor], batch_index: int) -> Tensor:
-        (x,) = batch
-        loss = self.nll(self.perturb(x, self.progress())).mean()
+    def training_step(self, batch: tuple[Tensor, ...], batch_index: int) -> Tensor:
+        x, context = split_batch(batch)
+        loss = self.nll(self.perturb(x, self.progress()), context).mean()
         self.log("train_nll", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
 
@@ -170,9 +178,9 @@ class FlowModule(L.LightningModule):
         self._val_sum = None
         self._val_count = 0
 
-    def validation_step(self, batch: tuple[Tensor], batch_index: int) -> None:
-        (x,) = batch
-        self.add_validation(self.nll(x).sum(), x.shape[0])
+    def validation_step(self, batch: tuple[Tensor, ...], batch_index: int) -> None:
+        x, context = split_batch(batch)
+        self.add_validation(self.nll(x, context).sum(), x.shape[0])
 
     def add_validation(self, total_nll: Tensor, rows: int) -> None:
         """Accumulate one validation batch: the sum of its per-row NLLs and its row count."""
@@ -220,12 +228,19 @@ class TableDataModule(ResumableBatches, L.LightningDataModule):
         shuffle: bool,
         seed: int,
         num_workers: int = 0,
+        context: Optional[dict[str, np.ndarray]] = None,
     ) -> None:
         super().__init__()
         self.tensors = {
             name: torch.as_tensor(array, dtype=torch.float32)
             for name, array in (("train", train), ("val", val), ("test", test))
         }
+        #: conditional data: the context tables `(n, k)` of "train", "val" and "test"; batches are (x, context)
+        self.context_tensors = (
+            None
+            if context is None
+            else {k: torch.as_tensor(v, dtype=torch.float32) for k, v in context.items()}
+        )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.shuffle = shuffle
@@ -249,7 +264,7 @@ class TableDataModule(ResumableBatches, L.LightningDataModule):
             world_size=world,
         )
         return DataLoader(
-            TensorDataset(self.tensors["train"]),
+            self._dataset("train"),
             sampler=self._training_sampler(sampler),
             batch_size=None,
             num_workers=self.num_workers,
@@ -262,7 +277,13 @@ class TableDataModule(ResumableBatches, L.LightningDataModule):
             list(range(i, min(i + self.eval_batch_size, tensor.shape[0])))
             for i in range(0, tensor.shape[0], self.eval_batch_size)
         ]
-        return DataLoader(TensorDataset(tensor), sampler=batches, batch_size=None, num_workers=0)
+        return DataLoader(self._dataset(name), sampler=batches, batch_size=None, num_workers=0)
+
+    def _dataset(self, name: str) -> TensorDataset:
+        """Rows `(x,)` of split `name`, or `(x, context)` with a context."""
+        if self.context_tensors is None:
+            return TensorDataset(self.tensors[name])
+        return TensorDataset(self.tensors[name], self.context_tensors[name])
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -7,6 +7,7 @@ part shared with `DensityEstimator` (training on given splits).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import os
@@ -36,6 +37,7 @@ from flows.training.config import (
     unknown_key_error,
     write_yaml_atomic,
 )
+from flows.training.context import context_stats, sample_at_contexts, with_context
 from flows.training.data import DataSplits, GlobalBatchSampler, dequantize_fixed, load_splits, standard_error
 from flows.training.loggers import make_loggers
 from flows.training.models import (
@@ -239,16 +241,11 @@ def _prepare(splits: DataSplits, config: Config, seed: int) -> tuple[DataSplits,
                 stacklevel=2,
             )
     if dequantize:
-        splits = DataSplits(
-            splits.train,
-            dequantize_fixed(splits.val, seed + 1),
-            dequantize_fixed(splits.test, seed + 2),
-            splits.columns,
-            splits.name,
-            splits.entropy,
-            splits.entropy_se,
-            splits.discrete,
-            dict(splits.info, dequantized=True),
+        splits = dataclasses.replace(
+            splits,
+            val=dequantize_fixed(splits.val, seed + 1),
+            test=dequantize_fixed(splits.test, seed + 2),
+            info=dict(splits.info, dequantized=True),
         )
     return splits, bool(dequantize)
 
@@ -379,9 +376,11 @@ def _fit_flow(
         stats_source = dequantize_fixed(splits.train, seed) if dequantize else splits.train
         mean, std = standardization_of(stats_source, splits.columns)
 
+    context = context_stats(splits, config.data.standardize)
+
     torch.manual_seed(seed)
-    flow = build_flow(config.model, features, mean, std)
-    record = model_record(config, features, splits.columns, standardized=mean is not None)
+    flow = build_flow(config.model, features, mean, std, context=context)
+    record = model_record(config, features, splits.columns, standardized=mean is not None, context=context)
 
     train = config.train
     trainer = make_trainer(config, run_dir, None if quiet else _PrintValidation(), resume)
@@ -395,7 +394,14 @@ def _fit_flow(
         first_rows = splits.train[first]
         if dequantize:
             first_rows = dequantize_fixed(first_rows, seed + 3)
-        initialize_flow(flow, torch.as_tensor(first_rows, dtype=torch.get_default_dtype()))
+        first_context = None if splits.train_context is None else splits.train_context[first]
+        initialize_flow(
+            flow,
+            torch.as_tensor(first_rows, dtype=torch.get_default_dtype()),
+            None
+            if first_context is None
+            else torch.as_tensor(first_context, dtype=torch.get_default_dtype()),
+        )
 
     module = FlowModule(flow, train, mean, std, dequantize=dequantize, hparams=record, seed=seed)
     datamodule = TableDataModule(
@@ -407,6 +413,9 @@ def _fit_flow(
         shuffle=train.shuffle,
         seed=seed,
         num_workers=config.data.num_workers,
+        context=None
+        if context is None
+        else {"train": splits.train_context, "val": splits.val_context, "test": splits.test_context},
     )
     with quiet_fit_warnings():
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
@@ -421,7 +430,9 @@ def _fit_flow(
         module.load_state_dict(state)
     flow.eval()
     if best_score is None and splits.val.shape[0] > 0:  # training ended before any validation ran
-        best_score = float(-np.mean(evaluate_log_prob(flow, splits.val, train.eval_batch_size)))
+        best_score = float(
+            -np.mean(evaluate_log_prob(flow, splits.val, train.eval_batch_size, context=splits.val_context))
+        )
     epochs, steps = int(trainer.current_epoch), int(trainer.global_step)
     if steps == 0 and last.is_file():  # ddp_spawn: the counters stayed in the workers
         saved = read_checkpoint(last)
@@ -437,8 +448,11 @@ def _fit_flow(
 
 
 @torch.no_grad()
-def evaluate_log_prob(flow: torch.nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Per-row log density `(n,)` (float64 numpy) of rows `x (n, D)` in data units, in batches."""
+def evaluate_log_prob(
+    flow: torch.nn.Module, x: np.ndarray, batch_size: int = 4096, context: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Per-row log density `(n,)` (float64 numpy) of rows `x (n, D)` in data units, in batches; with
+    `context (n, k)`, the log density of each row given its context row."""
     parameter = next(iter(flow.parameters()), None)
     buffer = next(iter(flow.buffers()), None)
     reference = parameter if parameter is not None else buffer
@@ -449,24 +463,38 @@ def evaluate_log_prob(flow: torch.nn.Module, x: np.ndarray, batch_size: int = 40
     out = []
     for start in range(0, x.shape[0], batch_size):
         rows = torch.as_tensor(x[start : start + batch_size], dtype=dtype, device=device)
-        out.append(flow.log_prob(rows).double().cpu().numpy())
+        if context is None:
+            out.append(flow.log_prob(rows).double().cpu().numpy())
+        else:
+            given = torch.as_tensor(context[start : start + batch_size], dtype=dtype, device=device)
+            out.append(flow.log_prob(rows, given).double().cpu().numpy())
     flow.train(was_training)
     return np.concatenate(out) if out else np.zeros(0)
 
 
 @torch.no_grad()
 def draw_samples(
-    flow: torch.nn.Module, n: int, seed: Optional[int] = None, batch_size: int = 10_000
+    flow: torch.nn.Module,
+    n: int,
+    seed: Optional[int] = None,
+    batch_size: int = 10_000,
+    context: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """`n` samples `(n, D)` float64 in data units (seeded with `seed` when given)."""
+    """`n` samples `(n, D)` float64 in data units (seeded with `seed` when given); with `context (m, k)`,
+    `n` samples per context row, `(n, m, D)`."""
     reference = next(iter(flow.parameters()), None)
     device = reference.device if reference is not None else torch.device("cpu")
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
+        given = None
+        if context is not None:
+            dtype = reference.dtype if reference is not None else torch.get_default_dtype()
+            given = torch.as_tensor(context, dtype=dtype, device=device)
+            batch_size = max(1, batch_size // max(1, given.shape[0]))
         chunks = [
-            flow.sample((min(batch_size, n - start),)).double().cpu().numpy()
+            flow.sample((min(batch_size, n - start),), given).double().cpu().numpy()
             for start in range(0, n, batch_size)
         ]
     return np.concatenate(chunks) if chunks else np.zeros((0, 0))
@@ -525,7 +553,12 @@ def _plots(run_dir: Path, flow: torch.nn.Module, splits: DataSplits, samples: np
         print(f"plots skipped: {error}", file=sys.stderr)
         return []
     try:
-        written = write_plots(run_dir, flow, {"train": splits.train, "test": splits.test}, samples)
+        if splits.context_columns:
+            from flows.training.conditional_plots import write_conditional_plots
+
+            written = write_conditional_plots(run_dir, flow, splits)
+        else:
+            written = write_plots(run_dir, flow, {"train": splits.train, "test": splits.test}, samples)
     except ImportError as error:
         print(f"plots skipped: {error}", file=sys.stderr)
         return []
@@ -602,7 +635,7 @@ def _train_and_evaluate(config: Config, started: RunStart, verbose: bool, start:
     run_dir, resume_from, worker = started.run_dir, started.resume_from, started.worker
     if not worker:
         write_yaml_atomic(config.to_dict(), run_dir / "config.yaml")
-    splits = load_splits(config.data, config.seed)
+    splits = with_context(load_splits(config.data, config.seed), config.data.context_columns)
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     try:
@@ -618,7 +651,7 @@ def _train_and_evaluate(config: Config, started: RunStart, verbose: bool, start:
 
     flow = outcome.flow
     splits = outcome.info["splits"]
-    log_prob = evaluate_log_prob(flow, splits.test, config.train.eval_batch_size)
+    log_prob = evaluate_log_prob(flow, splits.test, config.train.eval_batch_size, context=splits.test_context)
     metrics: dict[str, Any] = {"dataset": config.data.dataset, "model": config.model["name"]}
     metrics.update(log_likelihood_metrics(log_prob))
     metrics.update(entropy_metrics(splits, metrics["test_log_likelihood"]))
@@ -635,8 +668,16 @@ def _train_and_evaluate(config: Config, started: RunStart, verbose: bool, start:
             "seed": config.seed,
         }
     )
+    if splits.context_columns:
+        metrics["context_columns"] = list(splits.context_columns)
+        metrics["context_features"] = splits.context_features
     samples = None
-    if config.output.samples > 0:
+    if config.output.samples > 0 and splits.context_columns:  # one sample at each of the first test contexts
+        samples = sample_at_contexts(
+            flow, splits, config.output.samples, config.seed, run_dir / "samples.csv"
+        )
+        metrics["samples_nonfinite_rows"] = int(np.sum(~np.isfinite(samples).all(axis=1)))
+    elif config.output.samples > 0:
         samples = draw_samples(flow, config.output.samples, seed=config.seed)
         write_samples(run_dir / "samples.csv", samples, splits.columns)
         metrics["samples_nonfinite_rows"] = int(np.sum(~np.isfinite(samples).all(axis=1)))
@@ -656,11 +697,18 @@ def evaluate_checkpoint(config: Config, checkpoint: Union[str, Path], verbose: b
     from flows.training.checkpoints import load_model
 
     loaded = load_model(checkpoint)
-    splits = load_splits(config.data, config.seed)
+    splits = with_context(load_splits(config.data, config.seed), config.data.context_columns)
     splits, _ = _prepare(splits, config, config.seed)
     if splits.features != loaded.features:
         raise ValueError(f"the checkpoint models {loaded.features} features, the data has {splits.features}")
-    log_prob = evaluate_log_prob(loaded.flow, splits.test, config.train.eval_batch_size)
+    if splits.context_columns != loaded.context_columns:
+        raise ValueError(
+            f"the checkpoint conditions on the columns {loaded.context_columns}, the data's "
+            f"data.context_columns give {splits.context_columns}"
+        )
+    log_prob = evaluate_log_prob(
+        loaded.flow, splits.test, config.train.eval_batch_size, context=splits.test_context
+    )
     metrics: dict[str, Any] = {"dataset": config.data.dataset, "checkpoint": str(checkpoint)}
     metrics.update(log_likelihood_metrics(log_prob))
     metrics.update(entropy_metrics(splits, metrics["test_log_likelihood"]))
