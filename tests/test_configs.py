@@ -177,6 +177,7 @@ def test_config_runs_a_few_steps(path: Path, tmp_path: Path, uci_root: Path, one
     if config.data.dataset.startswith(("toy:", "synthetic:")):
         assert math.isfinite(metrics["gap"])
     samples = np.loadtxt(tmp_path / "run" / "samples.csv", delimiter=",", skiprows=1, ndmin=2)
-    assert samples.shape == (16, metrics["features"])
+    context_features = metrics.get("context_features", 0)  # conditional runs write [x, context] rows
+    assert samples.shape == (16, metrics["features"] + context_features)
     if not config.data.dataset.startswith("uci:"):  # the UCI fixtures are narrower than the real tables
-        assert metrics["features"] == _features(config)
+        assert metrics["features"] + context_features == _features(config)
