@@ -170,7 +170,8 @@ class FlowModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, ...], batch_index: int) -> Tensor:
         x, context = split_batch(batch)
-        loss = self.nll(self.perturb(x, self.progress()), context).mean()
+        perturbed = self.perturb(x, self.progress())
+        loss = (self.nll(perturbed) if context is None else self.nll(perturbed, context)).mean()
         self.log("train_nll", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
 
@@ -180,7 +181,8 @@ class FlowModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_index: int) -> None:
         x, context = split_batch(batch)
-        self.add_validation(self.nll(x, context).sum(), x.shape[0])
+        nll = self.nll(x) if context is None else self.nll(x, context)
+        self.add_validation(nll.sum(), x.shape[0])
 
     def add_validation(self, total_nll: Tensor, rows: int) -> None:
         """Accumulate one validation batch: the sum of its per-row NLLs and its row count."""
