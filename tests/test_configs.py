@@ -17,6 +17,7 @@ import pytest
 
 from flows.datasets import SKLEARN_TABLES, SYNTHETIC_TARGETS, TOY_NAMES, UCI_NAMES, make_synthetic_target
 from flows.training.config import load_config
+from flows.training.context import ContextStats
 from flows.training.models import build_flow
 from flows.training.pipeline import run
 from flows.training.registry import check_model_options, model_parameters
@@ -84,7 +85,9 @@ def test_config_is_valid_as_written(path: Path) -> None:
     if kind == "uci":
         assert config.data.root is not None, "UCI configs name the MAF data directory (data.root)"
     # the real model builds for the real data dimension and has trainable parameters
-    flow = build_flow(config.model, _features(config))
+    k = len(config.data.context_columns)  # a conditional model: the context columns are not modelled
+    context = ContextStats([f"c{i}" for i in range(k)], np.zeros(k), np.ones(k)) if k else None
+    flow = build_flow(config.model, _features(config) - k, context=context)
     n_params = sum(p.numel() for p in flow.parameters() if p.requires_grad)
     assert n_params > 0
     assert set(options) <= set(model_parameters(config.model["name"]))
@@ -179,6 +182,7 @@ def test_config_runs_a_few_steps(path: Path, tmp_path: Path, uci_root: Path, one
     if config.data.dataset.startswith(("toy:", "synthetic:")):
         assert math.isfinite(metrics["gap"])
     samples = np.loadtxt(tmp_path / "run" / "samples.csv", delimiter=",", skiprows=1, ndmin=2)
-    assert samples.shape == (16, metrics["features"])
+    context_features = metrics.get("context_features", 0)  # conditional runs write [x, context] rows
+    assert samples.shape == (16, metrics["features"] + context_features)
     if not config.data.dataset.startswith("uci:"):  # the UCI fixtures are narrower than the real tables
-        assert metrics["features"] == _features(config)
+        assert metrics["features"] + context_features == _features(config)

@@ -162,7 +162,11 @@ def test_synthetic_density_normalises_2d(target: GaussianMixture | MultivariateS
 
 def test_gaussian_mixture_entropy_mc_and_registry() -> None:
     gm = make_synthetic_target("gaussian_mixture", features=2, components=2, seed=0)
-    assert isinstance(gm, GaussianMixture) and set(SYNTHETIC_TARGETS) == {"gaussian_mixture", "student_t"}
+    assert isinstance(gm, GaussianMixture) and set(SYNTHETIC_TARGETS) == {
+        "gaussian_mixture",
+        "student_t",
+        "conditional_mixture",
+    }
     est, se = gm.entropy(n_mc=50_000, seed=0)
     assert 0 < se < 0.02
     upper = -np.sum(gm.weights * np.log(gm.weights)) + np.sum(

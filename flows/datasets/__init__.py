@@ -1,5 +1,6 @@
 """Numpy-level datasets: 2-D toys, synthetic targets with known density, tables, files, splits, UCI/MAF."""
 
+from flows.datasets.conditional import ConditionalMixture
 from flows.datasets.files import SUPPORTED_FORMATS, as_array, load_table, table_columns, validate_table
 from flows.datasets.splits import train_val_test_split
 from flows.datasets.synthetic import (
@@ -14,6 +15,8 @@ from flows.datasets.tables import DISCRETE_SKLEARN_TABLES, SKLEARN_TABLES, load_
 from flows.datasets.toys import TOY_ENTROPY, TOY_NAMES, toy_sample
 from flows.datasets.uci import UCI_FILES, UCI_NAMES, UCI_SPLIT_SIZES, load_uci
 
+SYNTHETIC_TARGETS["conditional_mixture"] = ConditionalMixture
+
 __all__ = [
     "DISCRETE_SKLEARN_TABLES",
     "SKLEARN_TABLES",
@@ -24,6 +27,7 @@ __all__ = [
     "UCI_FILES",
     "UCI_NAMES",
     "UCI_SPLIT_SIZES",
+    "ConditionalMixture",
     "GaussianMixture",
     "MultivariateStudentT",
     "SyntheticTarget",

@@ -6,7 +6,7 @@ standardisation was folded in) and the weights, so a fresh process needs nothing
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
@@ -31,26 +31,39 @@ class LoadedModel:
     columns: list[str]
     features: int
     dtype: torch.dtype = torch.float32
+    #: the columns a conditional model conditions on (empty: unconditional)
+    context_columns: list[str] = field(default_factory=list)
 
 
-def model_record(config: Config, features: int, columns: list[str], standardized: bool) -> dict[str, Any]:
-    """The hyper-parameters stored next to the weights: enough to rebuild the flow's architecture."""
-    return {
+def model_record(
+    config: Config, features: int, columns: list[str], standardized: bool, context: Any = None
+) -> dict[str, Any]:
+    """The hyper-parameters stored next to the weights: enough to rebuild the flow's architecture.
+
+    `context` (a `flows.training.context.ContextStats`): the context columns and their standardisation.
+    """
+    record = {
         "config": config.to_dict(),
         "features": int(features),
         "columns": [str(c) for c in columns],
         "standardized": bool(standardized),
     }
+    if context is not None:
+        record["context"] = context.record()
+    return record
 
 
 def build_from_record(record: dict[str, Any]) -> tuple[Flow, Config]:
     """An untrained flow with the architecture described by `record` (placeholder standardisation)."""
+    from flows.training.context import stats_from_record
+
     config = parse_config(record["config"])
     features = int(record["features"])
+    context = stats_from_record(record.get("context"))
     if record.get("standardized", False):
-        flow = build_flow(config.model, features, np.zeros(features), np.ones(features))
+        flow = build_flow(config.model, features, np.zeros(features), np.ones(features), context=context)
     else:
-        flow = build_flow(config.model, features)
+        flow = build_flow(config.model, features, context=context)
     return flow, config
 
 
@@ -82,4 +95,5 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
         columns=columns,
         features=int(record["features"]),
         dtype=dtype or torch.float32,
+        context_columns=list((record.get("context") or {}).get("columns", [])),
     )

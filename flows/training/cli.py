@@ -3,7 +3,9 @@
     flows fit    --config a.yaml [--config b.yaml] [--train.lr 3e-4 --trainer.devices 2 ...] [--print_config]
     flows test   --ckpt runs/x/checkpoints/best.ckpt [--config a.yaml] [--dotted.key value ...]
     flows sample --ckpt runs/x/checkpoints/best.ckpt -n 1000 --out samples.csv|samples.npy [--seed 0]
+                 [--context contexts.csv]   (conditional models: n samples per context row)
     flows score  --ckpt runs/x/checkpoints/best.ckpt --data table.csv [--columns a,b] --out logp.csv
+                 (conditional models also read their context columns from the table, by name)
 
 Config files merge in order; `--a.b value` (or `--a.b=value`) overrides one key with a YAML-typed value.
 An unknown key or a value of the wrong type is an error that names the key (exit status 2).
@@ -82,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None)
     sample.add_argument("--temperature", type=float, default=1.0, help="image models: base temperature")
     sample.add_argument("--label", type=int, default=None, help="class-conditional image models: the class")
+    sample.add_argument(
+        "--context",
+        default=None,
+        help="conditional table models: a table holding the model's context columns (by name, else by "
+        "position); -n samples are drawn for each row and written with its index in a `context_row` column",
+    )
 
     score = commands.add_parser("score", help="log density of each row of a table under a checkpoint")
     score.add_argument("--ckpt", required=True)
@@ -167,6 +175,10 @@ def _sample(arguments: argparse.Namespace) -> int:
         print(f"wrote {arguments.num_samples} images to {path}")
         return 0
     loaded = load_model(arguments.ckpt)
+    if loaded.context_columns or arguments.context is not None:
+        from flows.training.cli_context import sample_given_contexts
+
+        return sample_given_contexts(loaded, arguments)
     samples = draw_samples(loaded.flow, arguments.num_samples, seed=arguments.seed)
     path = write_samples(Path(arguments.out), samples, loaded.columns)
     print(f"wrote {samples.shape[0]} samples of {samples.shape[1]} columns to {path}")
@@ -212,13 +224,23 @@ def _score(arguments: argparse.Namespace) -> int:
         columns: Optional[list[str]] = [c.strip() for c in arguments.columns.split(",")]
     else:
         columns, note = _score_columns(arguments.data, header, loaded.columns)
+        if columns is None and loaded.context_columns:  # by position: the model's columns, then the context's
+            columns = list(range(loaded.features))
     table, names = load_table(arguments.data, columns=columns, header=header, key=arguments.key)
     if table.shape[1] != loaded.features:
         raise ValueError(
             f"{arguments.data} has {table.shape[1]} columns {names}; the model expects {loaded.features} "
             f"({loaded.columns}); select them with --columns"
         )
-    log_prob = evaluate_log_prob(loaded.flow, table)
+    context = None
+    if loaded.context_columns:
+        from flows.training.cli_context import read_context
+
+        positions = range(loaded.features, loaded.features + len(loaded.context_columns))
+        context = read_context(
+            arguments.data, header, arguments.key, loaded.context_columns, positions, table.shape[0]
+        )
+    log_prob = evaluate_log_prob(loaded.flow, table, context=context)
     path = write_samples(Path(arguments.out), log_prob[:, None], ["log_prob"])
     if note is not None:  # after success: an error stays the only line on stderr
         print(note, file=sys.stderr)

@@ -82,6 +82,8 @@ class DataConfig:
     dequantize: Optional[bool] = None
     #: data loader workers
     num_workers: int = 0
+    #: columns (names or positions) the model conditions on: it models p(rest | these); [] = unconditional
+    context_columns: list[Union[str, int]] = field(default_factory=list)
 
 
 @dataclass

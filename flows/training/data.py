@@ -38,10 +38,20 @@ class DataSplits:
     #: the values are integers: train with uniform dequantisation noise
     discrete: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    #: conditional data (`data.context_columns`): context tables `(n, k)` beside train / val / test
+    train_context: Optional[np.ndarray] = None
+    val_context: Optional[np.ndarray] = None
+    test_context: Optional[np.ndarray] = None
+    context_columns: list[str] = field(default_factory=list)
 
     @property
     def features(self) -> int:
         return int(self.train.shape[1])
+
+    @property
+    def context_features(self) -> int:
+        """Width `k` of the context tables (0 when unconditional)."""
+        return len(self.context_columns)
 
 
 def _split_seed(config: DataConfig, seed: int) -> int:
@@ -88,7 +98,10 @@ def load_splits(config: DataConfig, seed: int = 0) -> DataSplits:
             for offset, n in enumerate((config.n_train, config.n_val, config.n_test))
         )
         entropy, entropy_se = target.entropy()
-        columns = [f"x{i}" for i in range(target.features)]
+        columns = list(getattr(target, "columns", [f"x{i}" for i in range(target.features)]))
+        info: dict[str, Any] = {"target": dict(config.target)}
+        if getattr(target, "context_columns", None):  # its entropy is that of y given these columns
+            info["context_columns"] = list(target.context_columns)
         return DataSplits(
             train,
             val,
@@ -97,7 +110,7 @@ def load_splits(config: DataConfig, seed: int = 0) -> DataSplits:
             config.dataset,
             entropy=entropy,
             entropy_se=entropy_se,
-            info={"target": dict(config.target)},
+            info=info,
         )
     if kind == "sklearn":
         if name not in datasets.SKLEARN_TABLES:
@@ -167,11 +180,21 @@ def _same_columns(expected: list[str], got: list[str], path: str) -> None:
 
 
 def splits_from_arrays(
-    x: Any, x_val: Any = None, x_test: Any = None, val_fraction: float = 0.1, seed: int = 0
+    x: Any,
+    x_val: Any = None,
+    x_test: Any = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    context: Any = None,
+    context_val: Any = None,
 ) -> DataSplits:
     """Splits from in-memory data (numpy arrays, DataFrames, lists). Without `x_val`, `val_fraction` of
     `x` is held out for validation (early stopping); `x_test` may be None (the test split is then the
-    validation split)."""
+    validation split). `context (n, k)` / `context_val`: the tables the model conditions on, row by row."""
+    if context is not None or context_val is not None:
+        from flows.training.context import conditional_splits_from_arrays
+
+        return conditional_splits_from_arrays(x, x_val, context, context_val, val_fraction, seed)
     train, columns = datasets.as_array(x, "X")
     if x_val is not None:
         val, _ = datasets.as_array(x_val, "X_val")

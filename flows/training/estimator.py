@@ -5,6 +5,9 @@ est.score_samples(X_test)   # log density per row, in the units of X
 est.score(X_test)           # mean log density
 est.sample(1000, random_state=0)
 est.save("model.pt"); flows.DensityEstimator.load("model.pt")
+
+Conditional: est.fit(Y, context=C); est.score_samples(Y_test, context=C_test)   # log p(y | c) per row
+est.sample(100, context=C_new)   # (100, m, D) for C_new (m, k); (100, D) for one context row (k,)
 """
 
 from __future__ import annotations
@@ -160,13 +163,19 @@ class DensityEstimator:
 
     # ------------------------------------------------------------------ fitting and scoring
 
-    def fit(self, X: Any, y: Any = None, X_val: Any = None) -> DensityEstimator:
+    def fit(
+        self, X: Any, y: Any = None, X_val: Any = None, *, context: Any = None, context_val: Any = None
+    ) -> DensityEstimator:
         """Train on `X (n, D)` (numpy array, DataFrame, list); `X_val` for early stopping (else held out).
 
-        `y` is ignored (scikit-learn convention). Returns self.
+        With `context (n, k)` (and `context_val` beside `X_val`), the model is the conditional density of
+        each row of `X` given its context row; it is then scored and sampled given a context. `y` is ignored
+        (scikit-learn convention). Returns self.
         """
         config = self._config()
-        splits = splits_from_arrays(X, X_val, None, self.val_fraction, self.seed)
+        splits = splits_from_arrays(
+            X, X_val, None, self.val_fraction, self.seed, context=context, context_val=context_val
+        )
         self._check_range(splits)
         try:
             with _quiet_lightning(not self.verbose):
@@ -183,6 +192,7 @@ class DensityEstimator:
         self.record_ = outcome.record
         self.columns_ = list(splits.columns)
         self.n_features_in_ = splits.features
+        self.context_columns_ = list(splits.context_columns)
         self.best_val_nll_ = outcome.best_val
         self.n_epochs_ = outcome.info["epochs"]
         self.n_steps_ = outcome.info["steps"]
@@ -233,34 +243,55 @@ class DensityEstimator:
         if not hasattr(self, "flow_"):
             raise RuntimeError("this DensityEstimator is not fitted yet; call fit(X) first")
 
-    def _rows(self, X: Any) -> np.ndarray:
+    def _rows(self, X: Any, columns: Optional[list[str]] = None, name: str = "X") -> np.ndarray:
+        """`X` as a float64 table `(n, len(columns))`; a DataFrame naming every one of `columns` (default:
+        the fitted columns) is reordered by name, anything else is taken by position."""
         from flows.datasets import as_array
 
         self._check_fitted()
+        expected = self.columns_ if columns is None else columns
         try:
             import pandas as pd
         except ImportError:
             pd = None
-        if (
-            pd is not None
-            and isinstance(X, pd.DataFrame)
-            and set(self.columns_) <= {str(c) for c in X.columns}
-        ):
-            X = X[[c for c in X.columns if str(c) in self.columns_]]
-            X = X[sorted(X.columns, key=lambda c: self.columns_.index(str(c)))]
+        if pd is not None and isinstance(X, pd.DataFrame) and set(expected) <= {str(c) for c in X.columns}:
+            X = X[[c for c in X.columns if str(c) in expected]]
+            X = X[sorted(X.columns, key=lambda c: expected.index(str(c)))]
         frame = pd is not None and isinstance(X, (pd.DataFrame, pd.Series))
         if np.ndim(X) == 1 and not frame:  # one row; a column for a one-feature model (as `fit` reads it)
-            X = np.asarray(X)[:, None] if self.n_features_in_ == 1 else np.asarray(X)[None, :]
+            X = np.asarray(X)[:, None] if len(expected) == 1 else np.asarray(X)[None, :]
         if len(X) == 1:  # as_array wants two rows to call it a table; duplicate, validate, keep one
             doubled = pd.concat([X, X]) if frame else np.concatenate([np.asarray(X)] * 2)
-            rows = as_array(doubled, "X")[0][:1]
+            rows = as_array(doubled, name)[0][:1]
         else:
-            rows, _ = as_array(X, "X")
-        if rows.shape[1] != self.n_features_in_:
+            rows, _ = as_array(X, name)
+        if rows.shape[1] != len(expected):
             raise ValueError(
-                f"X has {rows.shape[1]} features, but the estimator was fitted on {self.n_features_in_}"
+                f"{name} has {rows.shape[1]} features, but the estimator was fitted on {len(expected)}"
+                + (f" ({expected})" if name != "X" else "")
             )
         return rows
+
+    def _context_rows(self, context: Any, method: str) -> Optional[np.ndarray]:
+        """The context table `(m, k)` of a call to `method`, None for an unconditional estimator; a
+        TypeError when a context is missing from a conditional estimator's call, or passed to another."""
+        self._check_fitted()
+        expected = getattr(self, "context_columns_", [])
+        if not expected:
+            if context is not None:
+                raise TypeError(
+                    f"this estimator was fitted without a context; {method} got context= of shape "
+                    f"{np.shape(context)}: call it without one, or refit with fit(X, context=...)"
+                )
+            return None
+        if context is None:
+            raise TypeError(
+                f"this estimator was fitted with a context of {len(expected)} columns {expected}; pass "
+                f"context=... (rows of {len(expected)} values) to {method}"
+            )
+        if np.ndim(context) == 0:  # one value of a one-column context
+            context = np.reshape(np.asarray(context, dtype=np.float64), (1,))
+        return self._rows(context, expected, "context")
 
     def _dtype(self) -> torch.dtype:
         """The float dtype the fitted flow computes in."""
@@ -282,8 +313,11 @@ class DensityEstimator:
                 return rows * scale + shift
         return rows
 
-    def score_samples(self, X: Any) -> np.ndarray:
+    def score_samples(self, X: Any, context: Any = None) -> np.ndarray:
         """Log density of each row of `X (n, D)` in the units of the training data: `(n,)` float64.
+
+        A conditional estimator needs `context`: `(n, k)`, one row per row of `X`, or one row `(k,)` for
+        all of them; it returns `log p(x | c)` per row.
 
         Rows with NaN or infinite values are a ValueError naming them. A row further out than the square
         root of the model dtype's largest number (1.8e19 standard units in float32) scores `-inf`: its
@@ -291,12 +325,22 @@ class DensityEstimator:
         row, the row scores `-inf` too, with a `RuntimeWarning` naming it; the result never holds NaN.
         """
         rows = self._rows(X)
+        given = self._context_rows(context, "score_samples")
+        if given is not None and given.shape[0] != rows.shape[0]:
+            if given.shape[0] != 1:
+                raise ValueError(
+                    f"X has {rows.shape[0]} rows but context has {given.shape[0]}; expected one context row "
+                    "per row of X, or a single context row for all"
+                )
+            given = np.repeat(given, rows.shape[0], axis=0)
         limit = float(np.sqrt(torch.finfo(self._dtype()).max))
         with np.errstate(invalid="ignore"):
             inside = np.all(np.abs(self._standardized(rows)) <= limit, axis=1)
         scores = np.full(rows.shape[0], -np.inf)
         if inside.any():
-            scores[inside] = evaluate_log_prob(self.flow_, rows[inside])
+            scores[inside] = evaluate_log_prob(
+                self.flow_, rows[inside], context=None if given is None else given[inside]
+            )
         overflowed = np.flatnonzero(np.isnan(scores))
         if overflowed.size:
             warnings.warn(
@@ -308,20 +352,32 @@ class DensityEstimator:
             scores[overflowed] = -np.inf
         return scores
 
-    def score(self, X: Any, y: Any = None) -> float:
-        """Mean log density of the rows of `X` (nats)."""
-        return float(np.mean(self.score_samples(X)))
+    def score(self, X: Any, y: Any = None, context: Any = None) -> float:
+        """Mean log density of the rows of `X` (nats), given `context` for a conditional estimator."""
+        return float(np.mean(self.score_samples(X, context=context)))
 
-    def sample(self, n_samples: int = 1, random_state: Optional[int] = None) -> np.ndarray:
-        """`n_samples` rows `(n_samples, D)` float64 in data units; `random_state` seeds them."""
+    def sample(
+        self, n_samples: int = 1, random_state: Optional[int] = None, *, context: Any = None
+    ) -> np.ndarray:
+        """`n_samples` rows `(n_samples, D)` float64 in data units; `random_state` seeds them.
+
+        A conditional estimator needs `context`: `(m, k)` gives `(n_samples, m, D)` (samples for each
+        context row), one row `(k,)` gives `(n_samples, D)`.
+        """
         self._check_fitted()
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         if random_state is not None and not isinstance(random_state, (int, np.integer)):
             raise TypeError(f"random_state must be an int or None, got {type(random_state).__name__}")
-        return draw_samples(
-            self.flow_, int(n_samples), seed=None if random_state is None else int(random_state)
+        given = self._context_rows(context, "sample")
+        samples = draw_samples(
+            self.flow_,
+            int(n_samples),
+            seed=None if random_state is None else int(random_state),
+            context=given,
         )
+        one_row = given is not None and np.ndim(context) <= 1 and given.shape[0] == 1  # a (k,) row
+        return samples[:, 0] if one_row else samples
 
     # ------------------------------------------------------------------ persistence
 
@@ -368,6 +424,7 @@ class DensityEstimator:
         estimator.record_ = payload.get("record") or payload.get("hyper_parameters")
         estimator.columns_ = loaded.columns
         estimator.n_features_in_ = loaded.features
+        estimator.context_columns_ = list(loaded.context_columns)
         info = payload.get("fit_info", {})
         estimator.best_val_nll_ = info.get("best_val_nll")
         estimator.n_epochs_ = info.get("epochs")

@@ -18,8 +18,11 @@ __all__ = ["draw_samples", "entropy_metrics", "evaluate_log_prob", "log_likeliho
 
 
 @torch.no_grad()
-def evaluate_log_prob(flow: torch.nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Per-row log density `(n,)` (float64 numpy) of rows `x (n, D)` in data units, in batches."""
+def evaluate_log_prob(
+    flow: torch.nn.Module, x: np.ndarray, batch_size: int = 4096, context: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Per-row log density `(n,)` (float64 numpy) of rows `x (n, D)` in data units, in batches; with
+    `context (n, k)`, the log density of each row given its context row."""
     parameter = next(iter(flow.parameters()), None)
     buffer = next(iter(flow.buffers()), None)
     reference = parameter if parameter is not None else buffer
@@ -30,24 +33,38 @@ def evaluate_log_prob(flow: torch.nn.Module, x: np.ndarray, batch_size: int = 40
     out = []
     for start in range(0, x.shape[0], batch_size):
         rows = torch.as_tensor(x[start : start + batch_size], dtype=dtype, device=device)
-        out.append(flow.log_prob(rows).double().cpu().numpy())
+        if context is None:
+            out.append(flow.log_prob(rows).double().cpu().numpy())
+        else:
+            given = torch.as_tensor(context[start : start + batch_size], dtype=dtype, device=device)
+            out.append(flow.log_prob(rows, given).double().cpu().numpy())
     flow.train(was_training)
     return np.concatenate(out) if out else np.zeros(0)
 
 
 @torch.no_grad()
 def draw_samples(
-    flow: torch.nn.Module, n: int, seed: Optional[int] = None, batch_size: int = 10_000
+    flow: torch.nn.Module,
+    n: int,
+    seed: Optional[int] = None,
+    batch_size: int = 10_000,
+    context: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """`n` samples `(n, D)` float64 in data units (seeded with `seed` when given)."""
+    """`n` samples `(n, D)` float64 in data units (seeded with `seed` when given); with `context (m, k)`,
+    `n` samples per context row, `(n, m, D)`."""
     reference = next(iter(flow.parameters()), None)
     device = reference.device if reference is not None else torch.device("cpu")
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
+        given = None
+        if context is not None:
+            dtype = reference.dtype if reference is not None else torch.get_default_dtype()
+            given = torch.as_tensor(context, dtype=dtype, device=device)
+            batch_size = max(1, batch_size // max(1, given.shape[0]))
         chunks = [
-            flow.sample((min(batch_size, n - start),)).double().cpu().numpy()
+            flow.sample((min(batch_size, n - start),), given).double().cpu().numpy()
             for start in range(0, n, batch_size)
         ]
     return np.concatenate(chunks) if chunks else np.zeros((0, 0))

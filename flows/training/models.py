@@ -100,14 +100,20 @@ def build_flow(
     features: int,
     mean: Optional[np.ndarray] = None,
     std: Optional[np.ndarray] = None,
+    context: Optional[Any] = None,
 ) -> Flow:
     """The flow of a `model` section for `features`-dimensional rows.
 
     With `mean` and `std` (each `(features,)`), a fixed standardising bijector is prepended, so that the
     flow's `log_prob` and samples are in the units of the data: `log p(x) = log p_std((x - mean) / std)
     - sum(log std)`. Pass zeros/ones placeholders when the values will come from a state dict.
+    `context` (a `flows.training.context.ContextStats`) makes the flow conditional on `k` raw context
+    columns, standardised (then embedded by `model.embedding`) inside the flow.
     """
     options = check_model_options(model)
+    embedding, context_features = _context_embedding(model, context)
+    if context_features:
+        options["context_features"] = context_features
     builder = model_builder(model["name"], "table")
     try:
         flow = builder(features=features, **options)
@@ -125,11 +131,29 @@ def build_flow(
                 f"mean and std must have shape ({features},), got {np.shape(mean)} and {np.shape(std)}"
             )
         flow.transform = Chain(_standardize_bijector(mean, std), flow.transform)
+    if embedding is not None:
+        flow.embedding = embedding
+        flow.context_features = int(context.features)  # the raw context's width, before the embedding
     return flow
 
 
-def initialize_flow(flow: nn.Module, x: Tensor) -> bool:
-    """Data-dependent initialisation (ActNorm) of every layer that has one, from a batch `x (batch, D)`.
+def _context_embedding(model: Mapping[str, Any], context: Optional[Any]) -> tuple[Optional[nn.Module], int]:
+    """The context embedding of a conditional model and the context width its layers see (None, 0 without)."""
+    if context is None:
+        if model.get("embedding") is not None:
+            raise ConfigError(
+                "config key 'model.embedding' embeds a context, but the data has none; set "
+                "data.context_columns or remove model.embedding"
+            )
+        return None, 0
+    from flows.training.context import build_embedding
+
+    return build_embedding(model.get("embedding"), context)
+
+
+def initialize_flow(flow: nn.Module, x: Tensor, context: Optional[Tensor] = None) -> bool:
+    """Data-dependent initialisation (ActNorm) of every layer that has one, from a batch `x (batch, D)`
+    (and its raw `context (batch, k)` for a conditional flow).
 
     Returns True when an initialiser ran. Layers see the batch as it reaches them (standardised first).
     """
@@ -140,6 +164,9 @@ def initialize_flow(flow: nn.Module, x: Tensor) -> bool:
         from flows.bijectors.normalization import initialize_actnorms
     except ImportError:
         return False
+    embedding = getattr(flow, "embedding", None)
     with torch.no_grad():
-        initialize_actnorms(transform, x, None)
+        if context is not None and embedding is not None:
+            context = embedding(context)
+        initialize_actnorms(transform, x, context)
     return True

@@ -232,12 +232,19 @@ class TableDataModule(ResumableBatches, L.LightningDataModule):
         shuffle: bool,
         seed: int,
         num_workers: int = 0,
+        context: Optional[dict[str, np.ndarray]] = None,
     ) -> None:
         super().__init__()
         self.tensors = {
             name: torch.as_tensor(array, dtype=torch.float32)
             for name, array in (("train", train), ("val", val), ("test", test))
         }
+        #: conditional data: the context tables `(n, k)` of "train", "val" and "test"; batches are (x, context)
+        self.context_tensors = (
+            None
+            if context is None
+            else {k: torch.as_tensor(v, dtype=torch.float32) for k, v in context.items()}
+        )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.shuffle = shuffle
@@ -261,7 +268,7 @@ class TableDataModule(ResumableBatches, L.LightningDataModule):
             world_size=world,
         )
         return DataLoader(
-            TensorDataset(self.tensors["train"]),
+            self._dataset("train"),
             sampler=self._training_sampler(sampler),
             batch_size=None,
             num_workers=self.num_workers,
@@ -274,7 +281,13 @@ class TableDataModule(ResumableBatches, L.LightningDataModule):
             list(range(i, min(i + self.eval_batch_size, tensor.shape[0])))
             for i in range(0, tensor.shape[0], self.eval_batch_size)
         ]
-        return DataLoader(TensorDataset(tensor), sampler=batches, batch_size=None, num_workers=0)
+        return DataLoader(self._dataset(name), sampler=batches, batch_size=None, num_workers=0)
+
+    def _dataset(self, name: str) -> TensorDataset:
+        """Rows `(x,)` of split `name`, or `(x, context)` with a context."""
+        if self.context_tensors is None:
+            return TensorDataset(self.tensors[name])
+        return TensorDataset(self.tensors[name], self.context_tensors[name])
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

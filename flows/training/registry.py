@@ -18,6 +18,7 @@ from flows.flow import Flow
 from flows.presets import MAF, NSF, RealNVP
 from flows.presets_image import Glow, RealNVPImage
 from flows.training.config import ConfigError, check_value, unknown_key_error
+from flows.training.context import check_embedding
 
 __all__ = [
     "DATA_ARGUMENTS",
@@ -111,6 +112,11 @@ def check_model_options(model: Mapping[str, Any], kind: Kind = "table") -> dict[
     options: dict[str, Any] = {}
     for key, value in model.items():
         if key == "name":
+            continue
+        if (
+            key == "embedding" and kind == "table"
+        ):  # the context's embedding network, checked with the context
+            check_embedding(value)
             continue
         if key in DATA_ARGUMENTS[kind]:
             raise ConfigError(

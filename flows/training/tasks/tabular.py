@@ -6,6 +6,7 @@ without a run directory of its own) and `evaluate_checkpoint`.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 
 from flows.training.checkpoints import model_record
 from flows.training.config import Config, ConfigError, parse_config
+from flows.training.context import context_stats, sample_at_contexts, with_context
 from flows.training.data import DataSplits, GlobalBatchSampler, dequantize_fixed, load_splits
 from flows.training.evaluation import (
     draw_samples,
@@ -66,16 +68,8 @@ def prepare_splits(splits: DataSplits, config: Config, seed: int) -> DataSplits:
     val, test = splits.val, splits.test
     if dequantize:
         val, test = dequantize_fixed(splits.val, seed + 1), dequantize_fixed(splits.test, seed + 2)
-    return DataSplits(
-        splits.train,
-        val,
-        test,
-        splits.columns,
-        splits.name,
-        splits.entropy,
-        splits.entropy_se,
-        splits.discrete,
-        dict(splits.info, dequantized=bool(dequantize)),
+    return dataclasses.replace(
+        splits, val=val, test=test, info=dict(splits.info, dequantized=bool(dequantize))
     )
 
 
@@ -97,7 +91,7 @@ class TabularTask(Task):
         return resolve_model(config)
 
     def load_data(self, config: Config) -> DataSplits:
-        return load_splits(config.data, config.seed)
+        return with_context(load_splits(config.data, config.seed), config.data.context_columns)
 
     def prepare_data(self, config: Config, data: DataSplits) -> DataSplits:
         return prepare_splits(data, config, config.seed)
@@ -110,9 +104,13 @@ class TabularTask(Task):
             stats_source = dequantize_fixed(data.train, config.seed) if dequantized else data.train
             mean, std = standardization_of(stats_source, data.columns)
         self._standardization = (mean, std)
+        context = context_stats(data, config.data.standardize)
         torch.manual_seed(config.seed)
-        flow = build_flow(config.model, data.features, mean, std)
-        return flow, model_record(config, data.features, data.columns, standardized=mean is not None)
+        flow = build_flow(config.model, data.features, mean, std, context=context)
+        record = model_record(
+            config, data.features, data.columns, standardized=mean is not None, context=context
+        )
+        return flow, record
 
     def initialize(self, model: torch.nn.Module, data: DataSplits, config: Config, global_batch: int) -> None:
         seed = config.seed
@@ -120,7 +118,11 @@ class TabularTask(Task):
         rows = data.train[first]
         if data.info.get("dequantized"):
             rows = dequantize_fixed(rows, seed + 3)
-        initialize_flow(model, torch.as_tensor(rows, dtype=torch.get_default_dtype()))
+        dtype = torch.get_default_dtype()
+        context = (
+            None if data.train_context is None else torch.as_tensor(data.train_context[first], dtype=dtype)
+        )
+        initialize_flow(model, torch.as_tensor(rows, dtype=dtype), context)
 
     def module(
         self,
@@ -153,6 +155,9 @@ class TabularTask(Task):
             shuffle=train.shuffle,
             seed=config.seed,
             num_workers=config.data.num_workers,
+            context=None
+            if data.train_context is None
+            else {"train": data.train_context, "val": data.val_context, "test": data.test_context},
         )
 
     def progress_printer(self) -> Callback:
@@ -160,12 +165,15 @@ class TabularTask(Task):
 
     def evaluate(self, fitted: Fitted, config: Config) -> dict[str, Any]:
         splits: DataSplits = fitted.info["data"]
-        log_prob = evaluate_log_prob(fitted.model, splits.test, config.train.eval_batch_size)
+        batch = config.train.eval_batch_size
+        log_prob = evaluate_log_prob(fitted.model, splits.test, batch, context=splits.test_context)
         metrics = log_likelihood_metrics(log_prob)
         metrics.update(entropy_metrics(splits, metrics["test_log_likelihood"]))
         best = fitted.best_val
         if best is None and splits.val.shape[0] > 0:  # training ended before any validation ran
-            best = float(-np.mean(evaluate_log_prob(fitted.model, splits.val, config.train.eval_batch_size)))
+            best = float(
+                -np.mean(evaluate_log_prob(fitted.model, splits.val, batch, context=splits.val_context))
+            )
         metrics.update(
             {
                 "best_val_nll": best,
@@ -174,6 +182,9 @@ class TabularTask(Task):
                 "dequantized": bool(splits.info.get("dequantized")),
             }
         )
+        if splits.context_columns:
+            metrics["context_columns"] = list(splits.context_columns)
+            metrics["context_features"] = splits.context_features
         return metrics
 
     def write_outputs(self, fitted: Fitted, config: Config, run_dir: Path) -> dict[str, Any]:
@@ -181,8 +192,12 @@ class TabularTask(Task):
         metrics: dict[str, Any] = {}
         if config.output.samples <= 0:
             return metrics
-        samples = draw_samples(fitted.model, config.output.samples, seed=config.seed)
-        write_samples(run_dir / "samples.csv", samples, splits.columns)
+        if splits.context_columns:  # one sample at each of the first test contexts
+            path = run_dir / "samples.csv"
+            samples = sample_at_contexts(fitted.model, splits, config.output.samples, config.seed, path)
+        else:
+            samples = draw_samples(fitted.model, config.output.samples, seed=config.seed)
+            write_samples(run_dir / "samples.csv", samples, splits.columns)
         metrics["samples_nonfinite_rows"] = int(np.sum(~np.isfinite(samples).all(axis=1)))
         if config.output.plots:
             metrics["plots"] = _plots(run_dir, fitted.model, splits, samples)
@@ -199,7 +214,12 @@ def _plots(run_dir: Path, flow: torch.nn.Module, splits: DataSplits, samples: np
         print(f"plots skipped: {error}", file=sys.stderr)
         return []
     try:
-        written = write_plots(run_dir, flow, {"train": splits.train, "test": splits.test}, samples)
+        if splits.context_columns:
+            from flows.training.conditional_plots import write_conditional_plots
+
+            written = write_conditional_plots(run_dir, flow, splits)
+        else:
+            written = write_plots(run_dir, flow, {"train": splits.train, "test": splits.test}, samples)
     except ImportError as error:
         print(f"plots skipped: {error}", file=sys.stderr)
         return []
@@ -243,10 +263,18 @@ def evaluate_checkpoint(config: Config, checkpoint: Union[str, Path], verbose: b
     from flows.training.checkpoints import load_model
 
     loaded = load_model(checkpoint)
-    splits = prepare_splits(load_splits(config.data, config.seed), config, config.seed)
+    splits = with_context(load_splits(config.data, config.seed), config.data.context_columns)
+    splits = prepare_splits(splits, config, config.seed)
     if splits.features != loaded.features:
         raise ValueError(f"the checkpoint models {loaded.features} features, the data has {splits.features}")
-    log_prob = evaluate_log_prob(loaded.flow, splits.test, config.train.eval_batch_size)
+    if splits.context_columns != loaded.context_columns:
+        raise ValueError(
+            f"the checkpoint conditions on the columns {loaded.context_columns}, the data's "
+            f"data.context_columns give {splits.context_columns}"
+        )
+    log_prob = evaluate_log_prob(
+        loaded.flow, splits.test, config.train.eval_batch_size, context=splits.test_context
+    )
     metrics: dict[str, Any] = {"dataset": config.data.dataset, "checkpoint": str(checkpoint)}
     metrics.update(log_likelihood_metrics(log_prob))
     metrics.update(entropy_metrics(splits, metrics["test_log_likelihood"]))
