@@ -18,10 +18,11 @@ from flows.training.context import (
     ContextStandardize,
     ContextStats,
     check_embedding,
+    conditional_splits_from_arrays,
     context_indices,
     with_context,
 )
-from flows.training.data import DataSplits, load_splits, splits_from_arrays
+from flows.training.data import DataSplits, load_splits
 from flows.training.models import build_flow
 from flows.training.module import FlowModule, TableDataModule
 
@@ -132,14 +133,14 @@ def test_a_conditional_target_conditions_on_its_own_context_columns() -> None:
 
 def test_arrays_with_a_context_hold_out_the_same_rows() -> None:
     x = np.arange(40.0).reshape(20, 2)
-    splits = splits_from_arrays(x, context=x[:, :1] * 10, val_fraction=0.2, seed=0)
+    splits = conditional_splits_from_arrays(x, None, x[:, :1] * 10, None, val_fraction=0.2, seed=0)
     assert splits.context_columns == ["c0"] and splits.columns == ["x0", "x1"]
     np.testing.assert_array_equal(splits.train_context[:, 0], splits.train[:, 0] * 10)
     np.testing.assert_array_equal(splits.val_context[:, 0], splits.val[:, 0] * 10)
     with pytest.raises(ValueError, match="20 rows, but its context has 3"):
-        splits_from_arrays(x, context=np.zeros((3, 1)))
+        conditional_splits_from_arrays(x, None, np.zeros((3, 1)), None, 0.1, 0)
     with pytest.raises(TypeError, match="context_val"):
-        splits_from_arrays(x, x, context=x)
+        conditional_splits_from_arrays(x, x, x, None, 0.1, 0)
 
 
 # ------------------------------------------------------------------------------- the flow and training

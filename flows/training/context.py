@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from flows.training.config import ConfigError, check_value, unknown_key_error
-from flows.training.data import DataSplits
+from flows.training.data import DataSplits, splits_from_arrays
 from flows.training.evaluation import draw_samples, write_samples
 
 __all__ = [
@@ -105,7 +105,6 @@ def conditional_splits_from_arrays(
     """`splits_from_arrays` for `x (n, D)` given `context (n, k)` (and `x_val` given `context_val`):
     rows are held out together. Unnamed context columns are called `c0, c1, ...`."""
     from flows.datasets import as_array
-    from flows.training.data import splits_from_arrays
 
     if context is None or (x_val is None) != (context_val is None):
         raise TypeError(
@@ -168,7 +167,7 @@ def context_stats(splits: DataSplits, standardize: bool) -> Optional[ContextStat
         return None
     k = splits.context_features
     if standardize:
-        from flows.training.models import standardization_of
+        from flows.training.standardization import standardization_of
 
         mean, std = standardization_of(splits.train_context, splits.context_columns)
     else:

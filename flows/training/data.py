@@ -185,16 +185,10 @@ def splits_from_arrays(
     x_test: Any = None,
     val_fraction: float = 0.1,
     seed: int = 0,
-    context: Any = None,
-    context_val: Any = None,
 ) -> DataSplits:
     """Splits from in-memory data (numpy arrays, DataFrames, lists). Without `x_val`, `val_fraction` of
     `x` is held out for validation (early stopping); `x_test` may be None (the test split is then the
-    validation split). `context (n, k)` / `context_val`: the tables the model conditions on, row by row."""
-    if context is not None or context_val is not None:
-        from flows.training.context import conditional_splits_from_arrays
-
-        return conditional_splits_from_arrays(x, x_val, context, context_val, val_fraction, seed)
+    validation split). With a context, see `flows.training.context.conditional_splits_from_arrays`."""
     train, columns = datasets.as_array(x, "X")
     if x_val is not None:
         val, _ = datasets.as_array(x_val, "X_val")

@@ -27,6 +27,7 @@ import torch
 from flows.io import atomic_open
 from flows.training.checkpoints import ESTIMATOR_FORMAT, load_model
 from flows.training.config import ConfigError, TrainConfig, parse_config
+from flows.training.context import conditional_splits_from_arrays
 from flows.training.data import splits_from_arrays
 from flows.training.evaluation import draw_samples, evaluate_log_prob
 from flows.training.safety import TrainingDivergedError, read_checkpoint
@@ -173,9 +174,12 @@ class DensityEstimator:
         (scikit-learn convention). Returns self.
         """
         config = self._config()
-        splits = splits_from_arrays(
-            X, X_val, None, self.val_fraction, self.seed, context=context, context_val=context_val
-        )
+        if context is None and context_val is None:
+            splits = splits_from_arrays(X, X_val, None, self.val_fraction, self.seed)
+        else:
+            splits = conditional_splits_from_arrays(
+                X, X_val, context, context_val, self.val_fraction, self.seed
+            )
         self._check_range(splits)
         try:
             with _quiet_lightning(not self.verbose):
