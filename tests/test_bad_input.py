@@ -73,12 +73,14 @@ def user_dir(tmp_path: Path) -> Iterator[Path]:
 def _config(directory: Path, dataset: str, **sections: dict) -> Path:
     config = {
         "seed": 0,
-        "data": {"dataset": dataset, "n_train": 256, "n_val": 64, "n_test": 64},
+        "data": {"dataset": dataset},
         "model": {"name": "gaussian"},
         "train": {"batch_size": 64, "max_epochs": 2, "num_threads": 1},
         "output": {"dir": str(directory / "runs"), "name": "run", "samples": 10, "plots": False},
         "trainer": {"accelerator": "cpu"},
     }
+    if dataset.split(":")[0] in ("toy", "synthetic"):  # generated rows: only a few
+        config["data"].update({"n_train": 256, "n_val": 64, "n_test": 64})
     for key, value in sections.items():
         config[key] = {**config.get(key, {}), **value}
     path = directory / f"config-{abs(hash(dataset)) % 10_000}.yaml"

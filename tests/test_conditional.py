@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from scipy.integrate import trapezoid
 
 import flows
@@ -323,9 +324,18 @@ def test_conditional_run_reaches_the_conditional_entropy_and_beats_an_unconditio
     assert (tmp_path / "cond" / "plots" / "conditional.png").stat().st_size > 0
     samples = pd.read_csv(tmp_path / "cond" / "samples.csv")
     assert list(samples.columns) == ["y0", "y1", "c0"] and len(samples) == 300
+    # The same rows of y without their context: a file dataset (no generator keys such as data.n_train).
+    unconditional_config = yaml.safe_load(CONFIG.read_text())
+    unconditional_config["data"] = {"dataset": "file:" + str(_joint_file(tmp_path))}
+    path = tmp_path / "uncond.yaml"
+    path.write_text(yaml.safe_dump(unconditional_config))
     overrides = _run_overrides(tmp_path, "uncond")
-    assert main(["fit", "--config", str(CONFIG), *overrides, "--data.context_columns", "[]",
-                 "--data.dataset", "file:" + str(_joint_file(tmp_path))]) == 0  # fmt: skip
+    overrides = [
+        t
+        for i, t in enumerate(overrides)
+        if not (t.startswith("--data.") or overrides[i - 1].startswith("--data."))
+    ]
+    assert main(["fit", "--config", str(path), *overrides]) == 0
     unconditional = json.loads((tmp_path / "uncond" / "metrics.json").read_text())
     assert unconditional["features"] == 2
     assert -unconditional["test_log_likelihood"] > -metrics["test_log_likelihood"] + 0.5

@@ -105,3 +105,21 @@ def test_a_new_objective_plugs_in_and_drives_checkpoints_and_early_stopping(tmp_
     nll = -float(np.mean(evaluate_log_prob(fitted.model, splits.val)))
     assert fitted.best_val == pytest.approx(0.5 * nll, rel=1e-5)
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "data", "key"),
+    [
+        ("file:t.csv", {"n_train": 64}, "data.n_train"),
+        ("toy:moons", {"columns": ["a"]}, "data.columns"),
+        ("sklearn:wine", {"root": "/data"}, "data.root"),
+        ("uci:power", {"val_fraction": 0.2}, "data.val_fraction"),
+        ("image:digits", {"context_columns": ["x0"]}, "data.context_columns"),
+        ("toy:moons", {"target": {"features": 3}}, "data.target"),
+    ],
+)
+def test_a_data_key_that_the_dataset_never_reads_is_refused(dataset: str, data: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}' does not apply to {dataset.split(':')[0]}: datasets"):
+        parse_config({"data": {"dataset": dataset, **data}})
+    # the same value where it applies, or the default where it does not, is accepted
+    parse_config({"data": {"dataset": dataset}})

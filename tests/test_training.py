@@ -91,7 +91,7 @@ def test_several_files_merge_in_order_and_dotted_overrides_are_yaml_typed(tmp_pa
     base = tmp_path / "base.yaml"
     base.write_text("seed: 1\ntrain: {lr: 1e-3, batch_size: 64}\nmodel: {name: gaussian}\n")
     small = tmp_path / "small.yaml"
-    small.write_text("train:\n  batch_size: 32\ndata:\n  columns: [a, b]\n")
+    small.write_text("train:\n  batch_size: 32\ndata:\n  dataset: file:t.csv\n  columns: [a, b]\n")
     config = load_config(
         [base, small],
         [

@@ -85,6 +85,38 @@ class DataConfig:
     #: columns (names or positions) the model conditions on: it models p(rest | these); [] = unconditional
     context_columns: list[Union[str, int]] = field(default_factory=list)
 
+    def check_keys_apply(self) -> None:
+        """Refuse a key set away from its default where the dataset's kind never reads it (a silently ignored
+        key is a silent mistake: `data.n_train` for a file, `data.columns` for a toy, `data.standardize` for
+        images)."""
+        kind = self.dataset.partition(":")[0]
+        applies = DATA_KEYS_BY_KIND.get(kind)
+        if applies is None:
+            return  # an unknown kind is reported where the dataset is loaded
+        defaults = DataConfig()
+        for item in dataclasses.fields(self):
+            key = item.name
+            if key in applies or getattr(self, key) == getattr(defaults, key):
+                continue
+            users = sorted(k for k, keys in DATA_KEYS_BY_KIND.items() if key in keys)
+            raise ConfigError(
+                f"config key 'data.{key}' does not apply to {kind}: datasets (it is read for "
+                f"{', '.join(k + ':' for k in users)} datasets only), got {_describe(getattr(self, key))}"
+            )
+
+
+#: the `data` keys that each kind of dataset reads (every other key must keep its default)
+_TABLE_KEYS = {"dataset", "standardize", "dequantize", "num_workers", "context_columns"}
+_SPLIT_KEYS = {"val_fraction", "test_fraction", "split_seed"}
+DATA_KEYS_BY_KIND: dict[str, set[str]] = {
+    "toy": _TABLE_KEYS | {"n_train", "n_val", "n_test", "split_seed"},
+    "synthetic": _TABLE_KEYS | {"n_train", "n_val", "n_test", "split_seed", "target"},
+    "sklearn": _TABLE_KEYS | _SPLIT_KEYS,
+    "uci": _TABLE_KEYS | {"root"},
+    "file": _TABLE_KEYS | _SPLIT_KEYS | {"columns", "header", "key", "val_path", "test_path"},
+    "image": {"dataset", "root"} | _SPLIT_KEYS,
+}
+
 
 @dataclass
 class MollificationConfig:
@@ -315,6 +347,7 @@ def parse_config(values: Union[Mapping[str, Any], Config, None]) -> Config:
     if not isinstance(config.model["name"], str):
         raise ConfigError(f"config key 'model.name': expected str, got {_describe(config.model['name'])}")
     _check_ranges(config)
+    config.data.check_keys_apply()
     return config
 
 
