@@ -10,7 +10,7 @@ from flows.bijectors import Coupling, ImageCoupling, MaskedAutoregressive
 from flows.bijectors.conv import Invertible1x1Conv
 from flows.bijectors.elementwise import ElementwiseAffine, Logit, Sigmoid, Standardize, Tanh
 from flows.bijectors.linear import LULinear, Permutation
-from flows.bijectors.normalization import ActNorm, BatchNorm, initialize_actnorms
+from flows.bijectors.normalization import ActNorm, BatchNorm
 from flows.bijectors.reshape import MultiscaleSplit, Squeeze
 from flows.core import Bijector, Chain, Inverse
 from flows.dequantization import (
@@ -54,7 +54,6 @@ __all__ = [
     "Squeeze",
     "Standardize",
     "Tanh",
-    "initialize_actnorms",
     "DequantizedFlow",
     "LogitPreprocessing",
     "UniformDequantization",

@@ -77,6 +77,15 @@ class Bijector(nn.Module):
         """The inverse bijector, sharing parameters with this one."""
         return Inverse(self)
 
+    def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> bool:
+        """Data-dependent initialisation from the batch `x (batch + event)` that reaches this layer.
+
+        Returns True when a layer was initialised. Most layers have nothing to initialise (False); `ActNorm`
+        sets its shift and scale from `x`; `Chain` and `MultiscaleSplit` pass the batch on, each member
+        seeing its own input. `flows.Flow.initialize` is the entry point.
+        """
+        return False
+
     def batch_shape(self, x: Tensor) -> torch.Size:
         """The batch shape of `x` for this bijector's event dims."""
         return x.shape[: x.dim() - self.event_dims]
@@ -149,6 +158,14 @@ class Chain(Bijector):
             x, ladj = bijector(x, context)
             total = ladj if total is None else total + ladj
         return x, total
+
+    def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> bool:
+        """Initialise the members first to last, each on the output of the members before it."""
+        initialized = False
+        for bijector in self.bijectors:
+            initialized = bool(bijector.initialize(x, context)) or initialized
+            x, _ = bijector(x, context)
+        return initialized
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         total = None

@@ -20,6 +20,7 @@ integer images is that bound, and which samples images at a temperature.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal, Optional, Union
 
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "UniformDequantization",
     "VariationalDequantization",
     "bits_per_dim",
+    "dequantize",
     "discrete_log_likelihood_bound",
     "make_dequantizer",
     "make_preprocessing",
@@ -71,6 +73,15 @@ def quantize(y: Tensor, num_levels: int) -> Tensor:
     """Continuous values `y` in `[0, 1]` (any shape) to integer levels `floor(y K)` clipped to `[0, K-1]` (int64)."""
     num_levels = _check_levels(num_levels)
     return torch.clamp(torch.floor(y * num_levels), 0, num_levels - 1).long()
+
+
+def dequantize(x: Tensor, u: Tensor, num_levels: int = 1) -> Tensor:
+    """`(x + u) / K`: integer levels `x` plus noise `u` in `[0, 1)` (same shape), as `[0, 1]` values.
+
+    `num_levels = 1` keeps the level units (`x + u`, tables). Every dequantiser adds its noise through this
+    function; each draws `u` from its own generator.
+    """
+    return (x + u) / num_levels
 
 
 # ------------------------------------------------------------------------------------------ dequantisers
@@ -112,7 +123,7 @@ class UniformDequantization(Dequantizer):
             raise ValueError(f"expected at least {self.event_dims} event dims, got shape {tuple(x.shape)}")
         u = torch.rand_like(x)
         log_q = x.new_zeros(x.shape[: x.dim() - self.event_dims])
-        return (x + u) / self.num_levels, log_q
+        return dequantize(x, u, self.num_levels), log_q
 
 
 class _DataConditionedConvNet(nn.Module):
@@ -222,7 +233,7 @@ class VariationalDequantization(Dequantizer):
         log_sigmoid_derivative = -F.softplus(-h) - F.softplus(h)
         log_q = log_q_h - sum_event(log_sigmoid_derivative, 3)
         u = torch.sigmoid(h)
-        return (x + u) / self.num_levels, log_q
+        return dequantize(x, u, self.num_levels), log_q
 
     def log_prob(self, u: Tensor, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """`log q(u | x)` of given noise `u in (0, 1)` (`batch + shape`) for data `x`; returns `(batch)`."""
@@ -299,9 +310,21 @@ def discrete_log_likelihood_bound(
     expectation is the variational bound). `num_samples = S > 1`: `log mean_s exp(...)` over S noise draws,
     the importance-weighted bound, tighter and still below `log P(x)`.
     """
+    return _bound(flow.log_prob, flow.event_shape, x, dequantizer, preprocessing, context, num_samples)
+
+
+def _bound(
+    log_density: Callable[[Tensor, Optional[Tensor]], Tensor],
+    event_shape: tuple[int, ...],
+    x: Tensor,
+    dequantizer: Dequantizer,
+    preprocessing: Optional[Bijector],
+    context: Optional[Tensor],
+    num_samples: int,
+) -> Tensor:
+    """`discrete_log_likelihood_bound` with the continuous density `log_density(z (batch + event), context)`."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    event_shape = flow.event_shape
     event_dims = len(event_shape)
     if x.dim() < event_dims or tuple(x.shape[x.dim() - event_dims :]) != tuple(event_shape):
         raise ValueError(f"expected data with event shape {tuple(event_shape)}, got shape {tuple(x.shape)}")
@@ -312,7 +335,7 @@ def discrete_log_likelihood_bound(
             context = context.unsqueeze(0).expand((num_samples,) + context.shape)
     y, log_q = dequantizer(x, context)
     z, ladj = (y, 0.0) if preprocessing is None else preprocessing(y)
-    log_joint = flow.log_prob(z, context) + ladj - num_dims * math.log(dequantizer.num_levels) - log_q
+    log_joint = log_density(z, context) + ladj - num_dims * math.log(dequantizer.num_levels) - log_q
     if num_samples == 1:
         return log_joint
     return torch.logsumexp(log_joint, dim=0) - math.log(num_samples)
@@ -335,9 +358,9 @@ def sample_base(
         return temperature * base.sample(sample_shape, context)
     if isinstance(base, DiagonalNormal):
         with torch.no_grad():
-            raw = base._raw(context)
+            raw = base.raw_parameters(context)
             loc = raw["loc"]
-            shape = as_shape(sample_shape) + base._batch_shape(context)
+            shape = as_shape(sample_shape) + (() if context is None else tuple(context.shape[:-1]))
             noise = torch.randn(shape + (base.features,), dtype=loc.dtype, device=loc.device)
             flat = loc + temperature * torch.exp(raw["log_scale"]) * noise
             return flat.reshape(shape + tuple(base.event_shape))
@@ -347,28 +370,27 @@ def sample_base(
     )
 
 
-class DequantizedFlow(nn.Module):
-    """A flow for discrete data: `log_prob(x)` is the dequantisation bound, `sample` returns `[0, 1]` values.
+class DequantizedFlow(Flow):
+    """A `Flow` for discrete data: `log_prob(x)` is the dequantisation bound, `sample` returns `[0, 1]` values.
 
-    `flow` models `z = preprocessing(y)`, `y = (x + u) / K`. `context` (e.g. a one-hot class label) goes to
-    the flow and to a conditional dequantiser.
+    Built from a flow that models `z = preprocessing(y)`, `y = (x + u) / K`: its transform, base and
+    embedding become this flow's own, beside the `dequantizer` and the `preprocessing`. The continuous
+    methods (`encode`, `decode`, `rsample`, `sample_and_log_prob`) work on `y` in `[0, 1]`; `log_prob` and
+    `initialize` take integer data `x`. `context` (e.g. a one-hot class label) goes to the flow and to a
+    conditional dequantiser. Weights saved before it was a `Flow` (keys `flow.*`) load unchanged.
     """
 
     def __init__(
         self, flow: Flow, dequantizer: Dequantizer, preprocessing: Optional[Bijector] = None
     ) -> None:
-        super().__init__()
         if not isinstance(flow, Flow):
             raise TypeError(f"flow must be a flows.Flow, got {type(flow).__name__}")
         if not isinstance(dequantizer, Dequantizer):
             raise TypeError(f"dequantizer must be a flows Dequantizer, got {type(dequantizer).__name__}")
-        self.flow = flow
+        super().__init__(flow.transform, flow.base, flow.embedding, flow.context_features)
         self.dequantizer = dequantizer
         self.preprocessing = preprocessing
-
-    @property
-    def event_shape(self) -> tuple[int, ...]:
-        return self.flow.event_shape
+        self.register_load_state_dict_pre_hook(_drop_inner_flow_prefix)
 
     @property
     def num_levels(self) -> int:
@@ -378,38 +400,68 @@ class DequantizedFlow(nn.Module):
     def num_dims(self) -> int:
         return math.prod(self.event_shape)
 
+    def _preprocess(self, y: Tensor) -> tuple[Tensor, Union[Tensor, float]]:
+        """`y in [0, 1]` to the flow's input `z = preprocessing(y)`, with the preprocessing's ladj."""
+        return (y, 0.0) if self.preprocessing is None else self.preprocessing(y)
+
+    def _postprocess(self, z: Tensor) -> tuple[Tensor, Union[Tensor, float]]:
+        """The flow's output `z` back to `y`, with the inverse preprocessing's ladj."""
+        return (z, 0.0) if self.preprocessing is None else self.preprocessing.inverse(z)
+
     def log_prob(self, x: Tensor, context: Optional[Tensor] = None, num_samples: int = 1) -> Tensor:
         """Lower bound on `log P(x)` of integer data `x (batch + event)`, `(batch)` nats (see the module doc)."""
-        return discrete_log_likelihood_bound(
-            self.flow, x, self.dequantizer, self.preprocessing, context, num_samples
+        return _bound(
+            super().log_prob, self.event_shape, x, self.dequantizer, self.preprocessing, context, num_samples
         )
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self.log_prob(x, context)
+    @torch.no_grad()
+    def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> bool:
+        """ActNorm initialisation from integer data `x (batch + event)`, dequantised and preprocessed."""
+        y, _ = self.dequantizer(x, context)
+        return super().initialize(self._preprocess(y)[0], context)
 
     def encode(self, y: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Continuous data `y in [0, 1]` (`batch + event`) to the latent."""
-        z = y if self.preprocessing is None else self.preprocessing(y)[0]
-        return self.flow.encode(z, context)
+        return super().encode(self._preprocess(y)[0], context)
 
     def decode(self, latent: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Latent to continuous data `y` (in `[0, 1]` up to the model's support)."""
-        z = self.flow.decode(latent, context)
-        return z if self.preprocessing is None else self.preprocessing.inverse(z)[0]
+        return self._postprocess(super().decode(latent, context))[0]
+
+    def rsample(self, sample_shape: Shape = (), context: Optional[Tensor] = None) -> Tensor:
+        """Reparameterised continuous samples `y` of shape `sample_shape + context_batch + event`."""
+        return self._postprocess(super().rsample(sample_shape, context))[0]
+
+    def sample_and_log_prob(
+        self, sample_shape: Shape = (), context: Optional[Tensor] = None
+    ) -> tuple[Tensor, Tensor]:
+        """Continuous samples `y` and their log densities `log p(y)` (gradients flow)."""
+        z, log_prob = super().sample_and_log_prob(sample_shape, context)
+        y, ladj_inverse = self._postprocess(z)
+        return y, log_prob - ladj_inverse
 
     @torch.no_grad()
     def sample(
         self, sample_shape: Shape = (), context: Optional[Tensor] = None, temperature: float = 1.0
     ) -> Tensor:
         """Continuous samples `y` of shape `sample_shape + context_batch + event`, clipped to `[0, 1]`."""
-        _, embedded = self.flow._validate(None, context)
-        latent = sample_base(self.flow.base, sample_shape, embedded, temperature)
-        z, _ = self.flow.transform.inverse(latent, embedded)
-        y = z if self.preprocessing is None else self.preprocessing.inverse(z)[0]
-        return torch.clamp(y, 0.0, 1.0)
+        _, embedded = self._validate(None, context)
+        latent = sample_base(self.base, sample_shape, embedded, temperature)
+        z, _ = self.transform.inverse(latent, embedded)
+        return torch.clamp(self._postprocess(z)[0], 0.0, 1.0)
 
     def sample_levels(
         self, sample_shape: Shape = (), context: Optional[Tensor] = None, temperature: float = 1.0
     ) -> Tensor:
         """Integer samples in `[0, K-1]` (int64): `quantize(sample(...))`."""
         return quantize(self.sample(sample_shape, context, temperature), self.num_levels)
+
+
+def _drop_inner_flow_prefix(
+    module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: object
+) -> None:
+    """Load-state-dict pre-hook: weights saved when `DequantizedFlow` held its flow as `.flow` (keys
+    `prefix + "flow." + name`) are renamed to `prefix + name`, where this flow keeps them now."""
+    old = prefix + "flow."
+    for key in [key for key in state_dict if key.startswith(old)]:
+        state_dict[prefix + key[len(old) :]] = state_dict.pop(key)

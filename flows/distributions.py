@@ -211,7 +211,8 @@ class ParametricDistribution(Distribution):
         self.context_features = int(context_features)
         self.raw = RawParameters(initial, context_features, hidden_features)
 
-    def _raw(self, context: Optional[Tensor]) -> dict[str, Tensor]:
+    def raw_parameters(self, context: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """The raw parameters (e.g. `loc`, `log_scale`) for `context (batch_c, k)`, shapes `batch_c + own`."""
         return self.raw(context if self.context_features > 0 else None)
 
     def _flatten_event(self, z: Tensor) -> Tensor:
@@ -219,11 +220,11 @@ class ParametricDistribution(Distribution):
         return z.reshape(z.shape[: z.dim() - len(self.event_shape)] + (self.features,))
 
     def log_prob(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self._log_density(self._flatten_event(z), self._raw(context))
+        return self._log_density(self._flatten_event(z), self.raw_parameters(context))
 
     def rsample(self, sample_shape: Shape = (), context: Optional[Tensor] = None) -> Tensor:
         shape = as_shape(sample_shape) + self._batch_shape(context)
-        flat = self._rsample_flat(shape, self._raw(context))
+        flat = self._rsample_flat(shape, self.raw_parameters(context))
         return flat.reshape(shape + self.event_shape)
 
     def _log_density(self, z: Tensor, raw: dict[str, Tensor]) -> Tensor:
@@ -328,7 +329,7 @@ class StudentT(ParametricDistribution):
 
     def degrees_of_freedom(self, context: Optional[Tensor] = None) -> Tensor:
         """`df`, shape `(features,)` (or `batch_c + (features,)` when conditional and learnt)."""
-        return self._df(self._raw(context))
+        return self._df(self.raw_parameters(context))
 
     def _df(self, raw: dict[str, Tensor]) -> Tensor:
         if not self.learn_df:

@@ -209,6 +209,16 @@ class Flow(nn.Module):
             )
         return value
 
+    @torch.no_grad()
+    def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> bool:
+        """Data-dependent initialisation (ActNorm) from a first batch `x (batch + event)`.
+
+        Runs `x` through the transform layer by layer; each layer that has one initialises itself on the
+        values it sees (see `Bijector.initialize`). Returns True when a layer was initialised.
+        """
+        x, context = self._validate(x, context)
+        return self.transform.initialize(x, context)
+
     def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Log density of `x (batch + event)`; returns `(batch)`.
 

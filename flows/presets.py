@@ -219,7 +219,7 @@ class RealNVP(Flow):
     """Real NVP (Dinh et al. 2017) for vectors: affine coupling layers with alternating masks.
 
     `normalization`: `"none"`, `"actnorm"` (before each coupling; call
-    `flows.bijectors.initialize_actnorms(flow.transform, x)` on a first batch) or `"batchnorm"` (after
+    `flow.initialize(x)` on a first batch) or `"batchnorm"` (after
     each coupling, as in the paper). `residual_blocks=0` uses MLP conditioners with `hidden_features`
     widths; more uses residual networks of width `hidden_features[0]`.
     """

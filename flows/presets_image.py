@@ -10,13 +10,9 @@ training (ActNorm data-dependent init).
 
 from __future__ import annotations
 
-from typing import Optional
-
-from torch import Tensor
-
 from flows.bijectors.conv import Invertible1x1Conv
 from flows.bijectors.coupling import ImageCoupling
-from flows.bijectors.normalization import ActNorm, initialize_actnorms
+from flows.bijectors.normalization import ActNorm
 from flows.bijectors.reshape import MultiscaleSplit, Squeeze
 from flows.core import Bijector, Chain, Inverse
 from flows.distributions import StandardNormal
@@ -87,16 +83,7 @@ def split_prior_coupling(
     )
 
 
-class _ImageFlow(Flow):
-    """A `Flow` over images with the data-dependent `initialize` of its ActNorm layers."""
-
-    def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> None:
-        """Initialise every ActNorm in order on a batch `x (batch, C, H, W)` (each on its own input)."""
-        x, context = self._validate(x, context)
-        initialize_actnorms(self.transform, x, context)
-
-
-class Glow(_ImageFlow):
+class Glow(Flow):
     """Glow: `levels` levels of (Squeeze, `steps` x (ActNorm, LU 1x1 conv, channel coupling), split).
 
     Event `shape = (C, H, W)`, with `H` and `W` divisible by `2 ** levels`. Every level but the last
@@ -169,7 +156,7 @@ class Glow(_ImageFlow):
         self.split_prior = split_prior
 
 
-class RealNVPImage(_ImageFlow):
+class RealNVPImage(Flow):
     """Multiscale RealNVP (Dinh et al. 2017) on images `shape = (C, H, W)`.
 
     Each of the first `levels - 1` scales applies 3 checkerboard couplings (alternating parity),

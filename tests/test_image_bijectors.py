@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from flows.bijectors.conv import Invertible1x1Conv
 from flows.bijectors.elementwise import ElementwiseAffine, Logit, Sigmoid, Standardize, Tanh
 from flows.bijectors.linear import LULinear, LUMatrix, Permutation
-from flows.bijectors.normalization import ActNorm, BatchNorm, initialize_actnorms
+from flows.bijectors.normalization import ActNorm, BatchNorm
 from flows.bijectors.reshape import MultiscaleSplit, Squeeze
 from flows.core import Chain, Inverse
 from tests.helpers import jacobian_logdet, randomize
@@ -71,12 +71,12 @@ def test_actnorm_rejects_bad_arguments() -> None:
         ActNorm(features=3).initialize(torch.randn(1, 3))
 
 
-def test_initialize_actnorms_initialises_each_layer_on_its_own_input() -> None:
+def test_chain_initialize_initialises_each_layer_on_its_own_input() -> None:
     torch.manual_seed(2)
     shape = (2, 4, 4)
     chain = Chain(ActNorm(shape=shape), Invertible1x1Conv(2), ActNorm(shape=shape)).to(DOUBLE)
     x = torch.randn(32, *shape, dtype=DOUBLE) * 4.0 + 1.0
-    initialize_actnorms(chain, x)
+    assert chain.initialize(x)
     assert all(bool(layer.initialized) for layer in (chain[0], chain[2]))
     y = chain(x)[0]
     # The last ActNorm was initialised on the conv output: the chain's output is standardised.

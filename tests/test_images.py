@@ -25,6 +25,7 @@ from flows.datasets.images import (
     read_idx,
 )
 from flows.dequantization import DequantizedFlow, make_dequantizer, make_preprocessing
+from flows.flow import Flow
 from flows.presets_image import Glow
 from flows.training.images import image_grid, read_png, write_png, write_reconstructions, write_sample_grids
 
@@ -336,7 +337,7 @@ def test_image_options_and_models_are_validated_by_key() -> None:
     with pytest.raises(ConfigError, match="model 'maf' is for a table dataset; models for an image dataset"):
         build_image_model({"name": "maf"}, options, (1, 8, 8), 17, 10)
     model = build_image_model({"name": "realnvp", "hidden_channels": 4}, options, (1, 8, 8), 17, 10)
-    assert model.flow.transform is not None and model.dequantizer.context_features == 10
+    assert isinstance(model, Flow) and model.dequantizer.context_features == 10
     config, parsed, plain = split_image_options(
         {"data": {"dataset": "image:digits"}, "model": {"name": "glow"}, "image": {"preprocessing": "center"}}
     )

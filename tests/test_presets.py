@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flows.bijectors.linear import LULinear, Permutation
-from flows.bijectors.normalization import ActNorm, BatchNorm, initialize_actnorms
+from flows.bijectors.normalization import ActNorm, BatchNorm
 from flows.distributions import make_base
 from flows.flow import Flow
 from flows.presets import MAF, NSF, RealNVP
@@ -47,7 +47,7 @@ def test_random_weights_shapes_density_and_round_trip(name: str, context_feature
     randomize(flow, seed=1)
     x = torch.randn(6, 4, dtype=torch.float64)
     context = torch.randn(6, context_features, dtype=torch.float64) if context_features else None
-    initialize_actnorms(flow.transform, x, context)
+    flow.initialize(x, context)
     flow.eval()
     log_prob = flow.log_prob(x, context)
     assert log_prob.shape == (6,) and torch.isfinite(log_prob).all()

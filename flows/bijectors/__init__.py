@@ -15,7 +15,7 @@ from flows.bijectors.coupling import (
 )
 from flows.bijectors.elementwise import ElementwiseAffine, Logit, Sigmoid, Standardize, Tanh
 from flows.bijectors.linear import LULinear, LUMatrix, Permutation
-from flows.bijectors.normalization import ActNorm, BatchNorm, initialize_actnorms
+from flows.bijectors.normalization import ActNorm, BatchNorm
 from flows.bijectors.reshape import MultiscaleSplit, Squeeze
 
 __all__ = [
@@ -40,5 +40,4 @@ __all__ = [
     "Squeeze",
     "Standardize",
     "Tanh",
-    "initialize_actnorms",
 ]

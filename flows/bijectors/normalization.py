@@ -1,7 +1,7 @@
 """Normalisation bijectors: `ActNorm` (Glow) and flow `BatchNorm` (RealNVP / MAF).
 
 Both are unconditional: they accept a `context` (chains pass it to every member) and ignore it.
-`initialize_actnorms` runs the data-dependent ActNorm initialisation through a whole transform.
+`flows.Flow.initialize` runs the data-dependent ActNorm initialisation through a whole transform.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from flows.core import Bijector, Chain
+from flows.core import Bijector
 
-__all__ = ["ActNorm", "BatchNorm", "initialize_actnorms"]
+__all__ = ["ActNorm", "BatchNorm"]
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -79,8 +79,8 @@ class ActNorm(Bijector):
         return y * torch.exp(-self.log_scale) + self.shift, -self._ladj(y)
 
     @torch.no_grad()
-    def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> None:
-        """Data-dependent init from a batch `x (batch + shape)`: zero mean, unit variance outputs."""
+    def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> bool:
+        """Data-dependent init from a batch `x (batch + shape)`: zero mean, unit variance outputs; True."""
         self.check_event(x, self.shape)
         channels_last = x.movedim(x.dim() - self.event_dims, -1) if self.event_dims == 3 else x
         values = channels_last.reshape(-1, self.shape[0])
@@ -95,6 +95,7 @@ class ActNorm(Bijector):
         self.shift.copy_(mean.reshape(self.shift.shape))
         self.log_scale.copy_((-torch.log(std + self.eps)).reshape(self.log_scale.shape))
         self.initialized.fill_(True)
+        return True
 
 
 class BatchNorm(Bijector):
@@ -152,21 +153,3 @@ class BatchNorm(Bijector):
         x = (y - self.beta) * torch.exp(-self.log_gamma) * torch.sqrt(var) + self.running_mean
         ladj = (0.5 * torch.log(var) - self.log_gamma).sum()
         return x, ladj.expand(self.batch_shape(y))
-
-
-@torch.no_grad()
-def initialize_actnorms(transform: Bijector, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-    """Initialise every data-dependent layer of `transform` in order; returns `transform(x)[0]`.
-
-    Walks a `Chain` member by member: a member with an `initialize(x, context)` method (ActNorm,
-    MultiscaleSplit, nested presets) is initialised on the output of the members before it, then
-    applied. Other members are only applied. `x` has shape `batch + event`.
-    """
-    if isinstance(transform, Chain):
-        for bijector in transform.bijectors:
-            x = initialize_actnorms(bijector, x, context)
-        return x
-    initialize = getattr(transform, "initialize", None)
-    if callable(initialize):
-        initialize(x, context)
-    return transform(x, context)[0]

@@ -10,7 +10,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from flows.bijectors.normalization import initialize_actnorms
 from flows.core import Bijector
 
 __all__ = ["MultiscaleSplit", "Squeeze"]
@@ -148,7 +147,7 @@ class MultiscaleSplit(Bijector):
         kept, ladj = self.transform.inverse(kept, context)
         return self._merge(kept, factored), ladj
 
-    def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> None:
+    def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> bool:
         """Initialise the data-dependent layers of the inner transform on the kept channels of `x`."""
         self.check_event(x, self.shape)
-        initialize_actnorms(self.transform, self._split(x)[0], context)
+        return self.transform.initialize(self._split(x)[0], context)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Sampler
 
 from flows import datasets
+from flows.dequantization import dequantize
 from flows.training.config import ConfigError, DataConfig
 
 __all__ = ["DataSplits", "GlobalBatchSampler", "load_splits", "splits_from_arrays"]
@@ -203,8 +204,10 @@ def splits_from_arrays(
 
 
 def dequantize_fixed(x: np.ndarray, seed: int) -> np.ndarray:
-    """One fixed draw of U[0, 1) noise added to integer-valued rows (for validation and test)."""
-    return x + np.random.default_rng(seed).uniform(size=x.shape)
+    """One fixed draw of U[0, 1) noise (numpy's generator seeded by `seed`) added to integer-valued rows
+    `x (n, D)` (for validation and test), through `flows.dequantization.dequantize`."""
+    noise = np.random.default_rng(seed).uniform(size=x.shape)
+    return dequantize(torch.as_tensor(x), torch.as_tensor(noise)).numpy()
 
 
 class GlobalBatchSampler(Sampler[list[int]]):

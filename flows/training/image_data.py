@@ -246,18 +246,6 @@ def build_image_model(
     return DequantizedFlow(flow, dequantizer, preprocessing)
 
 
-@torch.no_grad()
-def initialize_image_model(model: DequantizedFlow, images: Tensor, context: Optional[Tensor]) -> bool:
-    """ActNorm data-dependent initialisation on a first batch of integer images; True when one ran."""
-    initialize = getattr(model.flow, "initialize", None)
-    if initialize is None:
-        return False
-    y, _ = model.dequantizer(images, context)
-    z = y if model.preprocessing is None else model.preprocessing(y)[0]
-    initialize(z, context)
-    return True
-
-
 class ImageFlowModule(FlowModule):
     """`FlowModule` for a `DequantizedFlow`: batches are `(integer images, labels)`, losses are the bound.
 
@@ -287,7 +275,7 @@ class ImageFlowModule(FlowModule):
         images, labels = batch
         if not self.num_classes:
             return images, None
-        return images, one_hot(labels, self.num_classes, self.data_mean.dtype)
+        return images, one_hot(labels, self.num_classes, self.dtype)
 
     def perturb(self, x: Tensor, progress: float) -> Tensor:
         return x  # the dequantisation noise is part of the model's bound

@@ -11,15 +11,16 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from flows.bijectors.elementwise import Standardize
 from flows.core import Bijector, Chain
 from flows.flow import Flow
 from flows.training.config import Config, ConfigError
 from flows.training.registry import check_model_options, model_builder, with_model_defaults
 from flows.training.standardization import standardization_of
 
-__all__ = ["build_flow", "initialize_flow", "resolve_model", "standardization_of"]
+__all__ = ["build_flow", "resolve_model", "standardization_of", "standardizer_of"]
 
 
 def resolve_model(config: Config) -> Config:
@@ -28,8 +29,6 @@ def resolve_model(config: Config) -> Config:
 
 
 def _standardize_bijector(mean: np.ndarray, std: np.ndarray) -> Bijector:
-    from flows.bijectors.elementwise import Standardize
-
     dtype = torch.get_default_dtype()
     return Standardize(
         torch.as_tensor(np.asarray(mean), dtype=dtype), torch.as_tensor(np.asarray(std), dtype=dtype)
@@ -94,22 +93,8 @@ def _context_embedding(model: Mapping[str, Any], context: Optional[Any]) -> tupl
     return build_embedding(model.get("embedding"), context)
 
 
-def initialize_flow(flow: nn.Module, x: Tensor, context: Optional[Tensor] = None) -> bool:
-    """Data-dependent initialisation (ActNorm) of every layer that has one, from a batch `x (batch, D)`
-    (and its raw `context (batch, k)` for a conditional flow).
-
-    Returns True when an initialiser ran. Layers see the batch as it reaches them (standardised first).
-    """
+def standardizer_of(flow: nn.Module) -> Optional[Standardize]:
+    """The standardising bijector that `build_flow` folds in first (None when the flow has none)."""
     transform = getattr(flow, "transform", None)
-    if transform is None:
-        return False
-    try:
-        from flows.bijectors.normalization import initialize_actnorms
-    except ImportError:
-        return False
-    embedding = getattr(flow, "embedding", None)
-    with torch.no_grad():
-        if context is not None and embedding is not None:
-            context = embedding(context)
-        initialize_actnorms(transform, x, context)
-    return True
+    first = transform[0] if isinstance(transform, Chain) else transform
+    return first if isinstance(first, Standardize) else None

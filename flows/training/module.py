@@ -20,8 +20,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from flows.dequantization import dequantize
+from flows.flow import Flow
 from flows.training.config import MollificationConfig, TrainConfig
 from flows.training.data import GlobalBatchSampler, ResumableBatches
+from flows.training.models import standardizer_of
 from flows.training.objectives import MaximumLikelihood, Objective
 
 __all__ = ["FlowModule", "TableDataModule", "mollification_sigma", "warmup_cosine_factor"]
@@ -59,18 +62,18 @@ def mollification_sigma(progress: float, config: MollificationConfig) -> float:
 class FlowModule(L.LightningModule):
     """Trains `flow` (a `flows.Flow` whose `log_prob` takes rows in data units).
 
-    `mean`/`std` (`(D,)`) are the standardisation folded into the flow; the training noise is added in
-    those standardised units. `dequantize` adds U[0, 1) noise (data units) to training batches.
-    `hparams` carries what `flows.training.checkpoints` needs to rebuild the model. `seed` seeds the
-    training noise, which depends only on (seed, step, row position in the global batch).
+    The training noise is added in the units of the standardising bijector folded into the flow
+    (`flows.training.models.standardizer_of`; data units without one). `dequantize` adds U[0, 1) noise
+    (data units) to training batches. `hparams` carries what `flows.training.checkpoints` needs to rebuild
+    the model. `seed` seeds the training noise, which depends only on (seed, step, row position in the
+    global batch). Checkpoints of earlier versions, which also held the standardisation as `data_mean` and
+    `data_std`, load unchanged (`_drop_standardization_buffers`).
     """
 
     def __init__(
         self,
-        flow: nn.Module,
+        flow: Flow,
         train_config: TrainConfig,
-        mean: Optional[np.ndarray] = None,
-        std: Optional[np.ndarray] = None,
         dequantize: bool = False,
         hparams: Optional[dict[str, Any]] = None,
         seed: int = 0,
@@ -82,14 +85,7 @@ class FlowModule(L.LightningModule):
         self.seed = int(seed)
         self.train_config = train_config
         self.dequantize = dequantize
-        features = int(np.shape(mean)[0]) if mean is not None else None
-        self.register_buffer(
-            "data_mean",
-            torch.as_tensor(np.zeros(features or 1) if mean is None else mean, dtype=torch.float32),
-        )
-        self.register_buffer(
-            "data_std", torch.as_tensor(np.ones(features or 1) if std is None else std, dtype=torch.float32)
-        )
+        self.register_load_state_dict_pre_hook(_drop_standardization_buffers)
         self.record: dict[str, Any] = dict(hparams or {})
         self._val_sum: Optional[Tensor] = None
         self._val_count = 0
@@ -147,17 +143,17 @@ class FlowModule(L.LightningModule):
     def perturb(self, x: Tensor, progress: float) -> Tensor:
         """Training-time noise: dequantisation, then mollification and noise augmentation (standardised units)."""
         if self.dequantize:
-            x = x + self._noise(x, 0, "uniform")
+            x = dequantize(x, self._noise(x, 0, "uniform"))
         config = self.train_config
         sigma = mollification_sigma(progress, config.mollification)
         if sigma > 0.0 or config.noise_std > 0.0:
-            mean, std = self.data_mean.to(x.dtype), self.data_std.to(x.dtype)
-            z = (x - mean) / std
+            standardizer = standardizer_of(self.flow)
+            z = x if standardizer is None else standardizer(x)[0]
             if sigma > 0.0:
                 z = math.sqrt(1.0 - sigma**2) * z + sigma * self._noise(z, 1, "normal")
             if config.noise_std > 0.0:
                 z = z + config.noise_std * self._noise(z, 2, "normal")
-            x = z * std + mean
+            x = z if standardizer is None else standardizer.inverse(z)[0]
         return x
 
     def inputs(self, batch: Sequence[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
@@ -213,6 +209,15 @@ class FlowModule(L.LightningModule):
             lambda step: warmup_cosine_factor(step, config.warmup_steps, total, config.final_lr_fraction),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _drop_standardization_buffers(
+    module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: object
+) -> None:
+    """Load-state-dict pre-hook: drop the `data_mean`/`data_std` buffers of older checkpoints (the flow's
+    standardising bijector holds the same statistics)."""
+    for name in ("data_mean", "data_std"):
+        state_dict.pop(prefix + name, None)
 
 
 class TableDataModule(ResumableBatches, L.LightningDataModule):

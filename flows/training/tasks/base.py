@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 
+from flows.flow import Flow
 from flows.training.config import Config
 from flows.training.objectives import MaximumLikelihood, Objective
 
@@ -28,7 +28,7 @@ class Fitted:
     """A trained model (best validation weights restored) and facts about its training (`info["data"]`: the
     splits it was trained on, as the task prepared them)."""
 
-    model: torch.nn.Module
+    model: Flow
     module: L.LightningModule
     trainer: L.Trainer
     best_checkpoint: Optional[Path]
@@ -57,7 +57,7 @@ class Task(ABC):
         return data
 
     @abstractmethod
-    def build(self, config: Config, data: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    def build(self, config: Config, data: Any) -> tuple[Flow, dict[str, Any]]:
         """The untrained model for the data's shape and the record that rebuilds it from a checkpoint."""
 
     def objective(self, config: Config) -> Objective:
@@ -65,12 +65,12 @@ class Task(ABC):
         return MaximumLikelihood()
 
     @abstractmethod
-    def initialize(self, model: torch.nn.Module, data: Any, config: Config, global_batch: int) -> None:
+    def initialize(self, model: Flow, data: Any, config: Config, global_batch: int) -> None:
         """Data-dependent initialisation (ActNorm) on the first global training batch."""
 
     @abstractmethod
     def module(
-        self, model: torch.nn.Module, config: Config, data: Any, record: dict[str, Any], objective: Objective
+        self, model: Flow, config: Config, data: Any, record: dict[str, Any], objective: Objective
     ) -> L.LightningModule:
         """The LightningModule that trains `model` with `objective`."""
 

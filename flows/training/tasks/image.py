@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 
 from flows.datasets.images import ImageSplits
 from flows.dequantization import DequantizedFlow, bits_per_dim
+from flows.flow import Flow
 from flows.training.config import (
     Config,
     ConfigError,
@@ -32,7 +33,6 @@ from flows.training.image_data import (
     ImageOptions,
     build_image_model,
     evaluate_bound,
-    initialize_image_model,
     is_image_config,
     load_image_splits,
     split_image_options,
@@ -99,23 +99,21 @@ class ImageTask(Task):
         self.num_classes = splits.num_classes if self.options.conditional else 0
         return splits
 
-    def build(self, config: Config, data: ImageSplits) -> tuple[torch.nn.Module, dict[str, Any]]:
+    def build(self, config: Config, data: ImageSplits) -> tuple[Flow, dict[str, Any]]:
         model = build_image_model(config.model, self.options, data.shape, data.num_levels, data.num_classes)
         return model, _record(self.plain, data, self.num_classes)
 
-    def initialize(
-        self, model: torch.nn.Module, data: ImageSplits, config: Config, global_batch: int
-    ) -> None:
+    def initialize(self, model: Flow, data: ImageSplits, config: Config, global_batch: int) -> None:
         first = next(
             iter(GlobalBatchSampler(data.train.shape[0], global_batch, config.train.shuffle, config.seed))
         )
         labels = torch.as_tensor(data.train_labels[first])
         context = one_hot(labels, self.num_classes) if self.num_classes else None
-        initialize_image_model(model, torch.as_tensor(data.train[first]), context)  # type: ignore[arg-type]
+        model.initialize(torch.as_tensor(data.train[first]), context)
 
     def module(
         self,
-        model: torch.nn.Module,
+        model: Flow,
         config: Config,
         data: ImageSplits,
         record: dict[str, Any],
@@ -207,9 +205,7 @@ class ImageTask(Task):
 _TABULAR_ONLY = {
     "train.noise_std": lambda c: c.train.noise_std,
     "train.mollification.fraction": lambda c: c.train.mollification.fraction,
-    "data.standardize": lambda c: c.data.standardize,
-    "data.dequantize": lambda c: c.data.dequantize,
-}
+}  # (the `data` keys are checked for every kind of dataset by DataConfig.check_keys_apply)
 
 
 def _check_tabular_keys_unset(config: Config) -> None:

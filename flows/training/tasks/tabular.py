@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from flows.flow import Flow
 from flows.training.checkpoints import model_record
 from flows.training.config import Config, ConfigError, parse_config
 from flows.training.context import context_stats, sample_at_contexts, with_context
@@ -30,7 +31,7 @@ from flows.training.evaluation import (
     write_samples,
 )
 from flows.training.fitting import Fitted, train
-from flows.training.models import build_flow, initialize_flow, resolve_model, standardization_of
+from flows.training.models import build_flow, resolve_model, standardization_of
 from flows.training.module import FlowModule, TableDataModule
 from flows.training.objectives import Objective
 from flows.training.registry import check_model_options
@@ -76,9 +77,6 @@ def prepare_splits(splits: DataSplits, config: Config, seed: int) -> DataSplits:
 class TabularTask(Task):
     """Tables: `DataSplits` of float64 rows, a `flows.Flow` with the standardisation folded in, nats per row."""
 
-    def __init__(self) -> None:
-        self._standardization: tuple[Optional[np.ndarray], Optional[np.ndarray]] = (None, None)
-
     def resolve(self, values: Union[Config, Mapping[str, Any]]) -> Config:
         config = parse_config(values)
         if config.image:
@@ -96,14 +94,13 @@ class TabularTask(Task):
     def prepare_data(self, config: Config, data: DataSplits) -> DataSplits:
         return prepare_splits(data, config, config.seed)
 
-    def build(self, config: Config, data: DataSplits) -> tuple[torch.nn.Module, dict[str, Any]]:
+    def build(self, config: Config, data: DataSplits) -> tuple[Flow, dict[str, Any]]:
         dequantized = bool(data.info.get("dequantized"))
         warn_about_columns(data.train, data.columns, dequantized=dequantized)
         mean = std = None
         if config.data.standardize:
             stats_source = dequantize_fixed(data.train, config.seed) if dequantized else data.train
             mean, std = standardization_of(stats_source, data.columns)
-        self._standardization = (mean, std)
         context = context_stats(data, config.data.standardize)
         torch.manual_seed(config.seed)
         flow = build_flow(config.model, data.features, mean, std, context=context)
@@ -112,7 +109,7 @@ class TabularTask(Task):
         )
         return flow, record
 
-    def initialize(self, model: torch.nn.Module, data: DataSplits, config: Config, global_batch: int) -> None:
+    def initialize(self, model: Flow, data: DataSplits, config: Config, global_batch: int) -> None:
         seed = config.seed
         first = next(iter(GlobalBatchSampler(data.train.shape[0], global_batch, config.train.shuffle, seed)))
         rows = data.train[first]
@@ -122,22 +119,19 @@ class TabularTask(Task):
         context = (
             None if data.train_context is None else torch.as_tensor(data.train_context[first], dtype=dtype)
         )
-        initialize_flow(model, torch.as_tensor(rows, dtype=dtype), context)
+        model.initialize(torch.as_tensor(rows, dtype=dtype), context)
 
     def module(
         self,
-        model: torch.nn.Module,
+        model: Flow,
         config: Config,
         data: DataSplits,
         record: dict[str, Any],
         objective: Objective,
     ) -> FlowModule:
-        mean, std = self._standardization
         return FlowModule(
             model,
             config.train,
-            mean,
-            std,
             dequantize=bool(data.info.get("dequantized")),
             hparams=record,
             seed=config.seed,
