@@ -2,8 +2,8 @@
 
 - `image_grid` tiles `(N, C, H, W)` images with values in `[0, 1]` into one `uint8` picture, nearest-neighbour
   upscaled so that small images (8x8 digits) stay visible.
-- `write_png` writes a greyscale or RGB `uint8` array as a PNG with the standard library only (zlib + CRC),
-  atomically (a temporary file in the same directory, then a rename).
+- `write_png` writes a greyscale or RGB `uint8` array as a PNG (Pillow), atomically (a temporary file in the
+  same directory, then a rename); `read_png` reads one back.
 - `write_sample_grids` draws samples of a `DequantizedFlow` at temperatures 0.0 .. 1.0 (the temperature
   scales the base standard deviation), one grid per temperature plus one row per temperature in
   `samples_temperatures.png`; class-conditional models get one row per class.
@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import math
-import struct
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
@@ -25,7 +23,7 @@ import torch
 from torch import Tensor
 
 from flows.dequantization import DequantizedFlow
-from flows.io import atomic_write_bytes
+from flows.io import atomic_open
 
 __all__ = [
     "DEFAULT_TEMPERATURES",
@@ -38,7 +36,6 @@ __all__ = [
 ]
 
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -47,70 +44,38 @@ def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32
 
 
 # ------------------------------------------------------------------------------------------------- PNG
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    )
-
-
 def write_png(path: Union[str, Path], image: np.ndarray) -> Path:
-    """Write `image` (`(H, W)` greyscale or `(H, W, 3)` RGB, `uint8`) as an 8-bit PNG, atomically."""
+    """Write `image` (`(H, W)` greyscale or `(H, W, 3)` RGB, `uint8`) as an 8-bit PNG (Pillow), atomically."""
+    from PIL import Image
+
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise TypeError(f"write_png expects a uint8 array, got dtype {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
-    if image.ndim == 2:
-        colour_type = 0
-    elif image.ndim == 3 and image.shape[2] == 3:
-        colour_type = 2
-    else:
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
         raise ValueError(f"write_png expects shape (H, W) or (H, W, 3), got {image.shape}")
-    height, width = image.shape[:2]
-    if height < 1 or width < 1:
+    if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"cannot write an empty image of shape {image.shape}")
-    rows = np.ascontiguousarray(image).reshape(height, -1)
-    raw = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter type 0 (None) on every row
-    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    payload = (
-        _PNG_SIGNATURE
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(raw, 6))
-        + _chunk(b"IEND", b"")
-    )
-    path = atomic_write_bytes(path, payload)
-    return path
+    with atomic_open(path, "wb") as handle:
+        Image.fromarray(np.ascontiguousarray(image)).save(handle, format="PNG")
+    return Path(path)
 
 
 def read_png(path: Union[str, Path]) -> np.ndarray:
-    """Read an 8-bit greyscale or RGB PNG without interlacing whose rows use filter 0 (as `write_png` writes)."""
-    data = Path(path).read_bytes()
-    if not data.startswith(_PNG_SIGNATURE):
-        raise ValueError(f"{path} is not a PNG file")
-    position, header, compressed = len(_PNG_SIGNATURE), None, b""
-    while position < len(data):
-        (length,) = struct.unpack(">I", data[position : position + 4])
-        kind = data[position + 4 : position + 8]
-        body = data[position + 8 : position + 8 + length]
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            compressed += body
-        position += 12 + length
-    if header is None:
-        raise ValueError(f"{path} has no IHDR chunk")
-    width, height, depth, colour_type, _, _, interlace = header
-    if depth != 8 or colour_type not in (0, 2) or interlace:
-        raise ValueError(f"{path}: only 8-bit greyscale/RGB non-interlaced PNGs are supported")
-    channels = 1 if colour_type == 0 else 3
-    rows = np.frombuffer(zlib.decompress(compressed), dtype=np.uint8).reshape(height, 1 + width * channels)
-    if np.any(rows[:, 0] != 0):
-        raise ValueError(f"{path}: rows use PNG filters other than 0, which read_png does not decode")
-    pixels = rows[:, 1:]
-    return pixels.reshape(height, width) if channels == 1 else pixels.reshape(height, width, 3)
+    """Read a PNG as a `uint8` array `(H, W)` (greyscale) or `(H, W, 3)` (RGB)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                raise ValueError(f"{path}: expected a PNG file, got {image.format}")
+            picture = image.convert("L" if image.mode in ("1", "L", "I", "I;16") else "RGB")
+            return np.asarray(picture, dtype=np.uint8)
+    except UnidentifiedImageError as error:
+        raise ValueError(f"{path} is not a PNG file") from error
 
 
-# ------------------------------------------------------------------------------------------------ grids
 def image_grid(
     images: Union[Tensor, np.ndarray], columns: Optional[int] = None, padding: int = 2, min_size: int = 64
 ) -> np.ndarray:
