@@ -432,7 +432,18 @@ class _Loader(yaml.SafeLoader):
                     f"expected at most {MAX_ALIASES} aliases (*name) in a config",
                     self.peek_event().start_mark,
                 )
-        return super().compose_node(parent, index)
+        self.depth = getattr(self, "depth", 0) + 1
+        try:
+            if self.depth > MAX_FLOW_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"expected a config nested at most {MAX_FLOW_DEPTH} levels deep",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 #: limits on a YAML document: aliases, and values once every alias is expanded
