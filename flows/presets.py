@@ -139,7 +139,9 @@ class NSF(Flow):
     spline transform with `bins` bins on `[-bound, bound]` and `tails` outside: a coupling layer with
     alternating masks (default) or, with `autoregressive=True`, a masked autoregressive layer. The
     conditioners are residual networks with `residual_blocks` blocks of width `hidden_features[0]`
-    (`residual_blocks=0`: plain MLPs / MADEs with `hidden_features` widths).
+    (`residual_blocks=0`: plain MLPs / MADEs with `hidden_features` widths). With `features=1` there is
+    nothing to couple on: each step is an element-wise spline whose parameters are learned constants (or
+    functions of the context), a one-feature masked autoregressive layer.
     """
 
     def __init__(
@@ -161,7 +163,7 @@ class NSF(Flow):
     ) -> None:
         features, context_features, transforms, widths, residual_blocks, dropout = _check_common(
             features,
-            1 if autoregressive else 2,
+            1,
             context_features,
             transforms,
             hidden_features,
@@ -177,7 +179,7 @@ class NSF(Flow):
             layers.append(_permutation(features, randperm, seed, step))
             if lu_linear:
                 layers.append(LULinear(features))
-            if autoregressive:
+            if autoregressive or features == 1:  # one feature: nothing to couple on
                 layers.append(
                     MaskedAutoregressive(
                         features,
@@ -221,7 +223,8 @@ class RealNVP(Flow):
     `normalization`: `"none"`, `"actnorm"` (before each coupling; call
     `flow.initialize(x)` on a first batch) or `"batchnorm"` (after
     each coupling, as in the paper). `residual_blocks=0` uses MLP conditioners with `hidden_features`
-    widths; more uses residual networks of width `hidden_features[0]`.
+    widths; more uses residual networks of width `hidden_features[0]`. With `features=1` each coupling
+    becomes an element-wise affine map with learned (or context-dependent) shift and scale.
     """
 
     def __init__(
@@ -237,7 +240,7 @@ class RealNVP(Flow):
         base: str = "normal",
     ) -> None:
         features, context_features, transforms, widths, residual_blocks, dropout = _check_common(
-            features, 2, context_features, transforms, hidden_features, residual_blocks, dropout
+            features, 1, context_features, transforms, hidden_features, residual_blocks, dropout
         )
         _choice("scale_function", scale_function, SCALE_FUNCTIONS)
         _choice("normalization", normalization, ("none", "actnorm", "batchnorm"))
@@ -245,19 +248,32 @@ class RealNVP(Flow):
         for step in range(transforms):
             if normalization == "actnorm":
                 layers.append(ActNorm(features))
-            layers.append(
-                Coupling(
-                    features,
-                    "affine",
-                    mask="alternating",
-                    parity=step % 2 == 1,
-                    context_features=context_features,
-                    hidden_features=widths,
-                    residual_blocks=residual_blocks if residual_blocks else None,
-                    dropout=dropout,
-                    scale_function=scale_function,
+            if features == 1:  # one feature: nothing to couple on
+                layers.append(
+                    MaskedAutoregressive(
+                        1,
+                        "affine",
+                        context_features=context_features,
+                        hidden_features=widths,
+                        residual_blocks=residual_blocks,
+                        dropout=dropout,
+                        scale_function=scale_function,
+                    )
                 )
-            )
+            else:
+                layers.append(
+                    Coupling(
+                        features,
+                        "affine",
+                        mask="alternating",
+                        parity=step % 2 == 1,
+                        context_features=context_features,
+                        hidden_features=widths,
+                        residual_blocks=residual_blocks if residual_blocks else None,
+                        dropout=dropout,
+                        scale_function=scale_function,
+                    )
+                )
             if normalization == "batchnorm":
                 layers.append(BatchNorm(features))
         super().__init__(
