@@ -132,8 +132,8 @@ def test_signatures_are_explicit_and_typed(preset: type[Flow]) -> None:
 @pytest.mark.parametrize(
     "build, argument",
     [
-        (lambda: RealNVP(1), "features"),
-        (lambda: NSF(1), "features"),
+        (lambda: RealNVP(0), "features"),
+        (lambda: NSF(0), "features"),
         (lambda: MAF(0), "features"),
         (lambda: MAF(3, transforms=0), "transforms"),
         (lambda: MAF(3, context_features=-1), "context_features"),
