@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from flows.core import Bijector
 from flows.distributions import Distribution, Shape, as_shape
+from flows.torch_distribution import FlowDistribution
 
 __all__ = ["Flow"]
 
@@ -263,6 +264,10 @@ class Flow(nn.Module):
         z, log_prob_z = self.base.rsample_and_log_prob(as_shape(sample_shape), context)
         x, ladj_inverse = self.transform.inverse(z, context)
         return x, log_prob_z - ladj_inverse
+
+    def distribution(self, context: Optional[Tensor] = None) -> FlowDistribution:
+        """This flow as a `torch.distributions.Distribution` (given `context (batch + (C,))`, if conditional)."""
+        return FlowDistribution(self, context)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Same as `log_prob`, so that a Flow can be called like any module."""
