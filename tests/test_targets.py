@@ -91,6 +91,13 @@ def test_double_and_many_well_normalisers_and_densities() -> None:
         epsabs=1e-6,
     )
     assert abs(well.log_normalizer - math.log(value)) < 1e-6
+    # exact samples: the mass of the left well against the quadrature
+    grid = torch.linspace(-20, 0, 200_001, dtype=torch.float64)
+    left = torch.trapezoid(torch.exp(-(grid**4 - 6 * grid**2 - 0.5 * grid)), grid)
+    left = float(left) / math.exp(quartic_log_normalizer(1.0, -6.0, -0.5))
+    samples = well.sample(200_000, torch.Generator().manual_seed(0))
+    assert abs(float((samples[:, 0] < 0).double().mean()) - left) < 0.003
+    assert abs(float(samples[:, 1].std()) - 1.0) < 0.01
     many = ManyWell(32)
     assert many.log_normalizer == pytest.approx(16 * well.log_normalizer, rel=1e-12)
     z = torch.randn(5, 32, dtype=torch.float64)
