@@ -41,6 +41,16 @@ def test_a_gaussian_flow_fits_a_gaussian_target_and_its_estimates_are_exact(fitt
     assert torch.equal(same, fitted.sample(5, seed=3))
 
 
+def test_metropolis_and_resampling_with_the_fitted_flow(fitted) -> None:
+    chains, acceptance = fitted.metropolis(20, n_chains=2000, seed=0)
+    assert chains.shape == (20, 2000, 2)
+    assert acceptance > 0.9  # q is nearly p: almost every proposal is accepted
+    final = chains[-1].double()
+    torch.testing.assert_close(final.mean(0), MEAN.double(), atol=0.1, rtol=0)
+    resampled = fitted.resample(5000, proposals=20000, seed=1).double()
+    torch.testing.assert_close(resampled.std(0), STD.double(), atol=0.05, rtol=0.03)
+
+
 def test_save_and_load_give_the_same_flow(fitted, tmp_path: Path) -> None:
     path = fitted.save(tmp_path / "sampler.pt")
     loaded = flows.VariationalSampler.load(path, shifted_gaussian)

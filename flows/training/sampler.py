@@ -22,6 +22,7 @@ from torch import Tensor
 
 from flows.diagnostics import effective_sample_size, log_normalizer, weight_summary
 from flows.io import atomic_open
+from flows.samplers import importance_resample, independent_metropolis
 from flows.targets.base import FunctionTarget, Target
 from flows.targets.registry import make_target
 from flows.training.checkpoints import load_model
@@ -187,6 +188,27 @@ class VariationalSampler:
     def diagnostics(self, n: int = 100_000, seed: Optional[int] = None) -> dict[str, float]:
         """ESS, log Z ± SE, Pareto k-hat and zero-weight fraction of `n` fresh samples."""
         return weight_summary(self._log_weights(n, seed))
+
+    def resample(self, n: int, proposals: int = 100_000, seed: Optional[int] = None) -> Tensor:
+        """`n` samples `(n, D)` by importance resampling of `proposals` flow samples."""
+        x, log_w = self.sample(proposals, return_log_weights=True, seed=seed)
+        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        return importance_resample(x, log_w, n, generator)
+
+    def metropolis(self, n_steps: int, n_chains: int = 1, seed: Optional[int] = None) -> tuple[Tensor, float]:
+        """Independent Metropolis-Hastings with the flow as proposal: chains `(n_steps, n_chains, D)` and
+        the acceptance rate."""
+        self._check_fitted()
+        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+
+        def propose(n: int) -> tuple[Tensor, Tensor]:
+            return self.flow_.sample_and_log_prob((n,))
+
+        with seeded(seed, torch.device("cpu")) if seed is not None else contextlib.nullcontext():
+            result = independent_metropolis(
+                propose, self.target.log_prob, n_steps, n_chains, generator=generator
+            )
+        return result.samples, result.acceptance_rate
 
     # ------------------------------------------------------------------ persistence
 
