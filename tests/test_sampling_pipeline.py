@@ -81,3 +81,20 @@ def test_config_errors_name_the_key() -> None:
         SamplingTask().load_data(SamplingTask().resolve({"target": {"name": "funel"}}))
     with pytest.raises(ConfigError, match="target.name is required"):
         parse_config({"target": {"features": 3}})
+
+
+def test_a_target_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    values = {
+        "target": {"name": "double_well", "validation_samples": 128, "evaluation_samples": 512},
+        "model": {"name": "nsf", "transforms": 2, "hidden_features": [8]},
+        "train": {"objective": "reverse_kl", "batch_size": 32, "max_steps": 10, "val_every_n_steps": 5},
+        "output": {"dir": str(tmp_path), "name": "r", "progress_bar": False, "logger": "csv", "samples": 0},
+    }
+    first = run(values, verbose=False).metrics
+    assert first["steps"] == 10 and first["log_z_true"] == pytest.approx(
+        first["log_z"] - first["log_z_error"]
+    )
+    (tmp_path / "r" / "metrics.json").unlink()  # an unfinished run: resume continues from last.ckpt
+    values["train"]["max_steps"] = 20
+    second = run(values, verbose=False, resume=True).metrics
+    assert second["steps"] == 20
