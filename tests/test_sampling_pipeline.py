@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from flows.training.config import ConfigError, load_config, parse_config
 from flows.training.pipeline import run, task_for
@@ -98,3 +99,38 @@ def test_a_target_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     values["train"]["max_steps"] = 20
     second = run(values, verbose=False, resume=True).metrics
     assert second["steps"] == 20
+
+
+def test_cli_samples_a_target_run_with_weights_and_by_metropolis(tmp_path: Path, capsys) -> None:
+    import numpy as np
+
+    from flows.training.cli import main
+
+    values = {
+        "target": {"name": "double_well", "validation_samples": 128, "evaluation_samples": 512},
+        "model": {"name": "nsf", "transforms": 2, "hidden_features": [8]},
+        "train": {"objective": "reverse_kl", "batch_size": 32, "max_steps": 5},
+        "output": {"dir": str(tmp_path), "name": "c", "progress_bar": False, "logger": "none", "samples": 0},
+    }
+    checkpoint = str(run(values, verbose=False).checkpoint)
+    out = tmp_path / "weighted.csv"
+    assert (
+        main(["sample", "--ckpt", checkpoint, "-n", "50", "--out", str(out), "--method", "importance"]) == 0
+    )
+    table = np.loadtxt(out, delimiter=",", skiprows=1)
+    assert table.shape == (50, 3)
+    # the weights are the double well's log density minus the flow's
+    from flows.targets import DoubleWell
+    from flows.training.checkpoints import load_model
+
+    flow = load_model(checkpoint).flow
+    x = torch.as_tensor(table[:, :2], dtype=torch.float32)
+    with torch.no_grad():
+        expected = DoubleWell().log_prob(x.double()) - flow.log_prob(x).double()
+    np.testing.assert_allclose(table[:, 2], expected.numpy(), atol=2e-3)
+    chains = tmp_path / "chains.csv"
+    args = ["sample", "--ckpt", checkpoint, "-n", "60", "--out", str(chains), "--method", "metropolis"]
+    assert main([*args, "--chains", "20"]) == 0
+    assert "acceptance rate" in capsys.readouterr().out
+    table = np.loadtxt(chains, delimiter=",", skiprows=1)
+    assert table.shape == (60, 4) and set(table[:, 2]) == set(range(20)) and set(table[:, 3]) == {0, 1, 2}
