@@ -134,3 +134,19 @@ def test_validation_weights_are_reproducible_and_leave_the_global_rng_alone() ->
     assert torch.equal(torch.rand(1), before)
     assert torch.equal(first, validation_log_weights(flow, target, 64, seed=5))
     assert not torch.equal(first, validation_log_weights(flow, target, 64, seed=6))
+
+
+def test_annealing_schedule_and_path_endpoints() -> None:
+    from flows.training.sampling_objectives import AnnealedTarget, annealing_beta
+
+    assert annealing_beta(0.0, 0.5, 0.01) == pytest.approx(0.01)
+    assert annealing_beta(0.25, 0.5, 0.01) == pytest.approx(0.1)  # geometric: sqrt(0.01)
+    assert annealing_beta(0.5, 0.5, 0.01) == 1.0 and annealing_beta(0.3, 0.0, 0.01) == 1.0
+    target = FunctionTarget(lambda x: -(x**4).sum(1), 2)
+    x = torch.randn(7, 2, dtype=torch.float64)
+    base = torch.distributions.Normal(0.0, 3.0).log_prob(x).sum(1)
+    torch.testing.assert_close(AnnealedTarget(target, 0.0, 3.0).log_prob(x), base)
+    torch.testing.assert_close(AnnealedTarget(target, 1.0, 3.0).log_prob(x), target.log_prob(x))
+    torch.testing.assert_close(
+        AnnealedTarget(target, 0.3, 3.0).log_prob(x), 0.3 * target.log_prob(x) + 0.7 * base
+    )

@@ -184,6 +184,10 @@ class TargetConfig:
     options: dict = field(default_factory=dict)
     #: a fixed scale folded into the flow as its first bijector (x = scale * flow output), for wide targets
     scale: float = 1.0
+    #: reverse KL against the geometric path beta log p~ + (1 - beta) log N(0, scale²) over this first fraction
+    #: of training, beta geometric from anneal_start to 1 (0 = no annealing), against mode collapse
+    anneal_fraction: float = 0.0
+    anneal_start: float = 0.01
     #: fixed-seed flow samples per validation (val_reverse_kl, val_ess, val_log_z)
     validation_samples: int = 4096
     #: flow samples of the final ESS, log Z and Pareto k-hat (metrics.json)
@@ -393,6 +397,11 @@ def _check_objective(config: Config) -> None:
             value = getattr(config.target, key)
             if value < 1:
                 raise ConfigError(f"config key 'target.{key}': expected a positive int, got {value!r}")
+        if not 0 <= config.target.anneal_fraction <= 1 or not 0 < config.target.anneal_start <= 1:
+            raise ConfigError(
+                "config keys 'target.anneal_fraction' / 'target.anneal_start': expected 0 <= fraction <= 1 and "
+                f"0 < start <= 1, got {config.target.anneal_fraction!r} and {config.target.anneal_start!r}"
+            )
         if not 0 < config.target.scale < math.inf:
             raise ConfigError(
                 f"config key 'target.scale': expected a finite positive number, got {config.target.scale!r}"

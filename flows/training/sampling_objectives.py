@@ -26,7 +26,9 @@ from flows.targets.base import Target, checked_log_prob
 from flows.training.objectives import Objective
 
 __all__ = [
+    "AnnealedTarget",
     "ForwardKL",
+    "annealing_beta",
     "ReverseKL",
     "SampledWeights",
     "reverse_kl_loss",
@@ -129,17 +131,61 @@ class _TargetObjective(Objective):
         return (-log_w[finite]).sum(), int(finite.sum())
 
 
-class ReverseKL(_TargetObjective):
-    """Reverse KL from `batch` samples of the flow per step; `gradient` "reparam" or "path"."""
+def annealing_beta(progress: float, fraction: float, start: float) -> float:
+    """Inverse temperature at training `progress` in [0, 1]: geometric in `beta` from `start` to 1 over the
+    first `fraction` of training (1 throughout when `fraction` is 0)."""
+    if fraction <= 0 or progress >= fraction:
+        return 1.0
+    return float(start ** (1.0 - progress / fraction))
 
-    def __init__(self, gradient: Gradient = "reparam") -> None:
+
+class AnnealedTarget:
+    """The geometric path `beta log p~(x) + (1 - beta) log N(x; 0, scale² I)` from a wide Gaussian to the
+    target (`beta` = 1: the target itself)."""
+
+    def __init__(self, target: Target, beta: float, scale: float = 1.0) -> None:
+        self.target, self.beta, self.scale = target, float(beta), float(scale)
+        self.features = int(target.features)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """`(batch, D) -> (batch,)`."""
+        d = x.shape[-1]
+        base = -0.5 * ((x / self.scale) ** 2).sum(-1) - d * (
+            math.log(self.scale) + 0.5 * math.log(2 * math.pi)
+        )
+        return self.beta * self.target.log_prob(x) + (1.0 - self.beta) * base
+
+
+class ReverseKL(_TargetObjective):
+    """Reverse KL from `batch` samples of the flow per step; `gradient` "reparam" or "path". With
+    `anneal_fraction` > 0, the first part of training targets the geometric path `AnnealedTarget` (inverse
+    temperature from `anneal_start` to 1, base N(0, `scale`²)) against mode collapse."""
+
+    def __init__(
+        self,
+        gradient: Gradient = "reparam",
+        anneal_fraction: float = 0.0,
+        anneal_start: float = 0.01,
+        scale: float = 1.0,
+    ) -> None:
         if gradient not in ("reparam", "path"):
             raise ValueError(f"gradient: expected 'reparam' or 'path', got {gradient!r}")
+        if not 0 <= anneal_fraction <= 1 or not 0 < anneal_start <= 1:
+            raise ValueError(
+                f"annealing: expected 0 <= fraction <= 1 and 0 < start <= 1, got {anneal_fraction}, {anneal_start}"
+            )
         self.gradient = gradient
+        self.anneal_fraction, self.anneal_start, self.scale = anneal_fraction, anneal_start, scale
 
     def training_loss(self, module: Any, batch: Any) -> Tensor:
         n = int(batch)
-        result = reverse_kl_loss(module.flow, module.target, n, self.gradient)
+        target = module.target
+        if self.anneal_fraction > 0:
+            beta = annealing_beta(module.progress(), self.anneal_fraction, self.anneal_start)
+            module.log("train_beta", beta, batch_size=n)
+            if beta < 1:
+                target = AnnealedTarget(target, beta, self.scale)
+        result = reverse_kl_loss(module.flow, target, n, self.gradient)
         module.log_training(result.loss, n)
         module.log("train_zero_density", float(result.zero_density), reduce_fx="sum", batch_size=n)
         return result.loss
@@ -163,12 +209,13 @@ class ForwardKL(_TargetObjective):
         return loss
 
 
-def sampling_objective(name: str) -> Objective:
-    """The objective of `train.objective` for a target run."""
-    if name == "reverse_kl":
-        return ReverseKL("reparam")
-    if name == "reverse_kl_path":
-        return ReverseKL("path")
+def sampling_objective(
+    name: str, anneal_fraction: float = 0.0, anneal_start: float = 0.01, scale: float = 1.0
+) -> Objective:
+    """The objective of `train.objective` for a target run (annealing applies to the reverse KLs)."""
+    if name in ("reverse_kl", "reverse_kl_path"):
+        gradient: Gradient = "path" if name == "reverse_kl_path" else "reparam"
+        return ReverseKL(gradient, anneal_fraction, anneal_start, scale)
     if name == "maximum_likelihood":
         return ForwardKL()
     raise ValueError(

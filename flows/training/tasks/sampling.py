@@ -113,7 +113,10 @@ class SamplingTask(Task):
         return flow, record
 
     def objective(self, config: Config) -> Objective:
-        return sampling_objective(config.train.objective)
+        section = config.target
+        return sampling_objective(
+            config.train.objective, section.anneal_fraction, section.anneal_start, section.scale
+        )
 
     def initialize(self, model: Flow, data: SamplingData, config: Config, global_batch: int) -> None:
         """No data-dependent initialisation: the flow starts from its base distribution."""
