@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Optional, Protocol, runtime_checkable
 
-import torch
 from torch import Tensor
 
 __all__ = ["FunctionTarget", "Target", "TargetBase", "checked_log_prob"]
@@ -91,8 +90,3 @@ def checked_log_prob(target: Target, x: Tensor, differentiable: bool = False) ->
             "grad_x log p(x)"
         )
     return value
-
-
-def standard_normal_log_prob(x: Tensor) -> Tensor:
-    """Sum over the last axis of the standard normal log density: `(batch, D) -> (batch,)`."""
-    return -0.5 * (x**2).sum(-1) - 0.5 * x.shape[-1] * torch.log(torch.tensor(2 * torch.pi, dtype=x.dtype))

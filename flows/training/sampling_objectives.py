@@ -40,13 +40,14 @@ __all__ = [
 Gradient = Literal["reparam", "path"]
 
 
-class SamplingModule(Protocol):
+class TargetTrainingModule(Protocol):
     """What the sampling objectives use of the LightningModule (`flows.training.sampling_module`)."""
 
     flow: Flow
     target: Target
     seed: int
 
+    def progress(self) -> float: ...
     def log_training(self, loss: Tensor, rows: int) -> None: ...
     def log(self, name: str, value: Any, **kwargs: Any) -> None: ...
     def add_log_weights(self, log_w: Tensor) -> None: ...
@@ -121,7 +122,9 @@ class _TargetObjective(Objective):
 
     monitor = "val_reverse_kl"
 
-    def validation_total(self, module: Any, batch: Any, batch_index: int) -> tuple[Tensor, int]:
+    def validation_total(
+        self, module: TargetTrainingModule, batch: Any, batch_index: int
+    ) -> tuple[Tensor, int]:
         n = int(batch)
         log_w = validation_log_weights(
             module.flow, module.target, n, module.seed + VALIDATION_SEED + batch_index
@@ -177,7 +180,7 @@ class ReverseKL(_TargetObjective):
         self.gradient = gradient
         self.anneal_fraction, self.anneal_start, self.scale = anneal_fraction, anneal_start, scale
 
-    def training_loss(self, module: Any, batch: Any) -> Tensor:
+    def training_loss(self, module: TargetTrainingModule, batch: Any) -> Tensor:
         n = int(batch)
         target = module.target
         if self.anneal_fraction > 0:
@@ -194,7 +197,7 @@ class ReverseKL(_TargetObjective):
 class ForwardKL(_TargetObjective):
     """Maximum likelihood on `batch` fresh exact samples of the target per step (needs `target.sample`)."""
 
-    def training_loss(self, module: Any, batch: Any) -> Tensor:
+    def training_loss(self, module: TargetTrainingModule, batch: Any) -> Tensor:
         n = int(batch)
         sample = getattr(module.target, "sample", None)
         if sample is None:
