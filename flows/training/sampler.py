@@ -82,6 +82,8 @@ class VariationalSampler:
         if gradient not in GRADIENTS:
             raise ValueError(f"gradient: expected one of {', '.join(GRADIENTS)}, got {gradient!r}")
         self.target = _as_target(log_prob, features)
+        #: the config's target.name: the name given, else a placeholder (a Python object is not rebuilt)
+        self.target_name = log_prob if isinstance(log_prob, str) else f"<{type(self.target).__name__}>"
         self.features = int(self.target.features)
         self.model, self.steps, self.batch_size, self.lr = model, steps, batch_size, lr
         self.gradient, self.scale, self.validation_samples, self.seed = (
@@ -110,7 +112,7 @@ class VariationalSampler:
         values = {
             "seed": self.seed,
             "target": {
-                "name": f"<{type(self.target).__name__}>",
+                "name": self.target_name,
                 "features": self.features,
                 "scale": self.scale,
                 "validation_samples": self.validation_samples,
