@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["effective_sample_size", "fit_generalized_pareto", "log_normalizer", "pareto_k", "weight_summary"]
+__all__ = [
+    "autocorrelation_ess",
+    "effective_sample_size",
+    "fit_generalized_pareto",
+    "log_normalizer",
+    "pareto_k",
+    "weight_summary",
+]
 
 ArrayLike = Union[Tensor, np.ndarray]
 
@@ -97,6 +104,28 @@ def pareto_k(log_w: ArrayLike) -> float:
     if float(exceed.max()) <= 0:
         return math.nan
     return fit_generalized_pareto(exceed)[0]
+
+
+def autocorrelation_ess(chains: ArrayLike) -> Tensor:
+    """Effective sample size per coordinate `(D,)` of MCMC chains `(n_steps, n_chains, D)`: total draws over
+    the integrated autocorrelation time `tau = -1 + 2 Σ_k (ρ_2k + ρ_2k+1)`, summed while the pair sums stay
+    positive (Geyer's initial positive sequence); ρ from FFT autocovariances averaged over the chains, each
+    centred on the mean of all chains."""
+    x = torch.as_tensor(chains, dtype=torch.float64)
+    if x.dim() == 2:
+        x = x[..., None]
+    if x.dim() != 3 or x.shape[0] < 4:
+        raise ValueError(f"expected chains of shape (n_steps >= 4, n_chains, D), got {tuple(x.shape)}")
+    steps, n_chains, _ = x.shape
+    centred = x - x.mean((0, 1), keepdim=True)
+    spectrum = torch.fft.rfft(centred, n=2 * steps, dim=0)
+    autocovariance = torch.fft.irfft(spectrum * spectrum.conj(), n=2 * steps, dim=0)[:steps] / steps
+    rho = autocovariance.mean(1)  # (steps, D)
+    rho = rho / rho[:1].clamp_min(1e-300)
+    pairs = rho[0 : steps - 1 : 2] + rho[1:steps:2]  # (steps // 2, D)
+    positive = torch.cumprod((pairs > 0).double(), 0)  # stop at the first non-positive pair
+    tau = (-1.0 + 2.0 * (pairs * positive).sum(0)).clamp_min(1.0 / (steps * n_chains))
+    return steps * n_chains / tau
 
 
 def weight_summary(log_w: ArrayLike) -> dict[str, float]:

@@ -9,6 +9,7 @@ accept `x' ~ q` with probability `min(1, w(x') / w(x))`, `w = p~ / q`, which lea
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
@@ -41,11 +42,12 @@ def importance_resample(
 @dataclass
 class MetropolisResult:
     """Chains `(n_steps, n_chains, D)` (the state after each step), the acceptance rate over all steps and
-    chains, and the final log weights `(n_chains,)`."""
+    chains, the final log weights `(n_chains,)` and the wall time of the run in seconds."""
 
     samples: Tensor
     acceptance_rate: float
     log_w: Tensor
+    seconds: float = 0.0
 
 
 def _log_weights(log_p: Callable[[Tensor], Tensor], x: Tensor, log_q: Tensor) -> Tensor:
@@ -70,6 +72,7 @@ def independent_metropolis(
     `propose`. `initial`: `(x (n_chains, D), log q(x) (n_chains,))` start states (default: one proposal)."""
     if n_steps < 1 or n_chains < 1:
         raise ValueError(f"n_steps and n_chains must be >= 1, got {n_steps} and {n_chains}")
+    start = time.perf_counter()
     x, log_q = propose(n_chains) if initial is None else initial
     log_w = _log_weights(log_p, x, log_q)
     states, accepted = [], 0
@@ -83,4 +86,5 @@ def independent_metropolis(
         log_w = torch.where(accept, log_w_new, log_w)
         accepted += int(accept.sum())
         states.append(x)
-    return MetropolisResult(torch.stack(states), accepted / (n_steps * n_chains), log_w)
+    seconds = time.perf_counter() - start
+    return MetropolisResult(torch.stack(states), accepted / (n_steps * n_chains), log_w, seconds)

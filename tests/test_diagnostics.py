@@ -63,3 +63,20 @@ def test_pareto_k_of_pareto_weights_and_of_light_tailed_weights() -> None:
     light = rng.normal(size=100_000) * 0.1  # log-normal weights with a tiny spread: k well below 0.5
     assert pareto_k(light) < 0.3
     assert math.isnan(pareto_k(np.zeros(10)))
+
+
+def test_autocorrelation_ess_of_ar1_chains_matches_the_integrated_time() -> None:
+    from flows.diagnostics import autocorrelation_ess
+
+    rho, steps, chains = 0.9, 4000, 40
+    generator = torch.Generator().manual_seed(0)
+    x = torch.empty(steps, chains, 2, dtype=torch.float64)
+    x[0] = torch.randn(chains, 2, generator=generator, dtype=torch.float64)  # stationary start
+    noise = torch.randn(steps, chains, 2, generator=generator, dtype=torch.float64) * math.sqrt(1 - rho**2)
+    for t in range(1, steps):
+        x[t] = rho * x[t - 1] + noise[t]
+    x[..., 1] = torch.randn(steps, chains, generator=generator, dtype=torch.float64)  # independent draws
+    ess = autocorrelation_ess(x)
+    tau = (1 + rho) / (1 - rho)  # 19
+    assert ess[0] == pytest.approx(steps * chains / tau, rel=0.12)
+    assert ess[1] == pytest.approx(steps * chains, rel=0.1)

@@ -132,5 +132,7 @@ def test_cli_samples_a_target_run_with_weights_and_by_metropolis(tmp_path: Path,
     args = ["sample", "--ckpt", checkpoint, "-n", "60", "--out", str(chains), "--method", "metropolis"]
     assert main([*args, "--chains", "20"]) == 0
     assert "acceptance rate" in capsys.readouterr().out
+    assert main([*args, "--chains", "10"]) == 0  # 6 steps per chain: an autocorrelation ESS too
+    assert "autocorrelation ESS" in capsys.readouterr().out
     table = np.loadtxt(chains, delimiter=",", skiprows=1)
-    assert table.shape == (60, 4) and set(table[:, 2]) == set(range(20)) and set(table[:, 3]) == {0, 1, 2}
+    assert table.shape == (60, 4) and set(table[:, 2]) == set(range(10)) and set(table[:, 3]) == set(range(6))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flows.diagnostics import autocorrelation_ess
 from flows.samplers import independent_metropolis
 from flows.targets.registry import make_target
 from flows.training.checkpoints import LoadedModel
@@ -66,8 +67,12 @@ def sample_target_run(loaded: LoadedModel, arguments: argparse.Namespace) -> int
         [states.reshape(-1, loaded.features), chain_index.reshape(-1, 1), step_index.reshape(-1, 1)], 1
     )
     path = write_samples(Path(arguments.out), table[:n], [*columns, "chain", "step"])
-    print(
+    message = (
         f"wrote {min(n, table.shape[0])} Metropolis samples ({chains} chains x {steps} steps) to {path}; "
         f"acceptance rate {result.acceptance_rate:.3f}"
     )
+    if steps >= 4:
+        ess = float(autocorrelation_ess(result.samples).min())
+        message += f"; autocorrelation ESS {ess:.0f} (worst coordinate), {ess / max(result.seconds, 1e-9):.0f} per second"
+    print(message)
     return 0
