@@ -45,6 +45,12 @@ class SamplingModule(FlowModule):
         object.__setattr__(self, "target", target)  # not a submodule, even when the target is an nn.Module
         self._log_weights: list[Tensor] = []
 
+    def on_train_start(self) -> None:
+        """With several processes, give each rank its own sample stream (the pipeline seeds all alike, which
+        would make every rank draw the same flow samples)."""
+        if self.trainer.world_size > 1:
+            torch.manual_seed(self.seed + 7919 * (self.trainer.global_rank + 1))
+
     def log_training(self, loss: Tensor, rows: int) -> None:
         """Log a training step's loss as `train_loss`."""
         self.log("train_loss", loss, prog_bar=True, batch_size=rows)
