@@ -56,7 +56,8 @@ class TargetTrainingModule(Protocol):
 @dataclass
 class SampledWeights:
     """One reverse-KL batch: the loss (scalar, differentiable), log weights `(n,)` (detached, -inf at zero
-    target density) and the number of rows where the target returned NaN, +inf or -inf."""
+    target density) and the number of rows left out of the loss: the target returned NaN, +inf or -inf there
+    (or, rarely, the flow's own log density overflowed)."""
 
     loss: Tensor
     log_w: Tensor
@@ -80,10 +81,11 @@ def reverse_kl_loss(flow: Flow, target: Target, n: int, gradient: Gradient = "re
     else:
         raise ValueError(f"gradient: expected 'reparam' or 'path', got {gradient!r}")
     log_p = checked_log_prob(target, x, differentiable=True)
-    good = torch.isfinite(log_p)
+    # rows where the target is undefined (zero density), or where the flow's own density overflowed
+    good = torch.isfinite(log_p) & torch.isfinite(log_q)
     _zero_rows_of_gradient(x, ~good)
     count = int(good.sum())
-    difference = torch.where(good, log_q - torch.where(good, log_p, 0.0), 0.0)
+    difference = torch.where(good, torch.where(good, log_q, 0.0) - torch.where(good, log_p, 0.0), 0.0)
     loss = difference.sum() / max(count, 1)
     log_w = torch.where(good, log_p.detach() - log_q.detach(), -math.inf)
     return SampledWeights(loss, log_w, int(n - count))
