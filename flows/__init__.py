@@ -86,6 +86,7 @@ __all__ = [
     "make_base",
     "make_transformer",
     "DensityEstimator",
+    "VariationalSampler",
 ]
 
 
@@ -95,4 +96,8 @@ def __getattr__(name: str) -> object:
         from flows.training.estimator import DensityEstimator
 
         return DensityEstimator
+    if name == "VariationalSampler":
+        from flows.training.sampler import VariationalSampler
+
+        return VariationalSampler
     raise AttributeError(f"module 'flows' has no attribute {name!r}")

@@ -169,7 +169,9 @@ def test_config_runs_a_few_steps(path: Path, tmp_path: Path, uci_root: Path, one
         ("output.logger", "csv"),
         ("output.progress_bar", False),
     ]
-    if config.data.dataset.split(":")[0] in ("toy", "synthetic"):  # generated rows: only a few
+    if config.target.name:  # a sampling run: few flow samples to validate and evaluate
+        overrides += [("target.validation_samples", 64), ("target.evaluation_samples", 256)]
+    elif config.data.dataset.split(":")[0] in ("toy", "synthetic"):  # generated rows: only a few
         overrides += [("data.n_train", 64), ("data.n_val", 32), ("data.n_test", 32)]
     if config.data.dataset.startswith("uci:"):
         overrides.append(("data.root", str(uci_root)))
@@ -177,6 +179,11 @@ def test_config_runs_a_few_steps(path: Path, tmp_path: Path, uci_root: Path, one
     result = run(small, verbose=False)
     metrics = result.metrics
     assert metrics["steps"] == 3
+    if config.target.name:
+        assert 0 < metrics["ess"] <= 1 and math.isfinite(metrics["log_z"]) and metrics["samples"] == 256
+        samples = np.loadtxt(tmp_path / "run" / "samples.csv", delimiter=",", skiprows=1, ndmin=2)
+        assert samples.shape == (16, metrics["features"] + 1)  # [x, log_weight]
+        return
     assert math.isfinite(metrics["test_log_likelihood"]) and metrics["test_rows"] > 0
     if config.data.dataset.startswith(("toy:", "synthetic:")):
         assert math.isfinite(metrics["gap"])

@@ -82,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output file: .csv, .tsv or .npy (image models: .png or .npy)"
     )
     sample.add_argument("--seed", type=int, default=None)
+    sample.add_argument(
+        "--method",
+        choices=("flow", "importance", "metropolis"),
+        default="flow",
+        help="target runs: importance (samples with a log_weight column) or metropolis (independent MH with "
+        "the flow as proposal); flow = plain samples",
+    )
+    sample.add_argument("--chains", type=int, default=100, help="--method metropolis: parallel chains")
     sample.add_argument("--temperature", type=float, default=1.0, help="image models: base temperature")
     sample.add_argument("--label", type=int, default=None, help="class-conditional image models: the class")
     sample.add_argument(
@@ -175,6 +183,10 @@ def _sample(arguments: argparse.Namespace) -> int:
         print(f"wrote {arguments.num_samples} images to {path}")
         return 0
     loaded = load_model(arguments.ckpt)
+    if arguments.method != "flow":
+        from flows.training.cli_sampling import sample_target_run
+
+        return sample_target_run(loaded, arguments)
     if loaded.context_columns or arguments.context is not None:
         from flows.training.cli_context import sample_given_contexts
 

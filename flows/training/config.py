@@ -34,6 +34,7 @@ __all__ = [
     "DataConfig",
     "MollificationConfig",
     "OutputConfig",
+    "TargetConfig",
     "TrainConfig",
     "apply_override",
     "check_value",
@@ -166,6 +167,31 @@ class TrainConfig:
     #: run the model's log_prob through torch.compile (Inductor) for training and validation: faster steps
     #: (NSF 1.6-1.9x on CPU) after a compilation of tens of seconds; needs a C++ compiler on CPUs
     compile: bool = False
+    #: what training minimises: maximum_likelihood (data, or a target's exact samples); with a `target:`
+    #: section also reverse_kl (reparameterised gradient) or reverse_kl_path (path gradient)
+    objective: Literal["maximum_likelihood", "reverse_kl", "reverse_kl_path"] = "maximum_likelihood"
+
+
+@dataclass
+class TargetConfig:
+    """An unnormalised density to sample (instead of `data`): a built-in name or `module:attr`."""
+
+    #: funnel | gmm40 | double_well | many_well | phi4 | "module:attr"; "" = no target (a data run)
+    name: str = ""
+    #: the dimension D (built-ins have a default; required for a `module:attr` log_prob function)
+    features: Optional[int] = None
+    #: keyword arguments of the target, e.g. {size: 8, kappa: 0.3, lam: 0.022} for phi4
+    options: dict = field(default_factory=dict)
+    #: a fixed scale folded into the flow as its first bijector (x = scale * flow output), for wide targets
+    scale: float = 1.0
+    #: reverse KL against the geometric path beta log p~ + (1 - beta) log N(0, scale²) over this first fraction
+    #: of training, beta geometric from anneal_start to 1 (0 = no annealing), against mode collapse
+    anneal_fraction: float = 0.0
+    anneal_start: float = 0.01
+    #: fixed-seed flow samples per validation (val_reverse_kl, val_ess, val_log_z)
+    validation_samples: int = 4096
+    #: flow samples of the final ESS, log Z and Pareto k-hat (metrics.json)
+    evaluation_samples: int = 100_000
 
 
 @dataclass
@@ -209,6 +235,8 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     #: image runs only (`data.dataset: image:<name>`): options checked by flows.training.image_data
     image: dict = field(default_factory=dict)
+    #: sampling runs only: the unnormalised target density (flows.training.tasks.sampling)
+    target: TargetConfig = field(default_factory=TargetConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (YAML-serialisable)."""
@@ -348,7 +376,46 @@ def parse_config(values: Union[Mapping[str, Any], Config, None]) -> Config:
         raise ConfigError(f"config key 'model.name': expected str, got {_describe(config.model['name'])}")
     _check_ranges(config)
     config.data.check_keys_apply()
+    _check_objective(config)
     return config
+
+
+def _check_objective(config: Config) -> None:
+    """A target run has no data section; a reverse-KL objective needs a target."""
+    if config.target.name:
+        if config.data != DataConfig():
+            changed = [
+                f.name
+                for f in dataclasses.fields(DataConfig)
+                if getattr(config.data, f.name) != getattr(DataConfig(), f.name)
+            ]
+            raise ConfigError(
+                f"config keys {', '.join('data.' + k for k in changed)}: a run with a target section "
+                f"(target.name {config.target.name!r}) samples the target and reads no data; remove them"
+            )
+        for key in ("validation_samples", "evaluation_samples"):
+            value = getattr(config.target, key)
+            if value < 1:
+                raise ConfigError(f"config key 'target.{key}': expected a positive int, got {value!r}")
+        if not 0 <= config.target.anneal_fraction <= 1 or not 0 < config.target.anneal_start <= 1:
+            raise ConfigError(
+                "config keys 'target.anneal_fraction' / 'target.anneal_start': expected 0 <= fraction <= 1 and "
+                f"0 < start <= 1, got {config.target.anneal_fraction!r} and {config.target.anneal_start!r}"
+            )
+        if not 0 < config.target.scale < math.inf:
+            raise ConfigError(
+                f"config key 'target.scale': expected a finite positive number, got {config.target.scale!r}"
+            )
+    else:
+        if config.target != TargetConfig():
+            raise ConfigError(
+                "config section 'target': target.name is required (a built-in name or 'module:attr')"
+            )
+        if config.train.objective != "maximum_likelihood":
+            raise ConfigError(
+                f"config key 'train.objective': {config.train.objective!r} needs a target section (target.name); "
+                "a data run is trained by maximum_likelihood"
+            )
 
 
 def _check_ranges(config: Config) -> None:

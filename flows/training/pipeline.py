@@ -1,6 +1,6 @@
 """The one training pipeline: `run(config) -> RunResult` for every kind of run.
 
-A run's steps are the same whatever it trains: claim and lock the run directory, write the resolved config,
+A run's steps are the same whatever it trains (a table, images, or a target density to sample): claim and lock the run directory, write the resolved config,
 load the data, build the model, make the Lightning Trainer, initialise data-dependent layers, fit (or
 resume), restore the best weights, evaluate, write outputs and `metrics.json`. What differs between kinds of
 run lives in a `Task` (`flows.training.tasks`: tabular and image); what is minimised, and which metric the
@@ -27,6 +27,7 @@ from flows.training.rundir import finished_metrics, remove_stale_temporaries, ru
 from flows.training.safety import resume_checkpoint
 from flows.training.tasks.base import Task
 from flows.training.tasks.image import ImageTask, is_image_config
+from flows.training.tasks.sampling import SamplingTask, is_sampling_config
 from flows.training.tasks.tabular import TabularTask
 from flows.training.trainer import launched_worker, torch_threads
 
@@ -76,7 +77,8 @@ def count_parameters(model: torch.nn.Module) -> int:
 def default_run_name(config: Config) -> str:
     from datetime import datetime, timezone
 
-    dataset = config.data.dataset.replace("file:", "").replace(":", "-").replace("/", "_").replace(".", "_")
+    dataset = f"target:{config.target.name}" if config.target.name else config.data.dataset
+    dataset = dataset.replace("file:", "").replace(":", "-").replace("/", "_").replace(".", "_")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{config.model['name']}-{dataset[-40:]}-{stamp}"
 
@@ -161,7 +163,10 @@ def _run_dir_for_workers(run_dir: Path, worker: bool) -> Iterator[None]:
 
 
 def task_for(values: Union[Config, Mapping[str, Any]]) -> Task:
-    """The task of a config: images for `data.dataset: image:<name>`, tables otherwise."""
+    """The task of a config: a target for `target.name`, images for `data.dataset: image:<name>`, tables
+    otherwise."""
+    if is_sampling_config(values):
+        return SamplingTask()
     return ImageTask() if is_image_config(values) else TabularTask()
 
 
