@@ -403,6 +403,8 @@ def run_experiments(
     runner = runner or _default_run
     out = Path(out)
     pairs = _parse_overrides(overrides)
+    if threads is not None and all(key != "train.num_threads" for key, _ in pairs):
+        pairs.append(("train.num_threads", str(threads)))  # else each run's `auto` would choose its own
     import torch
 
     previous_threads = torch.get_num_threads()

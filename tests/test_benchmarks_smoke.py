@@ -68,3 +68,25 @@ def test_paired_ratio_cancels_load_changes_between_rounds() -> None:
     assert bench_peers.paired_ratio(peer, ours) == pytest.approx(2.0)
     # Fewer than three rounds: the ratio of the medians.
     assert bench_peers.paired_ratio([4.0, 2.0], [1.0]) == pytest.approx(3.0)
+
+
+@pytest.mark.slow
+def test_bench_overhead_prints_ratios_against_the_plain_loop() -> None:
+    script = SCRIPT.parent / "bench_overhead.py"
+    command = [
+        sys.executable,
+        str(script),
+        "--steps",
+        "3",
+        "--rounds",
+        "1",
+        "--rows",
+        "100",
+        "--main-epochs",
+        "0",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.strip().startswith("3 |")]
+    cases = {cells[1].strip(): float(cells[3]) for cells in rows}
+    assert cases["plain flows"] == 1.0 and cases["estimator"] > 0, result.stdout[-4000:]

@@ -168,3 +168,39 @@ def test_console_script_module_runs_in_a_fresh_process(tmp_path: Path) -> None:
     )
     assert sample.returncode == 0, sample.stderr[-2000:]
     assert np.loadtxt(tmp_path / "fresh.csv", delimiter=",", skiprows=1).shape == (7, 2)
+
+
+#: runs the CLI in a fresh interpreter, then prints which heavy modules it imported (on exit or SystemExit)
+_IMPORT_PROBE = """
+import sys
+from flows.training.cli import main
+try:
+    status = main(sys.argv[1:])
+except SystemExit as exit:
+    status = exit.code
+print("HEAVY", sorted(m for m in ("torch", "lightning", "numpy") if m in sys.modules), status)
+"""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "status"),
+    [
+        (["--help"], 0),
+        (["fit", "--help"], 0),
+        (["fit", "--no-such-flag"], 2),  # argparse leaves it to the overrides: not an override
+        (["fit", "--config", "configs/demo.yaml", "--train.no_such_key", "1"], 2),
+        (["fit", "--config", "configs/demo.yaml", "--train.num_threads", "-3"], 2),
+    ],
+)
+def test_help_and_config_errors_import_neither_torch_nor_lightning(arguments: list[str], status: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    probe = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+    line = next(line for line in probe.stdout.splitlines() if line.startswith("HEAVY"))
+    assert line == f"HEAVY [] {status}", (line, probe.stderr[-2000:])

@@ -143,3 +143,35 @@ def test_divergence_message_names_estimator_arguments_and_no_deleted_checkpoint(
     else:
         assert caught.value.checkpoint is None
         assert "output_dir=None" in message and "flows-estimator-" not in message
+
+
+def test_fit_without_output_dir_writes_no_files_and_keeps_the_best_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-memory fits write no checkpoint (nor anything else) and end on the best validation's weights."""
+    from flows.training.best_weights import BestWeights
+    from flows.training.checkpoint_io import AtomicCheckpointIO
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an in-memory fit wrote a checkpoint")
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", refuse)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    scores: list[float] = []
+    original = BestWeights.on_validation_end
+
+    def record(self: BestWeights, trainer: object, module: object) -> None:
+        scores.append(float(trainer.callback_metrics["val_nll"]))  # type: ignore[attr-defined]
+        original(self, trainer, module)
+
+    monkeypatch.setattr(BestWeights, "on_validation_end", record)
+    rows, held_out = _data(400, 1), _data(200, 2)
+    est = flows.DensityEstimator(
+        "maf", transforms=1, hidden_features=[16], max_epochs=8, batch_size=50, lr=0.05, num_threads=1
+    ).fit(rows, X_val=held_out)
+    assert list(tmp_path.iterdir()) == []
+    assert len(scores) == 8 and est.best_val_nll_ == pytest.approx(min(scores))
+    assert -est.score(held_out) == pytest.approx(min(scores), rel=1e-4, abs=1e-4)
+    if scores.index(min(scores)) != len(scores) - 1:  # the last weights were not the best: they were replaced
+        assert -est.score(held_out) != pytest.approx(scores[-1], rel=1e-6, abs=1e-6)

@@ -1,14 +1,19 @@
 """Training layer above the core: Lightning module, configs, data, the `run` entry point, the estimator, the CLI.
 
-Importing this package imports lightning; `import flows` does not (it exposes `DensityEstimator` lazily).
+The names below are imported on first access, so that importing a light module of this package (the CLI,
+the config) imports neither lightning nor torch; `import flows` does not import this package at all.
 """
 
 from __future__ import annotations
 
-from flows.training.config import Config, ConfigError, load_config, parse_config
-from flows.training.estimator import DensityEstimator
-from flows.training.pipeline import RunResult, run, validate
-from flows.training.tasks.tabular import evaluate_checkpoint
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flows.training.config import Config, ConfigError, load_config, parse_config
+    from flows.training.estimator import DensityEstimator
+    from flows.training.pipeline import RunResult, run, validate
+    from flows.training.tasks.tabular import evaluate_checkpoint
 
 __all__ = [
     "Config",
@@ -21,3 +26,38 @@ __all__ = [
     "run",
     "validate",
 ]
+
+#: public name -> the module that defines it (imported on first access)
+_LAZY = {
+    "Config": "flows.training.config",
+    "ConfigError": "flows.training.config",
+    "load_config": "flows.training.config",
+    "parse_config": "flows.training.config",
+    "DensityEstimator": "flows.training.estimator",
+    "RunResult": "flows.training.pipeline",
+    "run": "flows.training.pipeline",
+    "validate": "flows.training.pipeline",
+    "evaluate_checkpoint": "flows.training.tasks.tabular",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name (or a submodule, `flows.training.pipeline`) on first access and cache it."""
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif not name.startswith("_"):
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -9,6 +9,9 @@
 
 Config files merge in order; `--a.b value` (or `--a.b=value`) overrides one key with a YAML-typed value.
 An unknown key or a value of the wrong type is an error that names the key (exit status 2).
+
+Start-up is kept short: this module imports neither torch nor lightning (nor numpy), so `--help`, argument
+errors and config errors answer in a fraction of a second; each command imports what it needs.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import yaml
 
 from flows.training.config import ConfigError, apply_override, load_config, merge, parse_config, read_yaml
@@ -121,9 +123,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fit(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int:
-    from flows.training.pipeline import run, validate
-
     config = load_config(arguments.config, overrides)  # YAML parsed and every section validated, once
+    from flows.training.pipeline import run, validate  # after the config's checks: an error stays fast
+
     if arguments.print_config:  # the resolved config: the task's checks, the model's defaults filled in
         print(yaml.safe_dump(validate(config).to_dict(), sort_keys=False), end="")
         return 0
@@ -225,6 +227,8 @@ def _score_columns(
 
 
 def _score(arguments: argparse.Namespace) -> int:
+    import numpy as np
+
     from flows.datasets import load_table
     from flows.training.checkpoints import load_model
     from flows.training.evaluation import evaluate_log_prob, write_samples
@@ -260,6 +264,19 @@ def _score(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _is_run_error(error: BaseException) -> bool:
+    """A divergence or a locked run directory (the user's to fix). Their modules import torch, so they are
+    looked up only when already imported: an error raised before that cannot be one of them."""
+    kinds = [
+        getattr(sys.modules.get(module), name, None)
+        for module, name in (
+            ("flows.training.safety", "TrainingDivergedError"),
+            ("flows.training.rundir", "RunDirectoryLocked"),
+        )
+    ]
+    return any(isinstance(kind, type) and isinstance(error, kind) for kind in kinds)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `flows` console script; returns the exit status."""
     parser = _parser()
@@ -278,16 +295,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as error:  # one line on stderr, no traceback, unless --debug
         if arguments.debug:
             raise
-        from flows.training.safety import TrainingDivergedError
-
         message = " ".join(str(error).split()) or type(error).__name__
         if len(message) > MAX_MESSAGE:  # a value in a message can be huge (a table row, a config value)
             message = f"{message[: MAX_MESSAGE - 40]}... ({len(message)} characters in all)"
         # ConfigError is a ValueError; these are the user's to fix, anything else is a bug to report.
-        from flows.training.rundir import RunDirectoryLocked
-
-        user_errors = (ValueError, TypeError, OSError, ImportError, TrainingDivergedError, RunDirectoryLocked)
-        if isinstance(error, user_errors):
+        if isinstance(error, (ValueError, TypeError, OSError, ImportError)) or _is_run_error(error):
             print(f"flows {arguments.command}: error: {message}", file=sys.stderr)
             return 2
         print(

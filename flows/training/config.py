@@ -161,9 +161,11 @@ class TrainConfig:
     shuffle: bool = True
     #: call ActNorm `initialize` on the first training batch before training
     actnorm_init: bool = True
-    #: CPU threads per process for torch ops (torch.set_num_threads); null = torch's default. Small flows on
-    #: CPU are usually fastest with 1 (and with DDP on CPU, cores / processes at most)
-    num_threads: Optional[int] = None
+    #: CPU threads per process for torch ops (torch.set_num_threads): "auto" = chosen from the model's size,
+    #: the batch size and the cores (flows.training.threads: 1 for small flows, which lose most of their time
+    #: to thread synchronisation), an int = that many, null = torch's default (one per core). With DDP on CPU,
+    #: cores / processes at most
+    num_threads: Union[int, Literal["auto"], None] = "auto"
     #: run the model's log_prob through torch.compile (Inductor) for training and validation: faster steps
     #: (NSF 1.6-1.9x on CPU) after a compilation of tens of seconds; needs a C++ compiler on CPUs
     compile: bool = False
@@ -438,7 +440,8 @@ def _check_ranges(config: Config) -> None:
     positive("train.gradient_clip", train.gradient_clip, allow_none=True)
     positive("train.early_stopping_patience", train.early_stopping_patience, allow_none=True)
     positive("train.val_every_n_steps", train.val_every_n_steps, allow_none=True)
-    positive("train.num_threads", train.num_threads, allow_none=True)
+    if train.num_threads != "auto":
+        positive("train.num_threads", train.num_threads, allow_none=True)
     if train.max_epochs is not None and train.max_epochs == 0:
         raise ConfigError("config key 'train.max_epochs': expected a positive number, -1 or null, got 0")
     if (train.max_epochs is None or train.max_epochs < 0) and train.max_steps < 0:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,9 +182,8 @@ class DensityEstimator:
         self._check_range(splits)
         try:
             with _quiet_lightning(not self.verbose):
-                if self.output_dir is None:
-                    with tempfile.TemporaryDirectory(prefix="flows-estimator-") as directory:
-                        outcome = fit_flow(config, splits, Path(directory), quiet=not self.verbose)
+                if self.output_dir is None:  # in memory: no checkpoint files, no logger
+                    outcome = fit_flow(config, splits, None, quiet=not self.verbose)
                 else:
                     run_dir = Path(self.output_dir)
                     run_dir.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,11 @@ from typing import Any, Optional
 import lightning as L
 import torch
 
+from flows.training.best_weights import BestWeights
 from flows.training.config import Config
 from flows.training.safety import read_checkpoint
 from flows.training.tasks.base import Fitted, Task
+from flows.training.threads import resolve_threads
 from flows.training.trainer import make_trainer, quiet_fit_warnings
 
 __all__ = ["Fitted", "train"]
@@ -25,25 +27,37 @@ def train(
     task: Task,
     config: Config,
     data: Any,
-    run_dir: Path,
+    run_dir: Optional[Path],
     resume_from: Optional[Path] = None,
     quiet: bool = False,
 ) -> Fitted:
     """Build the task's model for `data`, train it with Lightning into `run_dir`, restore the best weights.
 
+    `run_dir=None`: an in-memory fit (no checkpoint files; the best weights are kept in memory).
+
     Returns on every rank; only rank 0 should evaluate and write outputs. `quiet` drops the per-validation
     lines printed when the progress bar is off. `resume_from`: a checkpoint to continue training from.
+    Sets the run's thread count (`train.num_threads`) once the model is built; callers run it inside
+    `torch_threads(config.train.num_threads)`, which restores theirs.
     """
     seed = config.seed
     L.seed_everything(seed, workers=True, verbose=False)
     data = task.prepare_data(config, data)
     torch.manual_seed(seed)
     model, record = task.build(config, data)
+    threads = resolve_threads(config.train.num_threads, model, config.train.batch_size)
+    if threads is not None:  # the callers' `torch_threads` restores the previous count
+        torch.set_num_threads(threads)
     objective = task.objective(config)
+    in_memory = run_dir is None
     trainer = make_trainer(
-        config, run_dir, objective.monitor, None if quiet else task.progress_printer(), resume_from
+        config,
+        Path.cwd() if run_dir is None else run_dir,
+        objective.monitor,
+        None if quiet else task.progress_printer(),
+        resume_from,
+        checkpoints=not in_memory,
     )
-    checkpoint = trainer.checkpoint_callback
     # Data-dependent initialisation on the first global batch: the same rows on every rank, before DDP
     # wraps the model (so all ranks start from identical parameters).
     if config.train.actnorm_init:
@@ -55,16 +69,24 @@ def train(
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     fit_seconds = time.perf_counter() - fit_start
 
-    best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-    last = run_dir / "checkpoints" / "last.ckpt"  # (ddp_spawn leaves last_model_path unset in this process)
-    if best_path is None and last.is_file():  # no validation ran: the final weights
-        best_path = last
-    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-    if best_path is not None and best_path.is_file():
-        module.load_state_dict(read_checkpoint(best_path, map_location=module.device)["state_dict"])
+    best_path, best_score, last = None, None, None
+    if in_memory:  # no files: the best validation weights were kept in memory
+        best = next(c for c in trainer.callbacks if isinstance(c, BestWeights))
+        best.restore(module)
+        best_score = best.best_score
+    else:
+        checkpoint = trainer.checkpoint_callback
+        best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+        last = run_dir / "checkpoints" / "last.ckpt"  # (ddp_spawn leaves last_model_path unset here)
+        if best_path is None and last.is_file():  # no validation ran: the final weights
+            best_path = last
+        if checkpoint.best_model_score is not None:
+            best_score = float(checkpoint.best_model_score)
+        if best_path is not None and best_path.is_file():
+            module.load_state_dict(read_checkpoint(best_path, map_location=module.device)["state_dict"])
     model.eval()
     epochs, steps = int(trainer.current_epoch), int(trainer.global_step)
-    if steps == 0 and last.is_file():  # ddp_spawn: the counters stayed in the workers
+    if steps == 0 and last is not None and last.is_file():  # ddp_spawn: the counters stayed in the workers
         saved = read_checkpoint(last)
         epochs, steps = int(saved.get("epoch", 0)), int(saved.get("global_step", 0))
     info = {
@@ -72,6 +94,7 @@ def train(
         "steps": steps,
         "world_size": int(trainer.world_size),
         "fit_seconds": fit_seconds,
+        "threads": torch.get_num_threads(),
         "data": data,
     }
     return Fitted(model, module, trainer, best_path, best_score, record, info)

@@ -169,7 +169,14 @@ class FlowModule(L.LightningModule):
         return self.nll(x, context)
 
     def log_training(self, loss: Tensor, rows: int) -> None:
-        """Log a training batch's loss as `train_nll`."""
+        """Log a training batch's loss as `train_nll` (skipped when no logger or progress bar would show it:
+        Lightning's per-step logging costs milliseconds, a small flow's whole step)."""
+        if (
+            self._trainer is not None
+            and not self.trainer.loggers
+            and self.trainer.progress_bar_callback is None
+        ):
+            return
         self.log("train_nll", loss, prog_bar=True, batch_size=rows)
 
     def training_step(self, batch: Sequence[Tensor], batch_index: int) -> Tensor:

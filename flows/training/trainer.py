@@ -13,12 +13,13 @@ import typing
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
+from flows.training.best_weights import BestWeights
 from flows.training.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
 from flows.training.config import Config, ConfigError, check_value, unknown_key_error
 from flows.training.loggers import make_loggers
@@ -113,6 +114,7 @@ def make_trainer(
     monitor: str = "val_nll",
     print_callback: Optional[Callback] = None,
     resume: Optional[Path] = None,
+    checkpoints: bool = True,
 ) -> L.Trainer:
     """The Lightning Trainer of a run (every task and objective).
 
@@ -120,7 +122,8 @@ def make_trainer(
     the non-finite guard on it, early stopping on it,
     the loggers, the validation interval, and the config's `trainer` arguments (deterministic by default on
     CPU). `print_callback` reports validations when the progress bar is off. `resume`: the checkpoint the run
-    continues from (the CSV log keeps its rows up to that checkpoint's step).
+    continues from (the CSV log keeps its rows up to that checkpoint's step). `checkpoints=False` (in-memory
+    estimator fits): no checkpoint files, the best weights kept in memory by a `BestWeights` callback instead.
     """
     train = config.train
     trainer_kwargs = trainer_arguments(config.trainer)
@@ -129,16 +132,18 @@ def make_trainer(
     trainer_kwargs.setdefault("log_every_n_steps", 10)
     trainer_kwargs.setdefault("enable_model_summary", False)
     trainer_kwargs.setdefault("num_sanity_val_steps", 0)
-    checkpoint = RunCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="best",
-        monitor=monitor,
-        mode="min",
-        save_top_k=1,
-        save_last=True,
-        enable_version_counter=False,
-    )
-    callbacks: list[Callback] = [checkpoint, *safety_callbacks(monitor)]
+    best: Callback = BestWeights(monitor)
+    if checkpoints:
+        best = RunCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            filename="best",
+            monitor=monitor,
+            mode="min",
+            save_top_k=1,
+            save_last=True,
+            enable_version_counter=False,
+        )
+    callbacks: list[Callback] = [best, *safety_callbacks(monitor)]
     if train.early_stopping_patience is not None:
         callbacks.append(
             EarlyStopping(
@@ -173,16 +178,18 @@ def make_trainer(
         enable_progress_bar=config.output.progress_bar,
         use_distributed_sampler=False,
         plugins=plugins,
+        enable_checkpointing=checkpoints,
         **validation,
         **trainer_kwargs,
     )
 
 
 @contextlib.contextmanager
-def torch_threads(threads: Optional[int]) -> Iterator[None]:
-    """Run with `torch.set_num_threads(threads)` (no change when None), restoring the previous count."""
+def torch_threads(threads: Union[int, str, None]) -> Iterator[None]:
+    """Run with `torch.set_num_threads(threads)` (no change when None or "auto", which `train` resolves once
+    the model is built), restoring the previous count on exit whatever was set inside."""
     previous = torch.get_num_threads()
-    if threads is not None:
+    if threads is not None and threads != "auto":
         torch.set_num_threads(threads)
     try:
         yield

@@ -240,9 +240,14 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
 
 
 def fit_flow(
-    config: Config, splits: DataSplits, run_dir: Path, quiet: bool = False, resume: Optional[Path] = None
+    config: Config,
+    splits: DataSplits,
+    run_dir: Optional[Path],
+    quiet: bool = False,
+    resume: Optional[Path] = None,
 ) -> Fitted:
     """Train a table flow on given splits into `run_dir` (no lock, no outputs): `DensityEstimator`'s fit.
+    `run_dir=None` writes no files at all (the best weights are kept in memory).
 
     Returns on every rank, the best validation weights restored.
     """

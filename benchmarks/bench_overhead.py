@@ -1,0 +1,198 @@
+"""End-to-end speed where users feel it: `DensityEstimator` fits against plain PyTorch loops, and the main job.
+
+A script that prints figures, never a timed test. In one process, interleaved round by round:
+
+- `estimator`: `flows.DensityEstimator(...).fit(X)` of S optimiser steps (validation each epoch included);
+- `plain flows`: a hand-written loop (shuffled mini-batches, Adam, `-log_prob(x).mean()`) over the same
+  `flows` model (same architecture, same standardisation layer) and the same training rows, S steps;
+- `plain zuko`: the same loop over zuko's NSF of the same size, when `import zuko` works (the `bench` extra).
+
+for S in `--steps` (default 20, 200, 2000). Ratios are per round (each case's time over the plain flows
+loop's time in the same round), then their median: on a shared machine the medians move by tens of percent
+between rounds, the paired ratio much less. Then the main job, `flows fit --config configs/demo.yaml`
+(with `--main-epochs` epochs), in a fresh process per run, timed for this tree and, with `--baseline TREE`,
+interleaved with another checkout of the repository (e.g. the commit before a change). Usage::
+
+    python benchmarks/bench_overhead.py                       # everything, 3 rounds
+    python benchmarks/bench_overhead.py --steps 20 200 --rounds 5 --main-epochs 0   # no main job
+    python benchmarks/bench_overhead.py --baseline /tmp/old-checkout --main-epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import flows  # noqa: E402
+
+#: the model of every fit: a small coupling NSF, as in a cross-validation or grid search
+MODEL = {"transforms": 3, "hidden_features": [64, 64]}
+
+
+def _data(rows: int, features: int, seed: int = 0) -> np.ndarray:
+    generator = np.random.default_rng(seed)
+    mixing = generator.normal(size=(features, features))
+    return np.tanh(generator.normal(size=(rows, features))) @ mixing
+
+
+def _estimator(steps: int, batch: int) -> flows.DensityEstimator:
+    return flows.DensityEstimator(
+        "nsf",
+        max_epochs=None,
+        max_steps=steps,
+        batch_size=batch,
+        lr=1e-3,
+        num_threads=1,
+        early_stopping_patience=None,  # all `steps` steps, as the plain loop
+        **MODEL,
+    )
+
+
+def _plain_loop(model: torch.nn.Module, rows: torch.Tensor, steps: int, batch: int) -> None:
+    """The loop a user writes by hand: shuffled mini-batches, Adam, mean negative log-likelihood."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    done = 0
+    while done < steps:
+        for index in torch.randperm(rows.shape[0], generator=generator).split(batch):
+            loss = -model.log_prob(rows[index]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done == steps:
+                return
+
+
+def _zuko_loop(features: int, rows: torch.Tensor, steps: int, batch: int) -> Optional[Callable[[], None]]:
+    try:
+        import zuko
+    except ImportError:
+        return None
+
+    class _Zuko(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flow = zuko.flows.NSF(
+                features, transforms=MODEL["transforms"], hidden_features=MODEL["hidden_features"]
+            )
+
+        def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+            return self.flow().log_prob(x)
+
+    return lambda: _plain_loop(_Zuko(), rows, steps, batch)
+
+
+def _timed(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def bench_fits(steps_list: list[int], rounds: int, rows: int, features: int, batch: int) -> None:
+    table = _data(rows, features)
+    train_rows = torch.as_tensor(table[: int(rows * 0.9)], dtype=torch.float32)  # the estimator's split size
+    template = _estimator(1, batch).fit(table).flow_  # the same flows model (standardisation included)
+    print(f"\n## fits: {rows} rows x {features} features, batch {batch}, NSF {MODEL}, 1 thread")
+    print("steps | case         | median s | x plain flows (median of per-round ratios)")
+    for steps in steps_list:
+        cases: dict[str, Callable[[], object]] = {
+            "estimator": lambda steps=steps: _estimator(steps, batch).fit(table),
+            "plain flows": lambda steps=steps: _plain_loop(copy.deepcopy(template), train_rows, steps, batch),
+        }
+        zuko_case = _zuko_loop(features, train_rows, steps, batch)
+        if zuko_case is not None:
+            cases["plain zuko"] = zuko_case
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(rounds):
+            for name, case in cases.items():
+                times[name].append(_timed(case))
+        for name, values in times.items():
+            ratios = [a / b for a, b in zip(values, times["plain flows"])]
+            print(
+                f"{steps:5d} | {name:12s} | {statistics.median(values):8.3f} | {statistics.median(ratios):.2f}",
+                flush=True,
+            )
+
+
+def _main_job(tree: Path, epochs: int, out: Path, name: str) -> float:
+    command = [
+        sys.executable,
+        "-m",
+        "flows.training.cli",
+        "fit",
+        "--config",
+        "configs/demo.yaml",
+        "--train.max_epochs",
+        str(epochs),
+        "--output.dir",
+        str(out),
+        "--output.name",
+        name,
+        "--output.progress_bar",
+        "false",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    start = time.perf_counter()
+    subprocess.run(command, cwd=tree, env=env, check=True, capture_output=True, text=True)
+    return time.perf_counter() - start
+
+
+def bench_main_job(epochs: int, rounds: int, baseline: Optional[Path]) -> None:
+    trees = {"this tree": REPO} | ({"baseline": baseline} if baseline is not None else {})
+    times: dict[str, list[float]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory(prefix="flows-bench-") as directory:
+        for round_ in range(rounds):
+            for name, tree in trees.items():
+                label = name.replace(" ", "-")
+                times[name].append(_main_job(tree, epochs, Path(directory), f"{label}-{round_}"))
+    print(f"\n## main job: flows fit --config configs/demo.yaml --train.max_epochs {epochs} (fresh process)")
+    print("tree      | median s | x this tree (median of per-round ratios)")
+    for name, values in times.items():
+        ratios = [a / b for a, b in zip(values, times["this tree"])]
+        print(f"{name:9s} | {statistics.median(values):8.2f} | {statistics.median(ratios):.2f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, nargs="+", default=[20, 200, 2000])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=500)
+    parser.add_argument("--features", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--main-epochs", type=int, default=3, help="epochs of the main job (0: skip it)")
+    parser.add_argument("--main-rounds", type=int, default=2)
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="another checkout to time the main job of"
+    )
+    arguments = parser.parse_args()
+    torch.set_num_threads(1)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores available, "
+        f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}"
+    )
+    bench_fits(arguments.steps, arguments.rounds, arguments.rows, arguments.features, arguments.batch)
+    if arguments.main_epochs > 0:
+        bench_main_job(arguments.main_epochs, arguments.main_rounds, arguments.baseline)
+
+
+if __name__ == "__main__":
+    main()
