@@ -54,7 +54,16 @@ def _quiet_lightning(enabled: bool) -> Iterator[None]:
             logger.setLevel(level)
 
 
-class DensityEstimator:
+try:  # scikit-learn is optional: with it the estimator is a real one (clone, GridSearchCV, pipelines, tags)
+    from sklearn.base import BaseEstimator as _SklearnEstimator
+    from sklearn.base import DensityMixin as _SklearnDensity
+
+    _SKLEARN_BASES: tuple[type, ...] = (_SklearnDensity, _SklearnEstimator)
+except ImportError:  # pragma: no cover - without scikit-learn
+    _SKLEARN_BASES = ()
+
+
+class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
     """A normalizing-flow density estimator for tables `(n_samples, n_features)`.
 
     `model` names the architecture (`"nsf"`, `"maf"`, `"realnvp"`, `"gaussian"`); `model_options` are its
@@ -95,7 +104,7 @@ class DensityEstimator:
         self.standardize = standardize
         self.dequantize = dequantize
         self.seed = seed
-        self.trainer = dict(trainer or {})
+        self.trainer = trainer  # stored as given (scikit-learn's clone checks the identity of each parameter)
         self.output_dir = output_dir
         self.verbose = verbose
         self.train_options = {k: v for k, v in options.items() if k in TRAIN_KEYS}
@@ -120,7 +129,7 @@ class DensityEstimator:
             },
             "model": {"name": self.model, **self.model_options},
             "train": train,
-            "trainer": dict(self.trainer),
+            "trainer": dict(self.trainer or {}),
             "output": {
                 "dir": str(self.output_dir) if self.output_dir is not None else "runs",
                 "name": "estimator",
@@ -149,7 +158,7 @@ class DensityEstimator:
             "standardize": self.standardize,
             "dequantize": self.dequantize,
             "seed": self.seed,
-            "trainer": dict(self.trainer),
+            "trainer": self.trainer,
             "output_dir": self.output_dir,
             "verbose": self.verbose,
             **self.train_options,
@@ -157,6 +166,7 @@ class DensityEstimator:
         }
 
     def set_params(self, **params: Any) -> DensityEstimator:
+        """Change constructor arguments (scikit-learn convention); every option is validated again."""
         merged = {**self.get_params(), **params}
         self.__init__(**merged)  # type: ignore[misc]
         return self
@@ -203,7 +213,7 @@ class DensityEstimator:
 
     def _training_dtype(self) -> torch.dtype:
         """float64 when the trainer's `precision` is 64-bit, else float32 (the default dtype)."""
-        precision = str(self.trainer.get("precision", "32")).lower()
+        precision = str((self.trainer or {}).get("precision", "32")).lower()
         return torch.float64 if precision in ("64", "64-true", "double") else torch.get_default_dtype()
 
     def _check_range(self, splits: Any) -> None:
