@@ -8,8 +8,9 @@ names below are imported on first access too, so that `import flows` (and the `f
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from flows._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from flows.bijectors import Coupling, ImageCoupling, MaskedAutoregressive
@@ -148,23 +149,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """Import a public name (or a submodule, `flows.presets`) on first access and cache it."""
-    module = _LAZY.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(module), name)
-    elif not name.startswith("_"):
-        try:
-            value = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module 'flows' has no attribute {name!r}") from None
-    else:
-        raise AttributeError(f"module 'flows' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals(), __all__)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Union
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_open", "atomic_save", "atomic_write_bytes", "atomic_write_text"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -62,4 +62,14 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically; returns the path."""
     with atomic_open(path, "wb") as handle:
         handle.write(data)
+    return Path(path)
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """`torch.save(obj)` to `path` atomically; returns the path. (torch is imported here, not at module
+    import, so that light users of this module, such as the config writer, stay free of it.)"""
+    import torch
+
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
     return Path(path)

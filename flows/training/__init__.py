@@ -6,8 +6,9 @@ the config) imports neither lightning nor torch; `import flows` does not import 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from flows._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from flows.training.config import Config, ConfigError, load_config, parse_config
@@ -41,23 +42,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """Import a public name (or a submodule, `flows.training.pipeline`) on first access and cache it."""
-    module = _LAZY.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(module), name)
-    elif not name.startswith("_"):
-        try:
-            value = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals(), __all__)

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
-from flows.io import atomic_open
+from flows.io import atomic_save
 from flows.training.safety import read_checkpoint
 
 __all__ = ["AtomicCheckpointIO", "RunCheckpoint"]
@@ -40,8 +39,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not _is_local(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        with atomic_open(path, "wb") as handle:
-            torch.save(checkpoint, handle)
+        atomic_save(checkpoint, path)
 
     def load_checkpoint(
         self,

@@ -576,27 +576,19 @@ def _max_flow_depth(text: str) -> int:
     return deepest
 
 
-def yaml_load(text: Any) -> Any:
-    """Parse YAML text or a stream with the config loader (floats such as `1e-3` included).
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with the config loader (floats such as `1e-3` included).
 
     Text over `MAX_CONFIG_CHARS` characters or nested deeper than `MAX_FLOW_DEPTH` brackets is refused before
-    parsing (PyYAML's scanner takes time quadratic in the bracket depth).
+    parsing (PyYAML's scanner takes time quadratic in the bracket depth); the loader caps the nesting of
+    every style and the aliases, and the expanded size is checked after loading.
     """
-    if isinstance(text, str):
-        if len(text) > MAX_CONFIG_CHARS:
-            raise yaml.YAMLError(
-                f"expected a config of at most {MAX_CONFIG_CHARS} characters, got {len(text)}"
-            )
-        if _max_flow_depth(text) > MAX_FLOW_DEPTH:
-            raise yaml.YAMLError(
-                f"expected a config nested at most {MAX_FLOW_DEPTH} brackets deep, got {_max_flow_depth(text)}"
-            )
-    try:
-        values = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except RecursionError:
-        raise yaml.YAMLError(
-            "expected a config nested at most a few hundred levels deep, got deeper"
-        ) from None
+    if len(text) > MAX_CONFIG_CHARS:
+        raise yaml.YAMLError(f"expected a config of at most {MAX_CONFIG_CHARS} characters, got {len(text)}")
+    depth = _max_flow_depth(text)
+    if depth > MAX_FLOW_DEPTH:
+        raise yaml.YAMLError(f"expected a config nested at most {MAX_FLOW_DEPTH} brackets deep, got {depth}")
+    values = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     if _expanded_size(values, {}) > MAX_EXPANDED_VALUES:
         raise yaml.YAMLError(
             f"expected a config of at most {MAX_EXPANDED_VALUES} values with its aliases expanded, got more"

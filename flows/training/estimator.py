@@ -12,46 +12,29 @@ est.sample(100, context=C_new)   # (100, m, D) for C_new (m, k); (100, D) for on
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
-from flows.io import atomic_open
+from flows.io import atomic_save
 from flows.training.checkpoints import ESTIMATOR_FORMAT, load_model
 from flows.training.config import ConfigError, TrainConfig, parse_config
 from flows.training.context import conditional_splits_from_arrays
 from flows.training.data import splits_from_arrays
 from flows.training.evaluation import draw_samples, evaluate_log_prob
+from flows.training.models import standardizer_of
+from flows.training.registry import check_model_options
 from flows.training.safety import TrainingDivergedError, read_checkpoint
 from flows.training.tasks.tabular import fit_flow
+from flows.training.trainer import quiet_lightning_logs, trainer_arguments
 
 __all__ = ["DensityEstimator"]
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-
-
-@contextlib.contextmanager
-def _quiet_lightning(enabled: bool) -> Iterator[None]:
-    """Silence Lightning's informational log lines (GPU available, ...) while fitting."""
-    if not enabled:
-        yield
-        return
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 try:  # scikit-learn is optional: with it the estimator is a real one (clone, GridSearchCV, pipelines, tags)
@@ -140,9 +123,6 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
             },
         }
         config = parse_config(values)
-        from flows.training.registry import check_model_options
-        from flows.training.trainer import trainer_arguments
-
         check_model_options(config.model)
         trainer_arguments(config.trainer)
         return config
@@ -191,7 +171,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
             )
         self._check_range(splits)
         try:
-            with _quiet_lightning(not self.verbose):
+            with quiet_lightning_logs(not self.verbose):
                 if self.output_dir is None:  # in memory: no checkpoint files, no logger
                     outcome = fit_flow(config, splits, None, quiet=not self.verbose)
                 else:
@@ -314,16 +294,13 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
 
     def _standardized(self, rows: np.ndarray) -> np.ndarray:
         """`rows` in the flow's standardised units (float64): through its leading `Standardize`, if any."""
-        from flows.bijectors.elementwise import Standardize
-
-        transform = getattr(self.flow_, "transform", None)
-        first = transform.bijectors[0] if hasattr(transform, "bijectors") and len(transform) else transform
-        if isinstance(first, Standardize):
-            scale = first.scale.detach().double().cpu().numpy()
-            shift = first.shift.detach().double().cpu().numpy()
-            with np.errstate(over="ignore", invalid="ignore"):
-                return rows * scale + shift
-        return rows
+        standardizer = standardizer_of(self.flow_)
+        if standardizer is None:
+            return rows
+        scale = standardizer.scale.detach().double().cpu().numpy()
+        shift = standardizer.shift.detach().double().cpu().numpy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            return rows * scale + shift
 
     def score_samples(self, X: Any, context: Any = None) -> np.ndarray:
         """Log density of each row of `X (n, D)` in the units of the training data: `(n,)` float64.
@@ -397,7 +374,6 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         """Write the fitted model (config, columns, weights) to one file; reload with `DensityEstimator.load`."""
         self._check_fitted()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": ESTIMATOR_FORMAT,
             "record": self.record_,
@@ -410,8 +386,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
                 "steps": self.n_steps_,
             },
         }
-        with atomic_open(path, "wb") as handle:
-            torch.save(payload, handle)
+        atomic_save(payload, path)
         return path
 
     @classmethod

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -75,8 +76,6 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def default_run_name(config: Config) -> str:
-    from datetime import datetime, timezone
-
     dataset = f"target:{config.target.name}" if config.target.name else config.data.dataset
     dataset = dataset.replace("file:", "").replace(":", "-").replace("/", "_").replace(".", "_")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

@@ -21,17 +21,17 @@ import torch
 from torch import Tensor
 
 from flows.diagnostics import effective_sample_size, log_normalizer, weight_summary
-from flows.io import atomic_open
+from flows.io import atomic_save
 from flows.samplers import importance_resample, independent_metropolis
 from flows.targets.base import FunctionTarget, Target
 from flows.targets.registry import make_target
 from flows.training.checkpoints import load_model
 from flows.training.config import TrainConfig
-from flows.training.estimator import _quiet_lightning
 from flows.training.fitting import train
 from flows.training.safety import read_checkpoint
 from flows.training.sampling_objectives import seeded, validation_log_weights
 from flows.training.tasks.sampling import SamplingData, SamplingTask
+from flows.training.trainer import quiet_lightning_logs
 
 __all__ = ["VariationalSampler"]
 
@@ -135,7 +135,7 @@ class VariationalSampler:
         """Train the flow (`steps` optimiser steps of `batch_size` samples); returns self."""
         config = self._config()
         data = SamplingData(self.target)
-        with _quiet_lightning(not self.verbose):
+        with quiet_lightning_logs(not self.verbose):
             if self.output_dir is None:
                 with tempfile.TemporaryDirectory(prefix="flows-sampler-") as directory:
                     fitted = train(SamplingTask(), config, data, Path(directory), quiet=not self.verbose)
@@ -218,15 +218,13 @@ class VariationalSampler:
         """Write the flow (record and weights, not the target) to one file; reload with `load(path, log_prob)`."""
         self._check_fitted()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": SAMPLER_FORMAT,
             "hyper_parameters": self.record_,
             "state_dict": {f"flow.{k}": v for k, v in self.flow_.state_dict().items()},
             "fit_info": {"best_val_reverse_kl": self.best_val_reverse_kl_, "steps": self.n_steps_},
         }
-        with atomic_open(path, "wb") as handle:
-            torch.save(payload, handle)
+        atomic_save(payload, path)
         return path
 
     @classmethod

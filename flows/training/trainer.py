@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 import typing
 import warnings
@@ -30,6 +31,7 @@ __all__ = [
     "launched_worker",
     "make_trainer",
     "quiet_fit_warnings",
+    "quiet_lightning_logs",
     "torch_threads",
     "trainer_arguments",
 ]
@@ -195,3 +197,20 @@ def torch_threads(threads: Union[int, str, None]) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def quiet_lightning_logs(enabled: bool) -> Iterator[None]:
+    """Silence Lightning's informational log lines (GPU available, ...) while fitting."""
+    if not enabled:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 
 from flows.flow import Flow
 from flows.training.config import Config
+from flows.training.data import GlobalBatchSampler
 from flows.training.objectives import MaximumLikelihood, Objective
 
 __all__ = ["Fitted", "Task"]
@@ -67,6 +68,11 @@ class Task(ABC):
     @abstractmethod
     def initialize(self, model: Flow, data: Any, config: Config, global_batch: int) -> None:
         """Data-dependent initialisation (ActNorm) on the first global training batch."""
+
+    @staticmethod
+    def first_global_batch(rows: int, global_batch: int, config: Config) -> Any:
+        """Row indices of the first global training batch of `rows` rows: the same rows on every rank."""
+        return next(iter(GlobalBatchSampler(rows, global_batch, config.train.shuffle, config.seed)))
 
     @abstractmethod
     def module(

@@ -25,7 +25,6 @@ from flows.training.config import (
     Config,
     ConfigError,
 )
-from flows.training.data import GlobalBatchSampler
 from flows.training.fitting import Fitted
 from flows.training.image_data import (
     ImageDataModule,
@@ -104,9 +103,7 @@ class ImageTask(Task):
         return model, _record(self.plain, data, self.num_classes)
 
     def initialize(self, model: Flow, data: ImageSplits, config: Config, global_batch: int) -> None:
-        first = next(
-            iter(GlobalBatchSampler(data.train.shape[0], global_batch, config.train.shuffle, config.seed))
-        )
+        first = self.first_global_batch(data.train.shape[0], global_batch, config)
         labels = torch.as_tensor(data.train_labels[first])
         context = one_hot(labels, self.num_classes) if self.num_classes else None
         model.initialize(torch.as_tensor(data.train[first]), context)

@@ -22,7 +22,7 @@ from flows.flow import Flow
 from flows.training.checkpoints import model_record
 from flows.training.config import Config, ConfigError, parse_config
 from flows.training.context import context_stats, sample_at_contexts, with_context
-from flows.training.data import DataSplits, GlobalBatchSampler, dequantize_fixed, load_splits
+from flows.training.data import DataSplits, dequantize_fixed, load_splits
 from flows.training.evaluation import (
     draw_samples,
     entropy_metrics,
@@ -110,11 +110,10 @@ class TabularTask(Task):
         return flow, record
 
     def initialize(self, model: Flow, data: DataSplits, config: Config, global_batch: int) -> None:
-        seed = config.seed
-        first = next(iter(GlobalBatchSampler(data.train.shape[0], global_batch, config.train.shuffle, seed)))
+        first = self.first_global_batch(data.train.shape[0], global_batch, config)
         rows = data.train[first]
         if data.info.get("dequantized"):
-            rows = dequantize_fixed(rows, seed + 3)
+            rows = dequantize_fixed(rows, config.seed + 3)
         dtype = torch.get_default_dtype()
         context = (
             None if data.train_context is None else torch.as_tensor(data.train_context[first], dtype=dtype)
