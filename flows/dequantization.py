@@ -313,6 +313,17 @@ def discrete_log_likelihood_bound(
     return _bound(flow.log_prob, flow.event_shape, x, dequantizer, preprocessing, context, num_samples)
 
 
+def check_noise_std(noise_std: object) -> float:
+    """A finite, non-negative noise level as a float (the one check of every `noise_std`)."""
+    if (
+        isinstance(noise_std, bool)
+        or not isinstance(noise_std, (int, float))
+        or not 0 <= noise_std < math.inf
+    ):
+        raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+    return float(noise_std)
+
+
 def _bound(
     log_density: Callable[[Tensor, Optional[Tensor]], Tensor],
     event_shape: tuple[int, ...],
@@ -321,10 +332,16 @@ def _bound(
     preprocessing: Optional[Bijector],
     context: Optional[Tensor],
     num_samples: int,
+    noise_std: float = 0.0,
 ) -> Tensor:
-    """`discrete_log_likelihood_bound` with the continuous density `log_density(z (batch + event), context)`."""
+    """`discrete_log_likelihood_bound` with the continuous density `log_density(z (batch + event), context)`.
+
+    `noise_std > 0` adds `N(0, noise_std^2)` noise to the flow's input `z` (noise augmentation): the training
+    objective of a flow of noisy data, no longer a bound on `log P(x)`.
+    """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    noise_std = check_noise_std(noise_std)
     event_dims = len(event_shape)
     if x.dim() < event_dims or tuple(x.shape[x.dim() - event_dims :]) != tuple(event_shape):
         raise ValueError(f"expected data with event shape {tuple(event_shape)}, got shape {tuple(x.shape)}")
@@ -335,6 +352,8 @@ def _bound(
             context = context.unsqueeze(0).expand((num_samples,) + context.shape)
     y, log_q = dequantizer(x, context)
     z, ladj = (y, 0.0) if preprocessing is None else preprocessing(y)
+    if noise_std > 0:
+        z = z + noise_std * torch.randn_like(z)
     log_joint = log_density(z, context) + ladj - num_dims * math.log(dequantizer.num_levels) - log_q
     if num_samples == 1:
         return log_joint
@@ -378,10 +397,19 @@ class DequantizedFlow(Flow):
     methods (`encode`, `decode`, `rsample`, `sample_and_log_prob`) work on `y` in `[0, 1]`; `log_prob` and
     `initialize` take integer data `x`. `context` (e.g. a one-hot class label) goes to the flow and to a
     conditional dequantiser. Weights saved before it was a `Flow` (keys `flow.*`) load unchanged.
+
+    `noise_std > 0` says the flow was trained on `z` with Gaussian noise of that standard deviation added
+    (TarFlow's noise augmentation, `log_prob(..., noise_std=...)` in training): `sample` then takes one
+    denoising step `z + noise_std^2 grad log p(z)` (Tweedie's formula, the flow's own score) before
+    post-processing. `log_prob` without `noise_std` stays the bound on `log P(x)`.
     """
 
     def __init__(
-        self, flow: Flow, dequantizer: Dequantizer, preprocessing: Optional[Bijector] = None
+        self,
+        flow: Flow,
+        dequantizer: Dequantizer,
+        preprocessing: Optional[Bijector] = None,
+        noise_std: float = 0.0,
     ) -> None:
         if not isinstance(flow, Flow):
             raise TypeError(f"flow must be a flows.Flow, got {type(flow).__name__}")
@@ -390,6 +418,7 @@ class DequantizedFlow(Flow):
         super().__init__(flow.transform, flow.base, flow.embedding, flow.context_features)
         self.dequantizer = dequantizer
         self.preprocessing = preprocessing
+        self.noise_std = check_noise_std(noise_std)
         self.register_load_state_dict_pre_hook(_drop_inner_flow_prefix)
 
     @property
@@ -408,10 +437,22 @@ class DequantizedFlow(Flow):
         """The flow's output `z` back to `y`, with the inverse preprocessing's ladj."""
         return (z, 0.0) if self.preprocessing is None else self.preprocessing.inverse(z)
 
-    def log_prob(self, x: Tensor, context: Optional[Tensor] = None, num_samples: int = 1) -> Tensor:
-        """Lower bound on `log P(x)` of integer data `x (batch + event)`, `(batch)` nats (see the module doc)."""
+    def log_prob(
+        self, x: Tensor, context: Optional[Tensor] = None, num_samples: int = 1, noise_std: float = 0.0
+    ) -> Tensor:
+        """Lower bound on `log P(x)` of integer data `x (batch + event)`, `(batch)` nats (see the module doc).
+
+        `noise_std > 0`: the noise-augmented training objective instead (Gaussian noise on the flow's input).
+        """
         return _bound(
-            super().log_prob, self.event_shape, x, self.dequantizer, self.preprocessing, context, num_samples
+            super().log_prob,
+            self.event_shape,
+            x,
+            self.dequantizer,
+            self.preprocessing,
+            context,
+            num_samples,
+            noise_std,
         )
 
     @torch.no_grad()
@@ -448,7 +489,25 @@ class DequantizedFlow(Flow):
         _, embedded = self._validate(None, context)
         latent = sample_base(self.base, sample_shape, embedded, temperature)
         z, _ = self.transform.inverse(latent, embedded)
+        if self.noise_std > 0:
+            z = self.denoise(z, context)
         return torch.clamp(self._postprocess(z)[0], 0.0, 1.0)
+
+    def denoise(
+        self, z: Tensor, context: Optional[Tensor] = None, noise_std: Optional[float] = None
+    ) -> Tensor:
+        """One score step `z + s^2 grad_z log p(z | context)` on flow inputs `z (batch + event)`.
+
+        Tweedie's formula: for a flow of data plus `N(0, s^2)` noise it gives `E[clean z | z]`. `s` defaults
+        to the model's `noise_std`; `context` is the raw context, broadcast as in `sample`.
+        """
+        s = self.noise_std if noise_std is None else check_noise_std(noise_std)
+        if context is not None and z.dim() > context.dim() - 1 + len(self.event_shape):
+            context = context.expand(z.shape[: z.dim() - len(self.event_shape)] + context.shape[-1:])
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            (score,) = torch.autograd.grad(Flow.log_prob(self, z, context).sum(), z)
+        return (z + s**2 * score).detach()
 
     def sample_levels(
         self, sample_shape: Shape = (), context: Optional[Tensor] = None, temperature: float = 1.0

@@ -52,7 +52,6 @@ def test_a_table_config_refuses_an_image_section() -> None:
 @pytest.mark.parametrize(
     ("section", "values", "key"),
     [
-        ("train", {"noise_std": 0.1}, "train.noise_std"),
         ("train", {"mollification": {"fraction": 0.5}}, "train.mollification.fraction"),
         ("data", {"standardize": False}, "data.standardize"),
         ("data", {"dequantize": True}, "data.dequantize"),

@@ -149,7 +149,9 @@ class TrainConfig:
     #: gradient-norm clipping (null disables)
     gradient_clip: Optional[float] = 5.0
     mollification: MollificationConfig = field(default_factory=MollificationConfig)
-    #: constant Gaussian noise added to training inputs, in standardised units (0 disables)
+    #: constant Gaussian noise added to training inputs (0 disables): tables in standardised units, images
+    #: on the flow's input after the preprocessing (TarFlow's noise augmentation; samples are then denoised
+    #: with one score step through the flow)
     noise_std: float = 0.0
     #: stop after this many validations without improvement of val_nll (null disables)
     early_stopping_patience: Optional[int] = 10

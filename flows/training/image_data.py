@@ -23,8 +23,12 @@ Image-specific options live in the config's `image` section (`ImageOptions`, val
       val_size: 5000               # held out of the MNIST / CIFAR-10 training files
 
 `data.root` is the directory of the MNIST / CIFAR-10 files; `data.val_fraction` / `data.test_fraction` split
-digits. `data.standardize`, `data.dequantize`, `train.noise_std` and `train.mollification` do not apply to
-images (dequantisation is always on and built into the bound).
+digits. `data.standardize`, `data.dequantize` and `train.mollification` do not apply to images
+(dequantisation is always on and built into the bound). `train.noise_std` is TarFlow's noise augmentation:
+Gaussian noise on the flow's input (after the preprocessing) in training only; validation and test report
+the clean bound, and samples take one denoising score step (`DequantizedFlow.denoise`).
+`image.class_dropout` replaces the label of that fraction of training images by the null context (all
+zeros), which classifier-free guidance needs.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class ImageOptions:
     preprocessing: Literal["logit", "center", "none"] = "center"
     logit_alpha: float = 0.05
     conditional: bool = False
+    #: fraction of training images whose one-hot label is replaced by zeros (the null class of guidance)
+    class_dropout: float = 0.0
     eval_samples: int = 1
     temperatures: list[float] = field(default_factory=lambda: list(DEFAULT_TEMPERATURES))
     grid_size: int = 64
@@ -119,6 +125,12 @@ def parse_image_options(values: Optional[Mapping[str, Any]]) -> ImageOptions:
         raise ConfigError(
             f"config key 'image.logit_alpha': expected a number in (0, 0.5), got {options.logit_alpha}"
         )
+    if not 0.0 <= options.class_dropout < 1.0:
+        raise ConfigError(
+            f"config key 'image.class_dropout': expected a number in [0, 1), got {options.class_dropout}"
+        )
+    if options.class_dropout and not options.conditional:
+        raise ConfigError("config key 'image.class_dropout' applies to image.conditional: true only")
     allowed = {"hidden_channels", "steps", "transformer"}
     for key in options.dequantizer:
         if key not in allowed:
@@ -223,8 +235,10 @@ def build_image_model(
     shape: tuple[int, int, int],
     num_levels: int,
     num_classes: int,
+    noise_std: float = 0.0,
 ) -> DequantizedFlow:
-    """The `DequantizedFlow` of a `model` section and the `image` options for images of `shape`."""
+    """The `DequantizedFlow` of a `model` section and the `image` options for images of `shape`;
+    `noise_std` is `train.noise_std` (the model denoises its samples when it was trained with noise)."""
     kwargs = check_model_options(model, "image")
     context_features = num_classes if options.conditional else 0
     builder = model_builder(model["name"], "image")
@@ -243,7 +257,7 @@ def build_image_model(
     except (TypeError, ValueError) as error:
         raise ConfigError(f"config key 'image.dequantizer': {error}") from error
     preprocessing = make_preprocessing(options.preprocessing, options.logit_alpha)
-    return DequantizedFlow(flow, dequantizer, preprocessing)
+    return DequantizedFlow(flow, dequantizer, preprocessing, noise_std)
 
 
 class ImageFlowModule(FlowModule):
@@ -263,25 +277,34 @@ class ImageFlowModule(FlowModule):
         hparams: Optional[dict[str, Any]] = None,
         validation_seed: int = 0,
         objective: Optional[Objective] = None,
+        class_dropout: float = 0.0,
     ) -> None:
         super().__init__(model, train_config, hparams=hparams, objective=objective)
         self.validation_seed = int(validation_seed)
         self.num_classes = int(num_classes)
+        self.class_dropout = float(class_dropout)
         self.eval_samples = int(eval_samples)
         self.num_dims = model.num_dims
 
     def inputs(self, batch: Sequence[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-        """`(integer images, labels)` as `(images, one-hot context or None)`."""
+        """`(integer images, labels)` as `(images, one-hot context or None)`; in training, `class_dropout` of the
+        labels become the null context (zeros), chosen by the seeded per-step noise stream."""
         images, labels = batch
         if not self.num_classes:
             return images, None
-        return images, one_hot(labels, self.num_classes, self.dtype)
+        context = one_hot(labels, self.num_classes, self.dtype)
+        if self.training and self.class_dropout > 0:
+            keep = self._noise(context[:, :1], 3, "uniform") >= self.class_dropout
+            context = context * keep
+        return images, context
 
     def perturb(self, x: Tensor, progress: float) -> Tensor:
         return x  # the dequantisation noise is part of the model's bound
 
     def nll(self, x: Tensor, context: Optional[Tensor] = None, num_samples: int = 1) -> Tensor:  # type: ignore[override]
-        return -self.log_density(x, context, num_samples=num_samples)
+        """Per-image NLL bound `(batch,)`; in training with `train.noise_std`, the noise-augmented objective."""
+        noise_std = self.train_config.noise_std if self.training else 0.0
+        return -self.log_density(x, context, num_samples=num_samples, noise_std=noise_std)
 
     def log_training(self, loss: Tensor, rows: int) -> None:
         super().log_training(loss, rows)

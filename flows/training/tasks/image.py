@@ -99,7 +99,9 @@ class ImageTask(Task):
         return splits
 
     def build(self, config: Config, data: ImageSplits) -> tuple[Flow, dict[str, Any]]:
-        model = build_image_model(config.model, self.options, data.shape, data.num_levels, data.num_classes)
+        model = build_image_model(
+            config.model, self.options, data.shape, data.num_levels, data.num_classes, config.train.noise_std
+        )
         return model, _record(self.plain, data, self.num_classes)
 
     def initialize(self, model: Flow, data: ImageSplits, config: Config, global_batch: int) -> None:
@@ -124,6 +126,7 @@ class ImageTask(Task):
             hparams=record,
             validation_seed=config.seed + 7,
             objective=objective,
+            class_dropout=self.options.class_dropout,
         )
 
     def datamodule(self, data: ImageSplits, config: Config) -> ImageDataModule:
@@ -200,7 +203,6 @@ class ImageTask(Task):
 
 #: keys of table runs that have no meaning for images, with their defaults
 _TABULAR_ONLY = {
-    "train.noise_std": lambda c: c.train.noise_std,
     "train.mollification.fraction": lambda c: c.train.mollification.fraction,
 }  # (the `data` keys are checked for every kind of dataset by DataConfig.check_keys_apply)
 
@@ -273,7 +275,9 @@ def load_image_model(
     info = record["image"]
     shape = tuple(int(s) for s in info["shape"])
     num_classes = int(info["num_classes"])
-    model = build_image_model(config.model, options, shape, int(info["num_levels"]), num_classes)
+    model = build_image_model(
+        config.model, options, shape, int(info["num_levels"]), num_classes, config.train.noise_std
+    )
     state = {k[len("flow.") :]: v for k, v in payload["state_dict"].items() if k.startswith("flow.")}
     model.load_state_dict(state)
     model.eval()
