@@ -74,6 +74,7 @@ class MADE(nn.Module):
         if order.shape != (features,) or not torch.equal(order.sort().values, torch.arange(features)):
             raise ValueError(f"order must be a permutation of range({features}), got {order.tolist()}")
         self.features = features
+        self.event_shape = (features,)
         self.context_features = context_features
         self.params_per_feature = params_per_feature
         self.register_buffer("order", order)
