@@ -56,7 +56,8 @@ class CausalTransformer(nn.Module):
         self.params_per_feature = params_per_feature
         # Tokens are filled in their natural order; a reversal between layers alternates the direction.
         self.register_buffer("order", torch.arange(tokens))
-        self.embed = nn.Linear(features, channels)
+        # With one token nothing is ever embedded: its parameters come from the start token alone.
+        self.embed = nn.Linear(features, channels) if tokens > 1 else None
         self.start = nn.Parameter(0.02 * torch.randn(channels))
         self.position = nn.Parameter(0.02 * torch.randn(tokens, channels))
         self.context_layer = nn.Linear(context_features, channels) if context_features else None
@@ -85,7 +86,10 @@ class CausalTransformer(nn.Module):
         batch = x.shape[:-2]
         flat = x.reshape((-1, tokens, features))
         n = flat.shape[0]
-        h = torch.cat([self.start.expand(n, 1, -1), self.embed(flat[:, :-1])], dim=1) + self.position
+        h = self.start.expand(n, 1, -1)
+        if self.embed is not None:
+            h = torch.cat([h, self.embed(flat[:, :-1])], dim=1)
+        h = h + self.position
         embedded = self._context(context, n)
         if embedded is not None:
             h = h + embedded
@@ -126,6 +130,7 @@ class CausalDecoder:
                 raise ValueError("CausalDecoder.step needs the previous token after the first step")
             h = network.start.expand(self.n, 1, -1)
         else:
+            assert network.embed is not None  # a second step exists only with two or more tokens
             h = network.embed(previous.reshape(self.n, 1, features))
         h = h + network.position[self.position]
         if self.context is not None:
