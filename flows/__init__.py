@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from flows.flow import Flow
     from flows.presets import MAF, NSF, RealNVP
     from flows.presets_image import Glow, RealNVPImage
+    from flows.presets_transformer import Jet, TarFlow
     from flows.training.estimator import DensityEstimator
     from flows.transformers import Additive, Affine, Spline, Transformer, make_transformer
 
@@ -52,6 +53,8 @@ __all__ = [
     "BatchNorm",
     "ElementwiseAffine",
     "Glow",
+    "Jet",
+    "TarFlow",
     "Invertible1x1Conv",
     "LULinear",
     "Logit",
@@ -139,6 +142,8 @@ _LAZY = {
     "RealNVP": "flows.presets",
     "Glow": "flows.presets_image",
     "RealNVPImage": "flows.presets_image",
+    "TarFlow": "flows.presets_transformer",
+    "Jet": "flows.presets_transformer",
     "Additive": "flows.transformers",
     "Affine": "flows.transformers",
     "Spline": "flows.transformers",

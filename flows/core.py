@@ -4,9 +4,15 @@ Direction convention: `forward` maps data to latent (the density direction used 
 `inverse` maps latent to data (the sampling direction). Both return `(output, ladj)` where `ladj`,
 the log absolute determinant of the Jacobian of the map that was applied, has exactly the batch shape.
 
-Shapes: any leading batch dimensions, then the event: 1 trailing dimension for vectors (`event_dims=1`)
-or 3 for images (`C x H x W`, `event_dims=3`). A context has shape `batch + (context_features,)` and
-broadcasts against the batch of the input.
+Shapes: any leading batch dimensions, then the event: 1 trailing dimension for vectors (`event_dims=1`),
+2 for tokens (`T x D`) or 3 for images (`C x H x W`, `event_dims=3`). A context has shape
+`batch + (context_features,)` and broadcasts against the batch of the input.
+
+Declared event shapes: `event_dims` is the rank of the event a bijector takes and `output_event_dims` the
+rank it gives (they differ for layers such as `Patchify`); `input_event_shape` is the event shape it takes
+(None when any shape of its rank will do), and `forward_event_shape(shape)` / `inverse_event_shape(shape)`
+map an event shape through the layer (raising a ValueError for one it does not take). `Chain` runs these
+at construction, so mismatched members fail when the chain is built rather than on the first batch.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bijector", "Chain", "Inverse", "broadcast_context", "sum_event"]
+__all__ = ["Bijector", "Chain", "Inverse", "broadcast_context", "fixed_event_shape", "sum_event"]
 
 
 def sum_event(values: Tensor, event_dims: int) -> Tensor:
@@ -64,6 +70,38 @@ class Bijector(nn.Module):
 
     event_dims: int = 1
 
+    @property
+    def output_event_dims(self) -> int:
+        """The rank of the event this bijector gives (`event_dims` unless it changes the rank)."""
+        return self.event_dims
+
+    @property
+    def input_event_shape(self) -> Optional[tuple[int, ...]]:
+        """The event shape this bijector takes, or None when it takes any of rank `event_dims`.
+
+        By default the `event_shape` attribute of layers that store one (couplings, autoregressive layers).
+        """
+        shape = self.__dict__.get("event_shape")
+        return tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else None
+
+    @property
+    def output_event_shape(self) -> Optional[tuple[int, ...]]:
+        """The event shape this bijector gives, or None when its input shape is not declared."""
+        shape = self.input_event_shape
+        return None if shape is None else self.forward_event_shape(shape)
+
+    def forward_event_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output event shape for an input event `shape`; a ValueError when this layer does not take it.
+
+        The default is a shape-preserving layer: `shape` must have rank `event_dims` and equal the
+        declared `input_event_shape`, if any. Layers that change the shape override both directions.
+        """
+        return _check_declared(self, tuple(shape), self.event_dims, self.input_event_shape, "takes")
+
+    def inverse_event_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The input event shape for an output event `shape` (the inverse of `forward_event_shape`)."""
+        return _check_declared(self, tuple(shape), self.output_event_dims, self.output_event_shape, "gives")
+
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """Data to latent: `x (batch + event) -> (y (batch + event'), ladj (batch))`."""
         raise NotImplementedError
@@ -103,13 +141,52 @@ class Bijector(nn.Module):
             )
 
 
+def _check_declared(
+    bijector: Bijector, shape: tuple[int, ...], rank: int, declared: Optional[tuple[int, ...]], verb: str
+) -> tuple[int, ...]:
+    """`shape` unchanged when it has rank `rank` and equals `declared` (if any); a ValueError otherwise."""
+    name = type(bijector).__name__
+    if len(shape) != rank:
+        raise ValueError(f"{name} {verb} events of rank {rank}, got event shape {shape}")
+    if declared is not None and shape != declared:
+        raise ValueError(f"{name} {verb} event shape {declared}, got {shape}")
+    return shape
+
+
+def fixed_event_shape(
+    bijector: Bijector,
+    shape: tuple[int, ...],
+    takes: tuple[int, ...],
+    gives: tuple[int, ...],
+    verb: str = "takes",
+) -> tuple[int, ...]:
+    """`gives` when `shape == takes`, else a ValueError: the shape map of a layer with fixed shapes."""
+    if tuple(shape) != tuple(takes):
+        raise ValueError(f"{type(bijector).__name__} {verb} event shape {tuple(takes)}, got {tuple(shape)}")
+    return tuple(gives)
+
+
 class Inverse(Bijector):
     """Swap the directions of a bijector: `Inverse(b).forward == b.inverse`."""
 
     def __init__(self, bijector: Bijector) -> None:
         super().__init__()
         self.bijector = bijector
-        self.event_dims = bijector.event_dims
+        self.event_dims = bijector.output_event_dims
+
+    @property
+    def output_event_dims(self) -> int:
+        return self.bijector.event_dims
+
+    @property
+    def input_event_shape(self) -> Optional[tuple[int, ...]]:
+        return self.bijector.output_event_shape
+
+    def forward_event_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.bijector.inverse_event_shape(shape)
+
+    def inverse_event_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.bijector.forward_event_shape(shape)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         return self.bijector.inverse(x, context)
@@ -125,7 +202,9 @@ class Inverse(Bijector):
 class Chain(Bijector):
     """Compose bijectors: `forward` applies them first to last, `inverse` last to first.
 
-    All members must share the same `event_dims`; this is checked at construction.
+    Consecutive members must fit: each takes events of the rank the one before gives, and where shapes
+    are declared (`input_event_shape`), each takes the shape the one before gives. This is checked at
+    construction: `Chain(Coupling(5), Coupling(4))` raises a ValueError naming both members.
     """
 
     def __init__(self, *bijectors: Bijector) -> None:
@@ -139,12 +218,60 @@ class Chain(Bijector):
                 raise TypeError(
                     f"Chain member {index} must be a flows Bijector, got {type(bijector).__name__}"
                 )
-        event_dims = {b.event_dims for b in bijectors}
-        if len(event_dims) != 1:
-            listing = ", ".join(f"{type(b).__name__}={b.event_dims}" for b in bijectors)
-            raise ValueError(f"Chain members must share event_dims, got {listing}")
+        for index in range(1, len(bijectors)):
+            before, member = bijectors[index - 1], bijectors[index]
+            if before.output_event_dims != member.event_dims:
+                raise ValueError(
+                    f"Chain member {index} ({type(member).__name__}) takes events of rank {member.event_dims}, "
+                    f"but member {index - 1} ({type(before).__name__}) gives rank {before.output_event_dims}"
+                )
         self.event_dims = bijectors[0].event_dims
         self.bijectors = nn.ModuleList(bijectors)
+        self._input_shape = self._check_shapes()
+
+    def _check_shapes(self) -> Optional[tuple[int, ...]]:
+        """Propagate the first declared event shape through the members; returns the chain's input shape."""
+        members = list(self.bijectors)
+        first = next((i for i, b in enumerate(members) if b.input_event_shape is not None), None)
+        if first is None:
+            return None
+        shape = members[first].input_event_shape
+        for index in range(first, len(members)):
+            try:
+                shape = members[index].forward_event_shape(shape)
+            except ValueError as error:
+                raise ValueError(
+                    f"Chain member {index} ({type(members[index]).__name__}) does not take the event shape "
+                    f"{shape} that member {index - 1} ({type(members[index - 1]).__name__}) gives: {error}"
+                ) from error
+        shape = members[first].input_event_shape
+        for index in reversed(range(first)):
+            try:
+                shape = members[index].inverse_event_shape(shape)
+            except ValueError as error:
+                raise ValueError(
+                    f"Chain member {index} ({type(members[index]).__name__}) does not give the event shape "
+                    f"{shape} that member {index + 1} ({type(members[index + 1]).__name__}) takes: {error}"
+                ) from error
+        return shape
+
+    @property
+    def output_event_dims(self) -> int:
+        return self.bijectors[-1].output_event_dims
+
+    @property
+    def input_event_shape(self) -> Optional[tuple[int, ...]]:
+        return self._input_shape
+
+    def forward_event_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        for bijector in self.bijectors:
+            shape = bijector.forward_event_shape(shape)
+        return shape
+
+    def inverse_event_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        for bijector in reversed(self.bijectors):
+            shape = bijector.inverse_event_shape(shape)
+        return shape
 
     def __len__(self) -> int:
         return len(self.bijectors)

@@ -19,8 +19,9 @@ from flows.core import Bijector, Chain
 from flows.distributions import make_base
 from flows.flow import Flow
 from flows.ops import SCALE_FUNCTIONS
+from flows.presets_transformer import Jet, TarFlow
 
-__all__ = ["MAF", "NSF", "RealNVP"]
+__all__ = ["MAF", "NSF", "RealNVP", "TarFlow", "Jet"]
 
 
 # --------------------------------------------------------------------------------------- validation

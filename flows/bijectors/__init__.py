@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.bijectors.autoregressive import MaskedAutoregressive
+from flows.bijectors.autoregressive import Autoregressive, MaskedAutoregressive
 from flows.bijectors.conv import Invertible1x1Conv
 from flows.bijectors.coupling import (
     Coupling,
@@ -17,8 +17,15 @@ from flows.bijectors.elementwise import ElementwiseAffine, Logit, Sigmoid, Stand
 from flows.bijectors.linear import LULinear, LUMatrix, Permutation
 from flows.bijectors.normalization import ActNorm, BatchNorm
 from flows.bijectors.reshape import MultiscaleSplit, Squeeze
+from flows.bijectors.token_coupling import TokenCoupling, token_mask
+from flows.bijectors.tokens import Patchify, ReverseTokens
 
 __all__ = [
+    "Autoregressive",
+    "Patchify",
+    "ReverseTokens",
+    "TokenCoupling",
+    "token_mask",
     "Coupling",
     "ImageCoupling",
     "MaskedAutoregressive",

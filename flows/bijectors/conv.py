@@ -55,6 +55,15 @@ class Invertible1x1Conv(Bijector):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, lu={self.lu}"
 
+    def forward_event_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = super().forward_event_shape(shape)
+        if shape[0] != self.channels:
+            raise ValueError(f"Invertible1x1Conv takes {self.channels} channels, got event shape {shape}")
+        return shape
+
+    def inverse_event_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.forward_event_shape(shape)
+
     def _check(self, x: Tensor) -> None:
         if x.dim() < 3 or x.shape[-3] != self.channels:
             raise ValueError(

@@ -96,7 +96,8 @@ def apply_transformer(
 class MaskedCoupling(Bijector):
     """Generic coupling: `y[~mask] = transformer(x[~mask]; conditioner(x[mask], context))`, `y[mask] = x[mask]`.
 
-    `mask` is a bool tensor of the event shape (True = conditioning). `conditioner(x_cond, context)`
+    `mask` is a bool tensor of the event shape (True = conditioning): `(features,)`, `(T, D)` tokens or
+    `(C, H, W)` images. `conditioner(x_cond, context)`
     takes `x_cond (batch + (n_cond,))` and `context (batch + (context_features,))` or None and returns
     raw parameters `batch + (n_transformed, transformer.num_params)`.
     """
@@ -106,8 +107,10 @@ class MaskedCoupling(Bijector):
     ) -> None:
         super().__init__()
         mask = torch.as_tensor(mask, dtype=torch.bool)
-        if mask.dim() not in (1, 3):
-            raise ValueError(f"mask must be 1-D (vectors) or 3-D (images), got shape {tuple(mask.shape)}")
+        if mask.dim() < 1:
+            raise ValueError(
+                f"mask must have the event shape (1-D vectors, 2-D tokens, 3-D images), got shape {tuple(mask.shape)}"
+            )
         flat = mask.reshape(-1)
         n_cond = int(flat.sum())
         if n_cond == 0 or n_cond == flat.numel():

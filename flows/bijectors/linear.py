@@ -51,6 +51,10 @@ class Permutation(Bijector):
     def extra_repr(self) -> str:
         return f"features={self.features}, kind={self.kind!r}"
 
+    @property
+    def input_event_shape(self) -> tuple[int, ...]:
+        return (self.features,)
+
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """`x (batch, features) -> (x[..., indices], zeros(batch))`; the context is ignored."""
         self.check_event(x, (self.features,))
@@ -167,6 +171,10 @@ class LULinear(Bijector):
 
     def extra_repr(self) -> str:
         return f"features={self.features}"
+
+    @property
+    def input_event_shape(self) -> tuple[int, ...]:
+        return (self.features,)
 
     def weight(self) -> Tensor:
         """The matrix `W = L U`, shape `(features, features)`."""

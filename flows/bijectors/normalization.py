@@ -65,6 +65,10 @@ class ActNorm(Bijector):
     def extra_repr(self) -> str:
         return f"shape={self.shape}"
 
+    @property
+    def input_event_shape(self) -> tuple[int, ...]:
+        return self.shape
+
     def _ladj(self, x: Tensor) -> Tensor:
         return (self.spatial * self.log_scale.sum()).expand(self.batch_shape(x))
 
@@ -124,6 +128,10 @@ class BatchNorm(Bijector):
 
     def extra_repr(self) -> str:
         return f"features={self.features}, momentum={self.momentum}, eps={self.eps}"
+
+    @property
+    def input_event_shape(self) -> tuple[int, ...]:
+        return (self.features,)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """`x (batch, features) -> (y (batch, features), ladj (batch))`; the context is ignored."""

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from flows.core import Bijector
+from flows.core import Bijector, fixed_event_shape
 
 __all__ = ["MultiscaleSplit", "Squeeze"]
 
@@ -43,6 +43,16 @@ class Squeeze(Bijector):
 
     def extra_repr(self) -> str:
         return f"{self.input_shape} -> {self.output_shape}"
+
+    @property
+    def input_event_shape(self) -> tuple[int, int, int]:
+        return self.input_shape
+
+    def forward_event_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return fixed_event_shape(self, shape, self.input_shape, self.output_shape)
+
+    def inverse_event_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return fixed_event_shape(self, shape, self.output_shape, self.input_shape, "gives")
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """`x (batch, C, H, W) -> (y (batch, 4C, H/2, W/2), zeros(batch))`."""
@@ -100,6 +110,10 @@ class MultiscaleSplit(Bijector):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, kept_shape={self.kept_shape}"
+
+    @property
+    def input_event_shape(self) -> tuple[int, int, int]:
+        return self.shape
 
     @torch.no_grad()
     def _check_transform(self, context_features: int) -> None:

@@ -17,6 +17,7 @@ from flows.distributions import StandardNormal
 from flows.flow import Flow
 from flows.presets import MAF, NSF, RealNVP
 from flows.presets_image import Glow, RealNVPImage
+from flows.presets_transformer import Jet, TarFlow
 from flows.training.config import ConfigError, check_value, unknown_key_error
 from flows.training.context import check_embedding
 
@@ -49,6 +50,8 @@ MODELS: dict[str, dict[str, Callable[..., Flow]]] = {
     "nsf": {"table": NSF},
     "realnvp": {"table": RealNVP, "image": RealNVPImage},
     "glow": {"image": Glow},
+    "tarflow": {"image": TarFlow},
+    "jet": {"image": Jet},
     "gaussian": {"table": gaussian},
 }
 

@@ -1,0 +1,152 @@
+"""Transformer flow presets for images: `TarFlow` (Zhai et al. 2024) and `Jet` (Kolesnikov et al. 2024).
+
+Both cut the image `(C, H, W)` into `patch_size x patch_size` patches (`Patchify`, tokens `(T, D)` with
+`T = HW / p^2`, `D = p^2 C`), transform the tokens, and map them back to the image layout at the end
+(`Inverse(Patchify)`), so the latent keeps the data's shape and a `StandardNormal` over it scores it.
+A context (`context_features > 0`, e.g. a one-hot class) is embedded and added to every token of every
+transformer: class-conditional models.
+
+- `TarFlow`: `blocks` affine autoregressive layers over the tokens, each conditioned by a causal
+  transformer of `layers_per_block` blocks, with the token order reversed between blocks (alternating
+  direction). Sampling inverts each block token by token through the transformer's key-value cache
+  (`Autoregressive`, `inverse_method`).
+- `Jet`: `couplings` affine coupling layers over the tokens with ViT conditioners of
+  `layers_per_coupling` blocks, alternating a random channel split and a checkerboard split of the patches
+  (`splits="alternate"`), or channel splits only (`splits="channels"`).
+"""
+
+from __future__ import annotations
+
+from flows.bijectors.autoregressive import INVERSE_METHODS, Autoregressive
+from flows.bijectors.token_coupling import TokenCoupling
+from flows.bijectors.tokens import Patchify, ReverseTokens
+from flows.core import Bijector, Chain, Inverse
+from flows.distributions import StandardNormal
+from flows.flow import Flow
+from flows.nn import CausalTransformer
+from flows.transformers import Affine
+
+__all__ = ["TarFlow", "Jet"]
+
+_SPLITS = ("alternate", "channels")
+
+
+def _positive(value: object, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _patchify(shape: object, patch_size: int) -> Patchify:
+    _positive(patch_size, "patch_size")
+    if not isinstance(shape, (tuple, list)) or len(shape) != 3:
+        raise ValueError(f"shape must be an image event (C, H, W), got {shape!r}")
+    return Patchify(tuple(shape), patch_size)  # type: ignore[arg-type]
+
+
+class TarFlow(Flow):
+    """TarFlow: `blocks` causal-transformer affine autoregressive layers over image patches.
+
+    `shape = (C, H, W)` with `H` and `W` divisible by `patch_size`. Each block's `CausalTransformer` has
+    `layers_per_block` pre-norm blocks of `channels` channels and `heads` heads; the affine scale is
+    `scale_function` bounded by `scale_bound` (see `flows.transformers.Affine`). `inverse_method` is the
+    blocks' inverse (`"auto"`: the key-value-cached sequential loop). See the module docstring.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        context_features: int = 0,
+        patch_size: int = 2,
+        blocks: int = 4,
+        layers_per_block: int = 2,
+        channels: int = 64,
+        heads: int = 4,
+        mlp_ratio: int = 4,
+        scale_function: str = "tanh",
+        scale_bound: float = 3.0,
+        inverse_method: str = "auto",
+    ) -> None:
+        patchify = _patchify(shape, patch_size)
+        _positive(blocks, "blocks")
+        _positive(context_features, "context_features", 0)
+        if inverse_method not in INVERSE_METHODS:
+            raise ValueError(f"inverse_method must be one of {INVERSE_METHODS}, got {inverse_method!r}")
+        transformer = Affine(scale_function=scale_function, scale_bound=scale_bound)  # type: ignore[arg-type]
+        tokens, features = patchify.token_shape
+        members: list[Bijector] = [patchify]
+        for index in range(blocks):
+            if index > 0:
+                members.append(ReverseTokens())
+            network = CausalTransformer(
+                tokens,
+                features,
+                transformer.num_params,
+                context_features,
+                channels=channels,
+                layers=layers_per_block,
+                heads=heads,
+                mlp_ratio=mlp_ratio,
+            )
+            members.append(Autoregressive(network, transformer, inverse_method=inverse_method))
+        members.append(Inverse(Patchify(patchify.image_shape, patch_size)))
+        super().__init__(
+            Chain(members), StandardNormal(patchify.image_shape), context_features=context_features
+        )
+        self.patch_size, self.blocks = patch_size, blocks
+
+
+class Jet(Flow):
+    """Jet: `couplings` affine coupling layers over image patches with ViT conditioners.
+
+    `shape = (C, H, W)` with `H` and `W` divisible by `patch_size`. Each ViT has `layers_per_coupling`
+    pre-norm blocks of `channels` channels and `heads` heads. `splits="alternate"` alternates a channel
+    split (a fresh random half of each token's features per layer) with a checkerboard split of the
+    patch grid (alternating parity); `"channels"` uses channel splits only. See the module docstring.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        context_features: int = 0,
+        patch_size: int = 2,
+        couplings: int = 8,
+        layers_per_coupling: int = 2,
+        channels: int = 64,
+        heads: int = 4,
+        mlp_ratio: int = 4,
+        splits: str = "alternate",
+        scale_function: str = "tanh",
+        scale_bound: float = 3.0,
+    ) -> None:
+        patchify = _patchify(shape, patch_size)
+        _positive(couplings, "couplings")
+        _positive(context_features, "context_features", 0)
+        if splits not in _SPLITS:
+            raise ValueError(f"splits must be one of {_SPLITS}, got {splits!r}")
+        tokens, features = patchify.token_shape
+        members: list[Bijector] = [patchify]
+        for index in range(couplings):
+            spatial = splits == "alternate" and index % 2 == 1 and tokens >= 2
+            members.append(
+                TokenCoupling(
+                    tokens,
+                    features,
+                    split="spatial" if spatial else "channels",
+                    parity=spatial and index % 4 == 3,
+                    seed=index,
+                    grid_width=patchify.grid[1],
+                    context_features=context_features,
+                    channels=channels,
+                    layers=layers_per_coupling,
+                    heads=heads,
+                    mlp_ratio=mlp_ratio,
+                    scale_function=scale_function,
+                    scale_bound=scale_bound,
+                )
+            )
+        members.append(Inverse(Patchify(patchify.image_shape, patch_size)))
+        super().__init__(
+            Chain(members), StandardNormal(patchify.image_shape), context_features=context_features
+        )
+        self.patch_size, self.couplings = patch_size, couplings
