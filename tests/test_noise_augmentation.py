@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,7 +118,7 @@ def test_class_dropout_nulls_a_seeded_fraction_of_training_labels_only() -> None
     assert bool((module.inputs(batch)[1].sum(-1) == 1).all())
 
 
-def test_image_options_check_class_dropout() -> None:
+def test_image_options_check_class_dropout_and_guidance() -> None:
     from flows.training.image_data import parse_image_options
 
     assert parse_image_options({"conditional": True, "class_dropout": 0.1}).class_dropout == 0.1
@@ -125,6 +126,11 @@ def test_image_options_check_class_dropout() -> None:
         parse_image_options({"conditional": True, "class_dropout": 1.0})
     with pytest.raises(ConfigError, match="image.class_dropout.*conditional: true only"):
         parse_image_options({"class_dropout": 0.1})
+    assert parse_image_options({"conditional": True, "class_dropout": 0.1, "guidance": 2.0}).guidance == 2.0
+    with pytest.raises(ConfigError, match="image.guidance.*class_dropout > 0"):
+        parse_image_options({"conditional": True, "guidance": 2.0})
+    with pytest.raises(ConfigError, match="image.guidance.*finite"):
+        parse_image_options({"conditional": True, "class_dropout": 0.1, "guidance": float("inf")})
 
 
 @pytest.mark.slow
@@ -135,9 +141,15 @@ def test_a_noise_augmented_conditional_run_trains_samples_and_reloads(tmp_path: 
     config = {
         "seed": 0,
         "data": {"dataset": "image:digits"},
-        "model": {"name": "glow", "levels": 1, "steps": 1, "hidden_channels": 4},
+        "model": {"name": "tarflow", "patch_size": 2, "blocks": 2, "layers_per_block": 1, "channels": 8},
         "train": {"batch_size": 32, "max_steps": 4, "noise_std": 0.05, "num_threads": 1},
-        "image": {"conditional": True, "class_dropout": 0.2, "grid_size": 4, "reconstructions": 2},
+        "image": {
+            "conditional": True,
+            "class_dropout": 0.2,
+            "guidance": 1.0,
+            "grid_size": 4,
+            "reconstructions": 2,
+        },
         "trainer": {"accelerator": "cpu", "limit_val_batches": 1},
         "output": {"dir": str(tmp_path), "name": "run", "progress_bar": False},
     }
@@ -147,4 +159,6 @@ def test_a_noise_augmented_conditional_run_trains_samples_and_reloads(tmp_path: 
     loaded = load_image_model(checkpoint)
     assert loaded.model.noise_std == 0.05
     drawn = sample_images(checkpoint, tmp_path / "drawn.npy", count=3, label=2, seed=0)
-    assert drawn.is_file()
+    steered = sample_images(checkpoint, tmp_path / "steered.npy", count=3, label=2, seed=0, guidance=4.0)
+    assert np.load(drawn).shape == np.load(steered).shape == (3, 1, 8, 8)
+    assert (Path(metrics["run_dir"]) / "samples" / "samples_t1.00.png").is_file()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.bijectors.autoregressive import Autoregressive, MaskedAutoregressive
+from flows.bijectors.autoregressive import Autoregressive, MaskedAutoregressive, guided
 from flows.bijectors.conv import Invertible1x1Conv
 from flows.bijectors.coupling import (
     Coupling,
@@ -47,4 +47,5 @@ __all__ = [
     "Squeeze",
     "Standardize",
     "Tanh",
+    "guided",
 ]

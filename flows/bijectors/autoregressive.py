@@ -36,7 +36,8 @@ the exact inverse.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
@@ -47,7 +48,7 @@ from flows.core import Bijector, broadcast_context
 from flows.nn import MADE
 from flows.transformers import Transformer
 
-__all__ = ["Autoregressive", "MaskedAutoregressive", "INVERSE_METHODS"]
+__all__ = ["Autoregressive", "MaskedAutoregressive", "INVERSE_METHODS", "guided"]
 
 #: Ways to invert an `Autoregressive` layer (see the module docstring).
 INVERSE_METHODS = ("auto", "fixed_point", "sequential")
@@ -112,6 +113,8 @@ class Autoregressive(Bijector):
         self.inverse_tol = None if inverse_tol is None else float(inverse_tol)
         self.inverse_check_every = inverse_check_every
         self.use_cache = bool(use_cache)
+        #: classifier-free guidance weight of the inverse (sampling); see `guided`
+        self.guidance = 0.0
         self._compiled_step: Optional[Callable[..., tuple[Tensor, Tensor, Tensor]]] = None
         if hasattr(conditioner, "decoder") and not torch.equal(order, torch.arange(event_shape[0])):
             raise ValueError("a conditioner with a decoder must fill its units in their natural order")
@@ -190,7 +193,7 @@ class Autoregressive(Bijector):
         of `x_next` differs from `x` by more than `tolerance`."""
         # Not-yet-valid units of an iterate may overflow (unbounded scales); masked or causal conditioners
         # multiply them by zero, and `0 * inf = nan` would spread, so they are zeroed before the pass.
-        params = self.conditioner(x.nan_to_num(0.0, 0.0, 0.0), context)
+        params = self._inverse_params(x.nan_to_num(0.0, 0.0, 0.0), context)
         x_next, ladj = self._transform(y, params, inverse=True)
         return x_next, ladj, ((x_next - x).abs() <= tolerance).all()
 
@@ -219,10 +222,18 @@ class Autoregressive(Bijector):
         x = torch.zeros_like(y)
         for step in range(self.units - 1):
             position = self.inverse_steps[step : step + 1]
-            params = self.conditioner(x, context).index_select(axis, position)
+            params = self._inverse_params(x, context).index_select(axis, position)
             x_position, _ = self.transformer(y.index_select(axis, position), params, inverse=True)
             x = x.index_copy(axis, position, x_position)
-        return self._transform(y, self.conditioner(x, context), inverse=True)
+        return self._transform(y, self._inverse_params(x, context), inverse=True)
+
+    def _inverse_params(self, x: Tensor, context: Optional[Tensor]) -> Tensor:
+        """Conditioner parameters for the inverse: with `guidance = g` and a context, classifier-free guidance
+        `p(c) + g (p(c) - p(0))` against the null context (zeros), else `p(c)`."""
+        params = self.conditioner(x, context)
+        if self.guidance and context is not None:
+            params = params + self.guidance * (params - self.conditioner(x, torch.zeros_like(context)))
+        return params
 
     def _inverse_cached(self, y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """The sequential inverse through the conditioner's decoder: one unit per step, in natural order.
@@ -232,6 +243,10 @@ class Autoregressive(Bijector):
         """
         axis = y.dim() - self.event_dims
         decoder = self.conditioner.decoder(context, y.shape[:axis])
+        if self.guidance and context is not None:
+            decoder = _GuidedDecoder(
+                decoder, self.conditioner.decoder(torch.zeros_like(context), y.shape[:axis]), self.guidance
+            )
         unit_size = math.prod(self.event_shape[1:])
         batch = y.shape[:axis]
         units: list[Tensor] = []
@@ -249,6 +264,39 @@ class Autoregressive(Bijector):
             units.append(previous)
             ladj = ladj + ladj_unit
         return torch.stack(units, dim=axis), ladj
+
+
+class _GuidedDecoder:
+    """Two decoders, conditional and null-context, stepped together: `p(c) + g (p(c) - p(0))` per unit."""
+
+    def __init__(self, conditional: Any, unconditional: Any, guidance: float) -> None:
+        self.conditional, self.unconditional, self.guidance = conditional, unconditional, guidance
+
+    def step(self, previous: Optional[Tensor]) -> Tensor:
+        params = self.conditional.step(previous)
+        return params + self.guidance * (params - self.unconditional.step(previous))
+
+
+@contextmanager
+def guided(module: nn.Module, guidance: float) -> Iterator[nn.Module]:
+    """Classifier-free guidance for sampling: within the block, every `Autoregressive` layer of `module`
+    inverts with `params(c) + guidance * (params(c) - params(null))`, the null context being zeros (the
+    label of `image.class_dropout`). `guidance = 0` is plain sampling. Guided samples no longer follow the
+    model's density; `log_prob` (the forward direction) is unchanged.
+    """
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise ValueError(f"guidance must be a finite number, got {guidance!r}")
+    layers = [layer for layer in module.modules() if isinstance(layer, Autoregressive)]
+    if guidance and not layers:
+        raise ValueError(f"guidance needs autoregressive layers; {type(module).__name__} has none")
+    saved = [layer.guidance for layer in layers]
+    for layer in layers:
+        layer.guidance = float(guidance)
+    try:
+        yield module
+    finally:
+        for layer, value in zip(layers, saved):
+            layer.guidance = value
 
 
 class MaskedAutoregressive(Autoregressive):

@@ -95,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, default=1.0, help="image models: base temperature")
     sample.add_argument("--label", type=int, default=None, help="class-conditional image models: the class")
     sample.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="class-conditional image models with autoregressive layers: classifier-free guidance weight "
+        "(default: the run's image.guidance)",
+    )
+    sample.add_argument(
         "--context",
         default=None,
         help="conditional table models: a table holding the model's context columns (by name, else by "
@@ -181,6 +188,7 @@ def _sample(arguments: argparse.Namespace) -> int:
             temperature=arguments.temperature,
             label=arguments.label,
             seed=arguments.seed,
+            guidance=arguments.guidance,
         )
         print(f"wrote {arguments.num_samples} images to {path}")
         return 0

@@ -34,6 +34,7 @@ zeros), which classifier-free guidance needs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
@@ -85,6 +86,8 @@ class ImageOptions:
     conditional: bool = False
     #: fraction of training images whose one-hot label is replaced by zeros (the null class of guidance)
     class_dropout: float = 0.0
+    #: classifier-free guidance weight of sample grids and `flows sample` (autoregressive layers only)
+    guidance: float = 0.0
     eval_samples: int = 1
     temperatures: list[float] = field(default_factory=lambda: list(DEFAULT_TEMPERATURES))
     grid_size: int = 64
@@ -131,6 +134,7 @@ def parse_image_options(values: Optional[Mapping[str, Any]]) -> ImageOptions:
         )
     if options.class_dropout and not options.conditional:
         raise ConfigError("config key 'image.class_dropout' applies to image.conditional: true only")
+    check_guidance(options.guidance, options)
     allowed = {"hidden_channels", "steps", "transformer"}
     for key in options.dequantizer:
         if key not in allowed:
@@ -138,6 +142,18 @@ def parse_image_options(values: Optional[Mapping[str, Any]]) -> ImageOptions:
     if options.dequantizer and options.dequantization != "variational":
         raise ConfigError("config key 'image.dequantizer' applies to image.dequantization: variational only")
     return options
+
+
+def check_guidance(guidance: float, options: ImageOptions) -> None:
+    """Guidance steers a class-conditional model away from its null class, which it must have learnt."""
+    if not math.isfinite(guidance):
+        raise ConfigError(f"config key 'image.guidance': expected a finite number, got {guidance}")
+    if guidance and not (options.conditional and options.class_dropout > 0):
+        raise ConfigError(
+            "config key 'image.guidance' needs image.conditional: true and image.class_dropout > 0 (the "
+            f"model must learn the null class), got guidance {guidance} with conditional "
+            f"{options.conditional} and class_dropout {options.class_dropout}"
+        )
 
 
 def split_image_options(

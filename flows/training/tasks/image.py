@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from flows.bijectors.autoregressive import guided
 from flows.datasets.images import ImageSplits
 from flows.dequantization import DequantizedFlow, bits_per_dim
 from flows.flow import Flow
@@ -31,6 +32,7 @@ from flows.training.image_data import (
     ImageFlowModule,
     ImageOptions,
     build_image_model,
+    check_guidance,
     evaluate_bound,
     is_image_config,
     load_image_splits,
@@ -183,9 +185,15 @@ class ImageTask(Task):
     def write_outputs(self, fitted: Fitted, config: Config, run_dir: Path) -> dict[str, Any]:
         splits: ImageSplits = fitted.info["data"]
         options, model = self.options, fitted.model
-        grids = write_sample_grids(  # type: ignore[arg-type]
-            model, run_dir / "samples", options.temperatures, options.grid_size, self.num_classes, config.seed
-        )
+        with guided(model, options.guidance):
+            grids = write_sample_grids(  # type: ignore[arg-type]
+                model,
+                run_dir / "samples",
+                options.temperatures,
+                options.grid_size,
+                self.num_classes,
+                config.seed,
+            )
         metrics: dict[str, Any] = {"sample_grids": [str(p) for p in grids]}
         if options.reconstructions > 0:
             count = min(options.reconstructions, splits.test.shape[0])
@@ -340,10 +348,12 @@ def sample_images(
     temperature: float = 1.0,
     label: Optional[int] = None,
     seed: Optional[int] = None,
+    guidance: Optional[float] = None,
 ) -> Path:
     """`flows sample` for image models: a PNG grid (`.png`) or an `.npy` array `(N, C, H, W)` of integer levels.
 
-    Class-conditional models draw `count` images of class `label`, or of every class in turn without one.
+    Class-conditional models draw `count` images of class `label`, or of every class in turn without one;
+    `guidance` (default: the run's `image.guidance`) is the classifier-free guidance weight.
     """
     from flows.training.images import image_grid, write_png
 
@@ -365,7 +375,12 @@ def sample_images(
         if seed is not None:
             torch.manual_seed(seed)
         shape = () if context is not None else (count,)
-        levels = loaded.model.sample_levels(shape, context, temperature)
+        if guidance is None:
+            guidance = loaded.options.guidance
+        else:
+            check_guidance(guidance, loaded.options)
+        with guided(loaded.model, guidance):
+            levels = loaded.model.sample_levels(shape, context, temperature)
     out = Path(out)
     if out.suffix == ".npy":
         out.parent.mkdir(parents=True, exist_ok=True)
