@@ -28,6 +28,7 @@ from flows.dequantization import DequantizedFlow, make_dequantizer, make_preproc
 from flows.flow import Flow
 from flows.presets_image import Glow
 from flows.training.images import image_grid, read_png, write_png, write_reconstructions, write_sample_grids
+from tests.test_imagenet64 import write_imagenet64
 
 
 @pytest.fixture(autouse=True)
@@ -242,9 +243,17 @@ def test_reconstructions_are_exact_up_to_round_off(tmp_path: Path, coupling: str
 # ------------------------------------------------------------------------------------ configs end to end
 def small_overrides(config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     """Shrink a shipped config to a few CPU steps; the dataset, levels and options stay as shipped."""
-    config["model"].update({"hidden_channels": 8})
-    if config["model"]["name"] == "glow":
-        config["model"]["steps"] = 1
+    model = config["model"]
+    if model["name"] in ("glow", "realnvp"):
+        model.update({"hidden_channels": 8})
+    if model["name"] == "glow":
+        model["steps"] = 1
+    if model["name"] == "tarflow":
+        model.update({"blocks": 2, "layers_per_block": 1, "channels": 8, "heads": 2})
+    if model["name"] == "jet":
+        model.update({"couplings": 2, "layers_per_coupling": 1, "channels": 8, "heads": 2})
+    if config["data"]["dataset"] == "image:imagenet64":
+        model["patch_size"] = 8  # 64 tokens: a few seconds of CPU sampling instead of 1,024 token steps
     config["train"].update(
         {
             "max_steps": 2,
@@ -268,6 +277,9 @@ def small_overrides(config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     elif dataset == "image:cifar10":
         write_cifar(tmp_path / "data" / CIFAR10_FOLDER, per_batch=3, n_test=4)
         config["data"]["root"] = str(tmp_path / "data")
+    elif dataset == "image:imagenet64":
+        write_imagenet64(tmp_path / "data", per_batch=1, n_test=2)
+        config["data"]["root"] = str(tmp_path / "data")
     return config
 
 
@@ -276,6 +288,7 @@ def small_overrides(config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
 def test_every_image_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None:
     from flows.training.config import read_yaml
     from flows.training.pipeline import run as run_image
+    from flows.training.registry import with_model_defaults
     from flows.training.tasks.image import evaluate_image_checkpoint, sample_images
 
     assert len(CONFIGS) >= 7
@@ -295,7 +308,8 @@ def test_every_image_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None
     # The saved config carries every model option (defaults included), so a later default change cannot
     # alter what this checkpoint rebuilds.
     saved_model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
-    assert "levels" in saved_model and "split_prior" in saved_model
+    defaults = with_model_defaults({"name": saved_model["name"]}, "image")
+    assert len(defaults) > 3 and set(defaults) <= set(saved_model)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     evaluated = evaluate_image_checkpoint(checkpoint, {"image": {"eval_samples": 2}}, verbose=False)
     assert evaluated["test_rows"] == metrics["test_rows"] and math.isfinite(evaluated["test_bpd"])

@@ -6,8 +6,13 @@
   `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, optionally `.gz`), 256 levels, shape `(1, 28, 28)`.
 - `cifar10`: the python pickle batches of CIFAR-10 (`data_batch_1..5`, `test_batch`, as in
   `cifar-10-python.tar.gz`), 256 levels, shape `(3, 32, 32)`.
+- `imagenet64`: downsampled ImageNet 64x64 (Chrabaszcz et al. 2017, the `Imagenet64_train_npz` and
+  `Imagenet64_val_npz` archives of image-net.org: `train_data_batch_1..10.npz` and `val_data.npz`, each
+  with `data (N, 12288)` uint8 as R, G, B planes and `labels` 1..1000), 256 levels, shape `(3, 64, 64)`,
+  1000 classes; the official validation set is the test split, as in the papers. Read with
+  `allow_pickle=False` and held in memory (about 16 GB of training images).
 
-MNIST and CIFAR-10 are read from a local directory (`root`, else `$FLOWS_DATA_DIR`, else
+MNIST, CIFAR-10 and ImageNet-64 are read from a local directory (`root`, else `$FLOWS_DATA_DIR`, else
 `~/.cache/flows/data`); when the files are missing a `FileNotFoundError` says where to put them.
 Validation rows are held out from the training files (their test files are the test split).
 """
@@ -34,10 +39,12 @@ __all__ = [
     "default_data_root",
     "load_cifar10",
     "load_digits_images",
+    "load_imagenet64",
     "load_image_dataset",
     "load_mnist",
     "read_cifar_batch",
     "read_idx",
+    "read_imagenet64_batch",
 ]
 
 #: dataset name -> (event shape, number of grey levels per channel, number of classes)
@@ -45,7 +52,10 @@ IMAGE_DATASETS: dict[str, tuple[tuple[int, int, int], int, int]] = {
     "digits": ((1, 8, 8), 17, 10),
     "mnist": ((1, 28, 28), 256, 10),
     "cifar10": ((3, 32, 32), 256, 10),
+    "imagenet64": ((3, 64, 64), 256, 1000),
 }
+IMAGENET64_TRAIN = tuple(f"Imagenet64_train_npz/train_data_batch_{i}.npz" for i in range(1, 11))
+IMAGENET64_TEST = "Imagenet64_val_npz/val_data.npz"
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -353,6 +363,51 @@ def load_cifar10(root: Union[str, Path, None] = None, val_size: int = 5000, seed
     return ImageSplits(train, val, test, train_labels, val_labels, test_labels, 256, 10, "cifar10")
 
 
+# --------------------------------------------------------------------------------------------- ImageNet-64
+def read_imagenet64_batch(path: Union[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """One downsampled-ImageNet npz file: `(images (N, 3, 64, 64) uint8, labels (N,) int64 in 0..999)`."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            data, labels = np.asarray(archive["data"]), np.asarray(archive["labels"])
+    except (KeyError, ValueError, OSError, EOFError) as error:
+        raise ValueError(
+            f"{path} is not a downsampled-ImageNet npz file with 'data' and 'labels': {error}"
+        ) from error
+    if data.ndim != 2 or data.shape[1] != 3 * 64 * 64 or labels.shape != (data.shape[0],):
+        raise ValueError(
+            f"{path}: expected data (N, 12288) and labels (N,), got {data.shape} and {labels.shape}"
+        )
+    if data.dtype != np.uint8 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{path}: expected uint8 data and integer labels, got {data.dtype} and {labels.dtype}"
+        )
+    if labels.size and (labels.min() < 1 or labels.max() > 1000):
+        raise ValueError(f"{path}: labels must lie in 1..1000, got [{labels.min()}, {labels.max()}]")
+    return data.reshape(-1, 3, 64, 64), labels.astype(np.int64) - 1
+
+
+def load_imagenet64(root: Union[str, Path, None] = None, val_size: int = 5000, seed: int = 0) -> ImageSplits:
+    """Downsampled ImageNet 64x64 from `root` (see the module docstring); `val_size` training images are
+    held out for validation, the official validation set is the test split."""
+    root = default_data_root() if root is None else Path(root).expanduser()
+    missing = [name for name in (*IMAGENET64_TRAIN, IMAGENET64_TEST) if not (root / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"ImageNet-64 files not found under {root} (missing {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}). Download Imagenet64_train_npz and Imagenet64_val_npz "
+            "(https://image-net.org/download-images, 'Downsampled ImageNet 64x64') and extract them there "
+            "(or pass data.root / set FLOWS_DATA_DIR)."
+        )
+    parts = [read_imagenet64_batch(root / name) for name in IMAGENET64_TRAIN]
+    train_all = np.concatenate([images for images, _ in parts])
+    train_labels_all = np.concatenate([labels for _, labels in parts])
+    del parts
+    test, test_labels = read_imagenet64_batch(root / IMAGENET64_TEST)
+    train, val, train_labels, val_labels = _hold_out(train_all, train_labels_all, val_size, seed)
+    return ImageSplits(train, val, test, train_labels, val_labels, test_labels, 256, 1000, "imagenet64")
+
+
 # ------------------------------------------------------------------------------------------------- lookup
 def load_image_dataset(
     name: str,
@@ -362,9 +417,9 @@ def load_image_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
 ) -> ImageSplits:
-    """An image dataset by name (`digits`, `mnist`, `cifar10`); see the module docstring.
+    """An image dataset by name (`digits`, `mnist`, `cifar10`, `imagenet64`); see the module docstring.
 
-    `val_fraction` / `test_fraction` split digits; `val_size` is held out of the MNIST / CIFAR training files.
+    `val_fraction` / `test_fraction` split digits; `val_size` is held out of the other training files.
     """
     if name == "digits":
         return load_digits_images(val_fraction, test_fraction, seed)
@@ -372,4 +427,6 @@ def load_image_dataset(
         return load_mnist(root, val_size, seed)
     if name == "cifar10":
         return load_cifar10(root, val_size, seed)
+    if name == "imagenet64":
+        return load_imagenet64(root, val_size, seed)
     raise ValueError(f"unknown image dataset {name!r}; expected one of {sorted(IMAGE_DATASETS)}")

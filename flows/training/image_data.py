@@ -1,6 +1,6 @@
 """Image runs, part 1: the `image` config section, the data and the models (`tasks.image` trains and samples).
 
-Image runs: `data.dataset: image:<digits|mnist|cifar10>` trained through the same `FlowModule` and configs.
+Image runs: `data.dataset: image:<digits|mnist|cifar10|imagenet64>` trained through the same `FlowModule` and configs.
 
 The model is a `DequantizedFlow` (`flows.dequantization`): the flow preset (`model.name`: `glow` ->
 `flows.presets_image.Glow`, `realnvp` -> `flows.presets_image.RealNVPImage`), a dequantiser and a
