@@ -67,6 +67,18 @@ def _declared_context_features(
     return widths.pop() if widths else 0
 
 
+def _check_event_shapes(transform: Bijector, base: Distribution) -> None:
+    """A transform that declares its event shapes must take and give the base's event shape (the data and
+    the latent share it); a ValueError naming both otherwise. Undeclared transforms are not checked."""
+    takes, gives = transform.input_event_shape, transform.output_event_shape
+    event = tuple(base.event_shape)
+    if takes is not None and (tuple(takes) != event or tuple(gives) != event):  # type: ignore[arg-type]
+        raise ValueError(
+            f"the transform takes event shape {tuple(takes)} and gives {tuple(gives)}, but the base "  # type: ignore[arg-type]
+            f"distribution's event shape is {event}; a Flow's data and latent share the base's event shape"
+        )
+
+
 class Flow(nn.Module):
     """A normalizing flow `p(x | c) = p_base(T(x; c') | c') |det dT/dx|` with `c' = embedding(c)`.
 
@@ -96,6 +108,7 @@ class Flow(nn.Module):
             or context_features < 0
         ):
             raise ValueError(f"context_features must be an int >= 0 or None, got {context_features!r}")
+        _check_event_shapes(transform, base)
         self.transform = transform
         self.base = base
         self.embedding = embedding

@@ -90,3 +90,23 @@ def test_bench_overhead_prints_ratios_against_the_plain_loop() -> None:
     rows = [line.split("|") for line in result.stdout.splitlines() if line.strip().startswith("3 |")]
     cases = {cells[1].strip(): float(cells[3]) for cells in rows}
     assert cases["plain flows"] == 1.0 and cases["estimator"] > 0, result.stdout[-4000:]
+
+
+@pytest.mark.slow
+def test_bench_tarflow_sampling_quick_agrees_across_methods() -> None:
+    """`bench_tarflow_sampling.py --quick` runs; the cached and Jacobi samples equal the naive loop's."""
+    script = SCRIPT.parent / "bench_tarflow_sampling.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=900, check=False
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [
+        line
+        for line in result.stdout.splitlines()
+        if line.split("|")[0].strip() in ("naive loop", "KV cache", "Jacobi")
+    ]
+    assert len(rows) == 6, result.stdout
+    for row in rows:
+        cells = [cell.strip() for cell in row.split("|")]
+        assert float(cells[1]) > 0  # samples/s
+        assert float(cells[4]) < 1e-4, row  # max |x - x_naive|

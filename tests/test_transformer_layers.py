@@ -171,3 +171,16 @@ def test_presets_build_from_a_model_section(name: str, options: dict) -> None:
     assert flow.sample((2,), context[:2]).shape == (2, 2, 1, 8, 8)
     with pytest.raises(Exception, match="model.heads"):
         check_model_options({"name": name, **options, "heads": "two"}, "image")
+
+
+def test_flow_checks_the_transform_against_the_base_event_shape() -> None:
+    from flows import Flow, StandardNormal
+
+    with pytest.raises(
+        ValueError, match=r"takes event shape \(4,\) and gives \(4,\), but the base .* \(5,\)"
+    ):
+        Flow(Chain(Coupling(4)), StandardNormal(5))
+    with pytest.raises(
+        ValueError, match=r"gives \(4, 4\), but the base distribution's event shape is \(1, 4, 4\)"
+    ):
+        Flow(Patchify((1, 4, 4), 2), StandardNormal((1, 4, 4)))
