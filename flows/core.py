@@ -65,7 +65,8 @@ class Bijector(nn.Module):
     """An invertible map with a tractable log-determinant.
 
     Subclasses implement `forward(x, context)` and `inverse(y, context)`, each returning
-    `(output, ladj)` with `ladj` of exactly the batch shape. `event_dims` is 1 (vectors) or 3 (images).
+    `(output, ladj)` with `ladj` of exactly the batch shape. `event_dims` is 1 (vectors), 2 (tokens) or 3
+    (images); see the module docstring for declared event shapes.
     """
 
     event_dims: int = 1
