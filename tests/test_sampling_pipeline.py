@@ -136,3 +136,9 @@ def test_cli_samples_a_target_run_with_weights_and_by_metropolis(tmp_path: Path,
     assert "autocorrelation ESS" in capsys.readouterr().out
     table = np.loadtxt(chains, delimiter=",", skiprows=1)
     assert table.shape == (60, 4) and set(table[:, 2]) == set(range(10)) and set(table[:, 3]) == set(range(6))
+    for extra in (["--local", "mala", "--local-steps", "2", "--warmup", "3"], ["--method", "hmc"]):
+        assert main([*args[:-2], "--method", "metropolis", "--chains", "10", *extra]) == 0
+        printed = capsys.readouterr().out
+        assert ("mala" in printed if "mala" in extra else "hmc" in printed) and "per second" in printed
+        table = np.loadtxt(chains, delimiter=",", skiprows=1)
+        assert table.shape == (60, 4) and np.isfinite(table).all()

@@ -47,6 +47,13 @@ def test_metropolis_and_resampling_with_the_fitted_flow(fitted) -> None:
     assert acceptance > 0.9  # q is nearly p: almost every proposal is accepted
     final = chains[-1].double()
     torch.testing.assert_close(final.mean(0), MEAN.double(), atol=0.1, rtol=0)
+    chains, acceptance = fitted.metropolis(10, n_chains=500, local="mala", seed=0)
+    assert chains.shape == (10, 500, 2) and acceptance > 0.9
+    torch.testing.assert_close(chains.double().mean((0, 1)), MEAN.double(), atol=0.15, rtol=0)
+    result = fitted.hmc(10, n_chains=200, leapfrog_steps=3, seed=0)
+    assert result.samples.shape == (10, 200, 2) and result.acceptance["hmc"] > 0.8  # π ≈ N(0, I)
+    torch.testing.assert_close(result.samples.double().mean((0, 1)), MEAN.double(), atol=0.2, rtol=0)
+    assert result.ess_per_second() > 0
     resampled = fitted.resample(5000, proposals=20000, seed=1).double()
     torch.testing.assert_close(resampled.std(0), STD.double(), atol=0.05, rtol=0.03)
 
