@@ -78,14 +78,15 @@ def test_options_are_checked_before_training() -> None:
         flows.VariationalSampler("funnel").sample(3)
 
 
-def test_forward_kl_from_the_targets_exact_samples() -> None:
+@pytest.mark.parametrize("gradient", ["forward", "forward_path"])
+def test_forward_kl_from_the_targets_exact_samples(gradient: str) -> None:
     sampler = flows.VariationalSampler(
         "double_well",
         model="nsf",
         steps=60,
         batch_size=256,
         lr=3e-3,
-        gradient="forward",
+        gradient=gradient,
         transforms=2,
         hidden_features=[16],
         validation_samples=512,

@@ -39,7 +39,12 @@ __all__ = ["VariationalSampler"]
 
 SAMPLER_FORMAT = "flows.VariationalSampler/1"
 TRAIN_KEYS = {f for f in TrainConfig.__dataclass_fields__} - {"objective", "max_steps", "batch_size", "lr"}
-GRADIENTS = {"path": "reverse_kl_path", "reparam": "reverse_kl", "forward": "maximum_likelihood"}
+GRADIENTS = {
+    "path": "reverse_kl_path",
+    "reparam": "reverse_kl",
+    "forward": "maximum_likelihood",
+    "forward_path": "maximum_likelihood_path",
+}
 
 
 def _as_target(log_prob: Union[Callable[[Tensor], Tensor], Target, str], features: Optional[int]) -> Target:
@@ -58,8 +63,8 @@ class VariationalSampler:
     """A normalizing flow `q` fitted to an unnormalised `log_prob(x: (batch, D)) -> (batch,)` by reverse KL.
 
     `log_prob` may be a callable (with `features=D`), a `flows.targets.Target`, or a target name
-    (`"funnel"`, `"module:attr"`). `gradient`: `"path"` (sticking the landing), `"reparam"`, or `"forward"`
-    (maximum likelihood on the target's exact samples). `model_options` go to the model's preset; other
+    (`"funnel"`, `"module:attr"`). `gradient`: `"path"` (sticking the landing), `"reparam"`, `"forward"`
+    (maximum likelihood on the target's exact samples) or `"forward_path"` (its path-gradient variant). `model_options` go to the model's preset; other
     `train` keys (e.g. `gradient_clip`, `val_every_n_steps`) are accepted as keyword arguments too.
     """
 
