@@ -101,7 +101,7 @@ def flow_mcmc(
 ) -> ChainResult:
     """Latent-space MCMC for the target `log_p` with `flow`: chains `(n_steps, n_chains, D)` in data space,
     started from flow samples; `warmup` adaptation steps (local step sizes) are run first and left out."""
-    if flow.event_shape is None or len(flow.event_shape) != 1:
+    if len(flow.event_shape) != 1:
         raise ValueError(f"flow MCMC takes a flow over vectors, got event shape {flow.event_shape}")
     if isinstance(n_chains, bool) or not isinstance(n_chains, int) or n_chains < 1:
         raise ValueError(f"n_chains must be an int >= 1, got {n_chains!r}")
