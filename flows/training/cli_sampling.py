@@ -80,7 +80,7 @@ def sample_target_run(loaded: LoadedModel, arguments: argparse.Namespace) -> int
     if steps >= 4:
         ess = float(result.effective_sample_size().min())
         message += (
-            f"; autocorrelation ESS {ess:.0f} (worst coordinate), {result.ess_per_second():.0f} per second"
+            f"; autocorrelation ESS {ess:.0f} (worst coordinate), {result.ess_per_second():.3g} per second"
         )
     print(message)
     return 0
