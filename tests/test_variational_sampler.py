@@ -70,7 +70,9 @@ def test_save_and_load_give_the_same_flow(fitted, tmp_path: Path) -> None:
 def test_options_are_checked_before_training() -> None:
     with pytest.raises(ValueError, match="needs features=D"):
         flows.VariationalSampler(shifted_gaussian)
-    with pytest.raises(ValueError, match="gradient: expected one of path, reparam, forward, got 'score'"):
+    with pytest.raises(
+        ValueError, match="gradient: expected one of path, reparam, forward, forward_path, got 'score'"
+    ):
         flows.VariationalSampler(shifted_gaussian, features=2, gradient="score")
     with pytest.raises(ValueError, match="hidden_featurs"):
         flows.VariationalSampler(shifted_gaussian, features=2, hidden_featurs=[8])
