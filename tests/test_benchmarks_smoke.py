@@ -110,3 +110,32 @@ def test_bench_tarflow_sampling_quick_agrees_across_methods() -> None:
         cells = [cell.strip() for cell in row.split("|")]
         assert float(cells[1]) > 0  # samples/s
         assert float(cells[4]) < 1e-4, row  # max |x - x_naive|
+
+
+BENCHMARKS = SCRIPT.parent
+
+
+@pytest.mark.slow
+def test_sampling_gradient_benchmark_reports_every_estimator() -> None:
+    import json
+
+    command = [sys.executable, str(BENCHMARKS / "sampling_gradients.py"), "--target", "double_well"]
+    command += ["--warmup-steps", "2", "--repeats", "5", "--batch", "16", "--hidden", "8"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout)
+    for kind in ("reparam", "path", "path_two_pass"):
+        assert report[kind]["total_variance"] > 0 and report[kind]["median_step_ms"] > 0
+    assert report["time_ratio_path_over_two_pass"] > 0
+
+
+@pytest.mark.slow
+def test_sampling_peers_benchmark_prints_its_table() -> None:
+    command = [sys.executable, str(BENCHMARKS / "sampling_peers.py"), "--targets", "double_well"]
+    command += ["--steps", "7", "--batch", "32", "--eval", "1000"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| double_well |")]
+    assert {row.split("|")[2].strip() for row in rows} >= {"flows reparam", "flows path"}
+    for row in rows:
+        assert 0 < float(row.split("|")[4]) <= 1  # the normalised ESS

@@ -47,6 +47,40 @@ def test_funnel_yaml_runs_end_to_end(tmp_path: Path) -> None:
     assert result.checkpoint is not None and result.checkpoint.is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+def test_every_target_config_runs_and_writes_its_figures(tmp_path: Path, name: str) -> None:
+    overrides = {
+        "output.dir": str(tmp_path),
+        "output.name": name,
+        "output.progress_bar": "false",
+        "output.logger": "csv",
+        "output.samples": "50",
+        "output.plots": "true",
+        "train.max_steps": "6",
+        "train.val_every_n_steps": "3",
+        "train.batch_size": "32",
+        "model.hidden_features": "[8]",
+        "model.transforms": "2",
+        "target.validation_samples": "128",
+        "target.evaluation_samples": "500",
+        "trainer.log_every_n_steps": "1",
+    }
+    config = load_config([CONFIGS / f"{name}.yaml"], overrides)
+    run(config, verbose=False)
+    metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and 0 < metrics["ess"] <= 1 and metrics["samples"] == 500
+    assert ("log_z_true" in metrics) == (name != "phi4")  # phi^4 has no closed-form normaliser
+    plots = {Path(p).name for p in metrics["plots"]}
+    features = config.target.features or {"double_well": 2, "gmm40": 2, "phi4": 64}[name]
+    expected = {"loss.png", "density.png" if features == 2 else "pairs.png"} - (
+        {"pairs.png"} if name == "phi4" else set()
+    )
+    assert plots == expected
+    for plot in plots:
+        assert (tmp_path / name / "plots" / plot).stat().st_size > 1000
+
+
 def test_an_affine_flow_learns_a_gaussian_user_target_exactly(tmp_path: Path) -> None:
     """A Gaussian target given as module:attr, a Gaussian flow: ESS -> 1 and log Z -> the constant."""
     values = {
@@ -136,3 +170,9 @@ def test_cli_samples_a_target_run_with_weights_and_by_metropolis(tmp_path: Path,
     assert "autocorrelation ESS" in capsys.readouterr().out
     table = np.loadtxt(chains, delimiter=",", skiprows=1)
     assert table.shape == (60, 4) and set(table[:, 2]) == set(range(10)) and set(table[:, 3]) == set(range(6))
+    for extra in (["--local", "mala", "--local-steps", "2", "--warmup", "3"], ["--method", "hmc"]):
+        assert main([*args[:-2], "--method", "metropolis", "--chains", "10", *extra]) == 0
+        printed = capsys.readouterr().out
+        assert ("mala" in printed if "mala" in extra else "hmc" in printed) and "per second" in printed
+        table = np.loadtxt(chains, delimiter=",", skiprows=1)
+        assert table.shape == (60, 4) and np.isfinite(table).all()

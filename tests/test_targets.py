@@ -103,6 +103,10 @@ def test_double_and_many_well_normalisers_and_densities() -> None:
     torch.testing.assert_close(
         many.log_prob(z), sum(well.log_prob(z[:, 2 * i : 2 * i + 2]) for i in range(16))
     )
+    drawn = many.sample(20_000, torch.Generator().manual_seed(1))  # every even coordinate is a well's x0
+    assert drawn.shape == (20_000, 32)
+    assert abs(float((drawn[:, 0::2] < 0).double().mean()) - left) < 0.003
+    assert abs(float(drawn[:, 1::2].std()) - 1.0) < 0.01
 
 
 def _adjacency(size: int) -> torch.Tensor:

@@ -47,6 +47,13 @@ def test_metropolis_and_resampling_with_the_fitted_flow(fitted) -> None:
     assert acceptance > 0.9  # q is nearly p: almost every proposal is accepted
     final = chains[-1].double()
     torch.testing.assert_close(final.mean(0), MEAN.double(), atol=0.1, rtol=0)
+    chains, acceptance = fitted.metropolis(10, n_chains=500, local="mala", seed=0)
+    assert chains.shape == (10, 500, 2) and acceptance > 0.9
+    torch.testing.assert_close(chains.double().mean((0, 1)), MEAN.double(), atol=0.15, rtol=0)
+    result = fitted.hmc(10, n_chains=200, leapfrog_steps=3, seed=0)
+    assert result.samples.shape == (10, 200, 2) and result.acceptance["hmc"] > 0.8  # π ≈ N(0, I)
+    torch.testing.assert_close(result.samples.double().mean((0, 1)), MEAN.double(), atol=0.2, rtol=0)
+    assert result.ess_per_second() > 0
     resampled = fitted.resample(5000, proposals=20000, seed=1).double()
     torch.testing.assert_close(resampled.std(0), STD.double(), atol=0.05, rtol=0.03)
 
@@ -63,7 +70,9 @@ def test_save_and_load_give_the_same_flow(fitted, tmp_path: Path) -> None:
 def test_options_are_checked_before_training() -> None:
     with pytest.raises(ValueError, match="needs features=D"):
         flows.VariationalSampler(shifted_gaussian)
-    with pytest.raises(ValueError, match="gradient: expected one of path, reparam, forward, got 'score'"):
+    with pytest.raises(
+        ValueError, match="gradient: expected one of path, reparam, forward, forward_path, got 'score'"
+    ):
         flows.VariationalSampler(shifted_gaussian, features=2, gradient="score")
     with pytest.raises(ValueError, match="hidden_featurs"):
         flows.VariationalSampler(shifted_gaussian, features=2, hidden_featurs=[8])
@@ -71,14 +80,15 @@ def test_options_are_checked_before_training() -> None:
         flows.VariationalSampler("funnel").sample(3)
 
 
-def test_forward_kl_from_the_targets_exact_samples() -> None:
+@pytest.mark.parametrize("gradient", ["forward", "forward_path"])
+def test_forward_kl_from_the_targets_exact_samples(gradient: str) -> None:
     sampler = flows.VariationalSampler(
         "double_well",
         model="nsf",
         steps=60,
         batch_size=256,
         lr=3e-3,
-        gradient="forward",
+        gradient=gradient,
         transforms=2,
         hidden_features=[16],
         validation_samples=512,

@@ -80,3 +80,8 @@ class ManyWell(TargetBase):
         """`(batch, D) -> (batch,)`: the sum of the wells' log densities."""
         pairs = x.reshape(x.shape[0], -1, 2)
         return self.well.log_prob(pairs.reshape(-1, 2)).reshape(x.shape[0], -1).sum(1)
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """`(n, D)` exact samples (float64): independent double-well samples on each coordinate pair."""
+        pairs = self.well.sample(n * (self.features // 2), generator)
+        return pairs.reshape(n, self.features)

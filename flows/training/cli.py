@@ -86,12 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None)
     sample.add_argument(
         "--method",
-        choices=("flow", "importance", "metropolis"),
+        choices=("flow", "importance", "metropolis", "hmc"),
         default="flow",
-        help="target runs: importance (samples with a log_weight column) or metropolis (independent MH with "
-        "the flow as proposal); flow = plain samples",
+        help="target runs: importance (samples with a log_weight column), metropolis (independent MH with "
+        "the flow as proposal, optionally with --local moves) or hmc (HMC in the flow's latent space); "
+        "flow = plain samples",
     )
-    sample.add_argument("--chains", type=int, default=100, help="--method metropolis: parallel chains")
+    sample.add_argument("--chains", type=int, default=100, help="--method metropolis|hmc: parallel chains")
+    sample.add_argument(
+        "--local", choices=("rwm", "mala"), default=None, help="--method metropolis: local moves after each"
+    )
+    sample.add_argument("--local-steps", type=int, default=1, help="--local: moves per step")
+    sample.add_argument("--step-size", type=float, default=None, help="--local / hmc: latent step size")
+    sample.add_argument("--warmup", type=int, default=0, help="--local / hmc: step-size adaptation steps")
     sample.add_argument("--temperature", type=float, default=1.0, help="image models: base temperature")
     sample.add_argument("--label", type=int, default=None, help="class-conditional image models: the class")
     sample.add_argument(

@@ -1,8 +1,9 @@
-"""`flows sample --method importance | metropolis`: samples of a target run's flow, weighted or corrected.
+"""`flows sample --method importance | metropolis | hmc`: samples of a target run's flow, weighted or corrected.
 
 `importance`: flow samples with their log importance weights (`log_weight` column); `metropolis`:
-independent Metropolis-Hastings chains with the flow as proposal (`chain`, `step` columns), acceptance rate
-printed. The target is rebuilt from the checkpoint's `target` section.
+independent Metropolis-Hastings chains with the flow as proposal (`--local rwm|mala` adds local moves in the
+latent space); `hmc`: HMC in the flow's latent space (NeuTra); chains come with `chain`, `step` columns, the
+acceptance rates and the autocorrelation ESS per second printed. The target is rebuilt from the checkpoint's `target` section.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flows.diagnostics import autocorrelation_ess
-from flows.samplers import independent_metropolis
+from flows.flow_mcmc import flow_mcmc
 from flows.targets.registry import make_target
 from flows.training.checkpoints import LoadedModel
 from flows.training.config import ConfigError
@@ -52,14 +52,19 @@ def sample_target_run(loaded: LoadedModel, arguments: argparse.Namespace) -> int
             path = write_samples(Path(arguments.out), table, [*columns, "log_weight"])
             print(f"wrote {n} samples with their log importance weights to {path}")
             return 0
-        chains = max(1, min(arguments.chains, n))
-        steps = math.ceil(n / chains)
-        result = independent_metropolis(
-            lambda m: flow.sample_and_log_prob((m,)),
+    chains = max(1, min(arguments.chains, n))
+    steps = math.ceil(n / chains)
+    with seeded(seed, torch.device("cpu")):
+        result = flow_mcmc(
+            flow,
             target.log_prob,
             steps,
             chains,
-            generator=torch.Generator().manual_seed(seed),
+            "hmc" if arguments.method == "hmc" else "independent",
+            arguments.local,
+            arguments.local_steps,
+            arguments.step_size,
+            warmup=arguments.warmup,
         )
     states = result.samples.double().numpy()  # (steps, chains, D)
     step_index, chain_index = np.meshgrid(np.arange(steps), np.arange(chains), indexing="ij")
@@ -68,11 +73,14 @@ def sample_target_run(loaded: LoadedModel, arguments: argparse.Namespace) -> int
     )
     path = write_samples(Path(arguments.out), table[:n], [*columns, "chain", "step"])
     message = (
-        f"wrote {min(n, table.shape[0])} Metropolis samples ({chains} chains x {steps} steps) to {path}; "
-        f"acceptance rate {result.acceptance_rate:.3f}"
+        f"wrote {min(n, table.shape[0])} {arguments.method} samples ({chains} chains x {steps} steps) to "
+        f"{path}; acceptance rate "
+        + ", ".join(f"{name} {rate:.3f}" for name, rate in result.acceptance.items())
     )
     if steps >= 4:
-        ess = float(autocorrelation_ess(result.samples).min())
-        message += f"; autocorrelation ESS {ess:.0f} (worst coordinate), {ess / max(result.seconds, 1e-9):.0f} per second"
+        ess = float(result.effective_sample_size().min())
+        message += (
+            f"; autocorrelation ESS {ess:.0f} (worst coordinate), {result.ess_per_second():.3g} per second"
+        )
     print(message)
     return 0

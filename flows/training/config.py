@@ -173,7 +173,9 @@ class TrainConfig:
     compile: bool = False
     #: what training minimises: maximum_likelihood (data, or a target's exact samples); with a `target:`
     #: section also reverse_kl (reparameterised gradient) or reverse_kl_path (path gradient)
-    objective: Literal["maximum_likelihood", "reverse_kl", "reverse_kl_path"] = "maximum_likelihood"
+    objective: Literal["maximum_likelihood", "maximum_likelihood_path", "reverse_kl", "reverse_kl_path"] = (
+        "maximum_likelihood"
+    )
 
 
 @dataclass

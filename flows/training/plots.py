@@ -138,12 +138,15 @@ def density_grid(
 LOSS_FAMILIES: tuple[str, ...] = ("nll", "loss", "bpd")
 
 
-def read_loss_history(path: Union[str, Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_loss_history(
+    path: Union[str, Path], families: Sequence[Union[str, tuple[str, ...]]] = LOSS_FAMILIES
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Training curves of a Lightning CSVLogger ``metrics.csv``: ``{column: (steps (k,), values (k,))}``.
 
-    The columns of the first family in ``LOSS_FAMILIES`` that occurs in a column name (``train_nll`` and
-    ``val_nll``; else ``*loss*``; else ``*bpd*``) are returned with their non-empty rows, against the
-    ``step`` column when there is one (else the row index).
+    The columns of the first family in ``families`` that occurs in a column name (by default ``train_nll``
+    and ``val_nll``; else ``*loss*``; else ``*bpd*``; a family given as a tuple of fragments takes the columns
+    with any of them) are returned with their non-empty rows, against the ``step`` column when there is
+    one (else the row index).
     """
     path = Path(path)
     with path.open(newline="") as fh:
@@ -152,8 +155,9 @@ def read_loss_history(path: Union[str, Path]) -> dict[str, tuple[np.ndarray, np.
         return {}
     names = [c for c in rows[0] if c is not None and c not in ("step", "epoch")]
     columns: list[str] = []
-    for family in LOSS_FAMILIES:
-        columns = [c for c in names if family in c.lower()]
+    for family in families:
+        fragments = (family,) if isinstance(family, str) else family
+        columns = [c for c in names if any(f in c.lower() for f in fragments)]
         if columns:
             break
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}

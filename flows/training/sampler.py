@@ -21,8 +21,10 @@ import torch
 from torch import Tensor
 
 from flows.diagnostics import effective_sample_size, log_normalizer, weight_summary
+from flows.flow_mcmc import flow_mcmc
 from flows.io import atomic_save
-from flows.samplers import importance_resample, independent_metropolis
+from flows.mcmc import ChainResult
+from flows.samplers import importance_resample
 from flows.targets.base import FunctionTarget, Target
 from flows.targets.registry import make_target
 from flows.training.checkpoints import load_model
@@ -37,7 +39,12 @@ __all__ = ["VariationalSampler"]
 
 SAMPLER_FORMAT = "flows.VariationalSampler/1"
 TRAIN_KEYS = {f for f in TrainConfig.__dataclass_fields__} - {"objective", "max_steps", "batch_size", "lr"}
-GRADIENTS = {"path": "reverse_kl_path", "reparam": "reverse_kl", "forward": "maximum_likelihood"}
+GRADIENTS = {
+    "path": "reverse_kl_path",
+    "reparam": "reverse_kl",
+    "forward": "maximum_likelihood",
+    "forward_path": "maximum_likelihood_path",
+}
 
 
 def _as_target(log_prob: Union[Callable[[Tensor], Tensor], Target, str], features: Optional[int]) -> Target:
@@ -56,8 +63,8 @@ class VariationalSampler:
     """A normalizing flow `q` fitted to an unnormalised `log_prob(x: (batch, D)) -> (batch,)` by reverse KL.
 
     `log_prob` may be a callable (with `features=D`), a `flows.targets.Target`, or a target name
-    (`"funnel"`, `"module:attr"`). `gradient`: `"path"` (sticking the landing), `"reparam"`, or `"forward"`
-    (maximum likelihood on the target's exact samples). `model_options` go to the model's preset; other
+    (`"funnel"`, `"module:attr"`). `gradient`: `"path"` (sticking the landing), `"reparam"`, `"forward"`
+    (maximum likelihood on the target's exact samples) or `"forward_path"` (its path-gradient variant). `model_options` go to the model's preset; other
     `train` keys (e.g. `gradient_clip`, `val_every_n_steps`) are accepted as keyword arguments too.
     """
 
@@ -197,20 +204,55 @@ class VariationalSampler:
         generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         return importance_resample(x, log_w, n, generator)
 
-    def metropolis(self, n_steps: int, n_chains: int = 1, seed: Optional[int] = None) -> tuple[Tensor, float]:
-        """Independent Metropolis-Hastings with the flow as proposal: chains `(n_steps, n_chains, D)` and
-        the acceptance rate."""
+    def mcmc(
+        self,
+        n_steps: int,
+        n_chains: int = 1,
+        method: str = "independent",
+        local: Optional[str] = None,
+        local_steps: int = 1,
+        step_size: Optional[float] = None,
+        leapfrog_steps: int = 10,
+        warmup: int = 0,
+        seed: Optional[int] = None,
+    ) -> ChainResult:
+        """MCMC in the flow's latent space (`flows.flow_mcmc`): `method="independent"` (the flow as the
+        proposal of independent Metropolis-Hastings), each step followed by `local_steps` `local` moves
+        (`"rwm"` or `"mala"`), or `method="hmc"` (NeuTra). `warmup` steps adapt the local step size first.
+        Returns a `flows.mcmc.ChainResult`: `samples (n_steps, n_chains, D)`, `acceptance` per kernel,
+        `effective_sample_size()`, `ess_per_second()`."""
         self._check_fitted()
-        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
-
-        def propose(n: int) -> tuple[Tensor, Tensor]:
-            return self.flow_.sample_and_log_prob((n,))
-
         with seeded(seed, torch.device("cpu")) if seed is not None else contextlib.nullcontext():
-            result = independent_metropolis(
-                propose, self.target.log_prob, n_steps, n_chains, generator=generator
+            return flow_mcmc(
+                self.flow_,
+                self.target.log_prob,
+                n_steps,
+                n_chains,
+                method,
+                local,
+                local_steps,
+                step_size,
+                leapfrog_steps,
+                warmup,
             )
-        return result.samples, result.acceptance_rate
+
+    def metropolis(
+        self,
+        n_steps: int,
+        n_chains: int = 1,
+        local: Optional[str] = None,
+        seed: Optional[int] = None,
+        **options: Any,
+    ) -> tuple[Tensor, float]:
+        """Independent Metropolis-Hastings with the flow as proposal, optionally interleaved with `local`
+        (`"rwm"` | `"mala"`) moves: chains `(n_steps, n_chains, D)` and the acceptance rate of the
+        independent moves (`mcmc` gives every kernel's rate and the ESS)."""
+        result = self.mcmc(n_steps, n_chains, "independent", local, seed=seed, **options)
+        return result.samples, result.acceptance["independent"]
+
+    def hmc(self, n_steps: int, n_chains: int = 1, seed: Optional[int] = None, **options: Any) -> ChainResult:
+        """Hamiltonian Monte Carlo on the target pulled back to the flow's latent space (NeuTra)."""
+        return self.mcmc(n_steps, n_chains, "hmc", seed=seed, **options)
 
     # ------------------------------------------------------------------ persistence
 

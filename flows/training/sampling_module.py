@@ -20,8 +20,12 @@ from flows.targets.base import Target
 from flows.training.config import TrainConfig
 from flows.training.module import FlowModule
 from flows.training.objectives import Objective
+from flows.training.sampling_objectives import seeded
 
 __all__ = ["SamplingDataModule", "SamplingModule"]
+
+#: the stream of the flow's training samples in the (seed, step, stream) seeding (FlowModule._noise uses 0-2)
+SAMPLE_STREAM = 3
 
 
 class SamplingModule(FlowModule):
@@ -45,11 +49,14 @@ class SamplingModule(FlowModule):
         object.__setattr__(self, "target", target)  # not a submodule, even when the target is an nn.Module
         self._log_weights: list[Tensor] = []
 
-    def on_train_start(self) -> None:
-        """With several processes, give each rank its own sample stream (the pipeline seeds all alike, which
-        would make every rank draw the same flow samples)."""
-        if self.trainer.world_size > 1:
-            torch.manual_seed(self.seed + 7919 * (self.trainer.global_rank + 1))
+    def training_step(self, batch: Any, batch_index: int) -> Tensor:
+        """One step with the global RNG seeded by (seed, step, rank): the flow's samples of a step do not
+        depend on what ran before it, so a resumed run draws what the uninterrupted one drew (bit-identical
+        on CPU), and each rank of a multi-process run draws its own samples."""
+        _, rank = self._world_and_rank()
+        step_seed = ((self.seed * 1_000_003 + self.global_step) * 8 + SAMPLE_STREAM) * 4096 + rank
+        with seeded(step_seed, self.device):
+            return super().training_step(batch, batch_index)
 
     def log_training(self, loss: Tensor, rows: int) -> None:
         """Log a training step's loss as `train_loss`."""

@@ -9,6 +9,8 @@ target knows it), the Pareto k-hat of the weights and the fraction of zero-densi
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from flows.training.models import build_flow, resolve_model
 from flows.training.objectives import Objective
 from flows.training.registry import check_model_options
 from flows.training.sampling_module import SamplingDataModule, SamplingModule
-from flows.training.sampling_objectives import sampling_objective, validation_log_weights
+from flows.training.sampling_objectives import sampling_objective, seeded, validation_log_weights
 from flows.training.tasks.base import Task
 from flows.training.trainer import trainer_arguments
 
@@ -37,6 +39,8 @@ __all__ = ["SamplingData", "SamplingTask", "evaluate_sampler", "is_sampling_conf
 
 #: training steps per "epoch" when train.max_steps is unlimited
 STEPS_PER_EPOCH = 1000
+#: flow samples drawn for the figures
+PLOT_SAMPLES = 5000
 #: seed offset of the final evaluation samples
 EVALUATION_SEED = 2_000_029
 
@@ -77,6 +81,20 @@ def evaluate_sampler(flow: Flow, target: Target, n: int, seed: int, batch: int =
         se = metrics["log_z_se"]
         metrics["log_z_error_in_se"] = abs(metrics["log_z_error"]) / se if se > 0 else math.inf
     return metrics
+
+
+def _plots(run_dir: Path, flow: Flow, target: Target, x: torch.Tensor, seed: int) -> list[str]:
+    try:
+        from flows.training.target_plots import write_target_plots
+
+        written = write_target_plots(run_dir, flow, target, x.cpu(), seed)
+    except ImportError as error:
+        print(f"plots skipped: {error}", file=sys.stderr)
+        return []
+    except Exception as error:  # a plotting failure must not lose a finished training run
+        warnings.warn(f"writing plots failed: {type(error).__name__}: {error}", stacklevel=2)
+        return []
+    return [str(p) for p in written]
 
 
 class SamplingTask(Task):
@@ -153,21 +171,27 @@ class SamplingTask(Task):
         return metrics
 
     def write_outputs(self, fitted: Fitted, config: Config, run_dir: Path) -> dict[str, Any]:
-        """`samples.csv`: `output.samples` flow samples and their log importance weights."""
+        """`samples.csv`: `output.samples` flow samples and their log importance weights; with `output.plots`,
+        the figures of `flows.training.target_plots` (a 2-D target's density beside the learned one)."""
         data: SamplingData = fitted.info["data"]
         n = config.output.samples
-        if n <= 0:
+        drawn = max(n, PLOT_SAMPLES if config.output.plots else 0)
+        if drawn <= 0:
             return {}
         fitted.model.eval()
-        with torch.no_grad():
-            torch.manual_seed(config.seed)
-            x, log_q = fitted.model.sample_and_log_prob((n,))
+        with torch.no_grad(), seeded(config.seed, torch.device("cpu")):
+            x, log_q = fitted.model.sample_and_log_prob((drawn,))
             log_p = data.target.log_prob(x)
-        log_w = torch.where(torch.isfinite(log_p), log_p - log_q, -math.inf)
-        table = torch.cat([x, log_w[:, None]], 1).double().cpu().numpy()
-        columns = [f"x{i}" for i in range(data.features)] + ["log_weight"]
-        write_samples(run_dir / "samples.csv", table, columns)
-        return {"samples_file": str(run_dir / "samples.csv")}
+        outputs: dict[str, Any] = {}
+        if n > 0:
+            log_w = torch.where(torch.isfinite(log_p), log_p - log_q, -math.inf)
+            table = torch.cat([x[:n], log_w[:n, None]], 1).double().cpu().numpy()
+            columns = [f"x{i}" for i in range(data.features)] + ["log_weight"]
+            write_samples(run_dir / "samples.csv", table, columns)
+            outputs["samples_file"] = str(run_dir / "samples.csv")
+        if config.output.plots:
+            outputs["plots"] = _plots(run_dir, fitted.model, data.target, x, config.seed)
+        return outputs
 
     def summary(self, metrics: Mapping[str, Any]) -> str:
         lines = [
