@@ -242,17 +242,40 @@ class SplitStream(IterableDataset):
 
 
 class EpochLoader(DataLoader):
-    """A `DataLoader` over a `ShardedTableStream` that tells the stream the epoch before each iteration
-    (Lightning sets the epoch on samplers only, and an iterable dataset has none; the workers get a copy of
-    the stream made at this point)."""
+    """A `DataLoader` over a `ShardedTableStream` that tells the stream the epoch when an iteration starts
+    (Lightning sets the epoch on samplers only, and an iterable dataset has none).
+
+    The iteration starts at the first batch asked for, not at `iter()`: Lightning calls `iter()` while it
+    sets up the loader, before a checkpoint restores the epoch and the resume point, and loader workers get
+    their copy of the stream when they start.
+    """
 
     def __init__(self, dataset: ShardedTableStream, epoch: Callable[[], int], **options: Any) -> None:
         super().__init__(dataset, batch_size=None, **options)
         self._epoch = epoch
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Any]:
+        return _LazyIterator(self)
+
+    def _start(self) -> Iterator[Any]:
         self.dataset.set_epoch(self._epoch())
         iterator = super().__iter__()
         if self.num_workers > 0:  # the workers took their copy with the resume point: it is used up
             self.dataset._resume = None
         return iterator
+
+
+class _LazyIterator:
+    """Starts `loader`'s iteration at the first `next()`."""
+
+    def __init__(self, loader: EpochLoader) -> None:
+        self.loader = loader
+        self.iterator: Optional[Iterator[Any]] = None
+
+    def __iter__(self) -> _LazyIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self.iterator is None:
+            self.iterator = self.loader._start()
+        return next(self.iterator)
