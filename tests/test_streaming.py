@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -19,9 +20,10 @@ from flows.datasets.stream_stats import ColumnMoments, cache_path, scan_table
 from flows.training.streaming import ShardedTableStream, SplitStream, StreamedSplit
 
 
-def write_parquet(path: Path, x: np.ndarray, row_group_size: int) -> Path:
+def write_parquet(path: Path, x: np.ndarray, row_group_size: int, names: Optional[list[str]] = None) -> Path:
+    names = names or [f"c{i}" for i in range(x.shape[1])]
     pq.write_table(
-        pa.table({f"c{i}": x[:, i] for i in range(x.shape[1])}), path, row_group_size=row_group_size
+        pa.table({name: x[:, i] for i, name in enumerate(names)}), path, row_group_size=row_group_size
     )
     return path
 

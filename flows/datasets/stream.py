@@ -165,9 +165,10 @@ def _text_blocks(path: str, header: bool, block_bytes: int) -> list[Piece]:
     return blocks
 
 
-def read_piece(piece: Piece, source: TableSource) -> np.ndarray:
-    """The selected columns of one piece as float64 `(rows, len(source.columns))`; non-numeric or
-    non-finite values are an error naming the file."""
+def read_piece(piece: Piece, source: TableSource, first: Optional[int] = None) -> np.ndarray:
+    """The selected columns of one piece as float64 `(rows, len(source.columns))`. Non-numeric columns and
+    NaN or infinite values are errors naming the file (and, given `first`, the piece's first global row,
+    the indices of the bad rows)."""
     pa = _pyarrow()
     try:
         if piece.path.lower().endswith(".parquet"):
@@ -182,20 +183,36 @@ def read_piece(piece: Piece, source: TableSource) -> np.ndarray:
                 parse_options=pa.csv.ParseOptions(delimiter=_delimiter(piece.path)),
                 convert_options=pa.csv.ConvertOptions(include_columns=[f"c{i}" for i in source.columns]),
             )
-        array = np.column_stack([np.asarray(column.to_numpy(), dtype=np.float64) for column in table.columns])
-    except (pa.ArrowInvalid, ValueError, TypeError) as error:
-        raise ValueError(f"{piece.path}: rows could not be read as numbers ({error})") from error
-    if array.shape[0] and not np.isfinite(array).all():
-        bad = int((~np.isfinite(array)).any(axis=1).sum())
-        raise ValueError(f"{piece.path} has {bad} rows with NaN or infinite values (block {piece.index})")
-    return array.reshape(-1, len(source.columns))
+    except (pa.ArrowInvalid, OSError) as error:
+        raise ValueError(f"{piece.path} could not be parsed as a table: {error}") from error
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
+    text = [n for n, column in zip(source.names, table.columns) if not any(f(column.type) for f in numeric)]
+    if text:
+        raise TypeError(f"{piece.path} has non-numeric columns {text}; drop or encode them first")
+    array = np.column_stack(
+        [np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64) for column in table.columns]
+    ).reshape(-1, len(source.columns))
+    bad = ~np.isfinite(array)
+    if bad.any():
+        n_nan = int(np.isnan(array).sum())
+        rows = np.flatnonzero(bad.any(axis=1))
+        where = (
+            f"first row indices: {(rows[:5] + first).tolist()}"
+            if first is not None
+            else f"piece {piece.index}"
+        )
+        raise ValueError(
+            f"{piece.path} has {n_nan} NaN and {int(bad.sum()) - n_nan} infinite values in {rows.size} rows; "
+            f"{where}"
+        )
+    return array
 
 
 def iter_row_chunks(source: TableSource, pieces: Sequence[Piece]) -> Iterator[tuple[int, np.ndarray]]:
     """`(global index of the first row, rows)` of each piece in file order."""
     first = 0
     for piece in pieces:
-        rows = read_piece(piece, source)
+        rows = read_piece(piece, source, first)
         yield first, rows
         first += rows.shape[0]
 

@@ -89,7 +89,7 @@ def _scan(source: TableSource, seed: int, val_fraction: float, test_fraction: fl
     integer = np.ones(width, dtype=bool)
     pieces, counts, first = [], [], 0
     for piece in list_pieces(source):
-        rows = read_piece(piece, source)
+        rows = read_piece(piece, source, first)
         labels = split_of_rows(first, rows.shape[0], seed, val_fraction, test_fraction)
         train = rows[labels == TRAIN]
         moments.add(train)

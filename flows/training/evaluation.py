@@ -23,6 +23,7 @@ __all__ = [
     "entropy_metrics",
     "evaluate_log_prob",
     "iter_log_prob",
+    "iter_samples",
     "log_likelihood_metrics",
     "write_samples",
 ]
@@ -72,7 +73,31 @@ def evaluate_log_prob(
     return np.concatenate(out) if out else np.zeros(0)
 
 
-@torch.no_grad()
+def iter_samples(
+    flow: torch.nn.Module,
+    n: int,
+    seed: Optional[int] = None,
+    batch_size: int = 10_000,
+    context: Optional[np.ndarray] = None,
+) -> Iterator[np.ndarray]:
+    """`n` samples in chunks of at most `batch_size` rows `(b, D)` float64 in data units (seeded with `seed`
+    when given: the global torch generator is forked, and restored when the iteration ends); with
+    `context (m, k)`, chunks `(b, m, D)` of `n` samples per context row."""
+    reference = next(iter(flow.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    devices = [device] if device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        given = None
+        if context is not None:
+            dtype = reference.dtype if reference is not None else torch.get_default_dtype()
+            given = torch.as_tensor(context, dtype=dtype, device=device)
+            batch_size = max(1, batch_size // max(1, given.shape[0]))
+        for start in range(0, n, batch_size):
+            yield flow.sample((min(batch_size, n - start),), given).double().cpu().numpy()
+
+
 def draw_samples(
     flow: torch.nn.Module,
     n: int,
@@ -82,21 +107,7 @@ def draw_samples(
 ) -> np.ndarray:
     """`n` samples `(n, D)` float64 in data units (seeded with `seed` when given); with `context (m, k)`,
     `n` samples per context row, `(n, m, D)`."""
-    reference = next(iter(flow.parameters()), None)
-    device = reference.device if reference is not None else torch.device("cpu")
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
-        given = None
-        if context is not None:
-            dtype = reference.dtype if reference is not None else torch.get_default_dtype()
-            given = torch.as_tensor(context, dtype=dtype, device=device)
-            batch_size = max(1, batch_size // max(1, given.shape[0]))
-        chunks = [
-            flow.sample((min(batch_size, n - start),), given).double().cpu().numpy()
-            for start in range(0, n, batch_size)
-        ]
+    chunks = list(iter_samples(flow, n, seed, batch_size, context))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0))
 
 

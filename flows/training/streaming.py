@@ -58,8 +58,8 @@ class StreamedSplit:
 
     def piece_rows(self, position: int) -> np.ndarray:
         """The split's rows `(n, D)` of piece `position` (file order), float64."""
-        rows = read_piece(self.scan.pieces[position], self.source)
         first = self.first_rows[position]
+        rows = read_piece(self.scan.pieces[position], self.source, first)
         labels = split_of_rows(first, rows.shape[0], self.seed, self.val_fraction, self.test_fraction)
         return rows[labels == self.split]
 
