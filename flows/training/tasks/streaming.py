@@ -33,6 +33,7 @@ from flows.training.data import DataSplits, ResumableBatches
 from flows.training.evaluation import LikelihoodTally, draw_samples, iter_log_prob, write_samples
 from flows.training.fitting import Fitted
 from flows.training.models import build_flow
+from flows.training.safety import warn_about_columns
 from flows.training.streaming import EpochLoader, ShardedTableStream, SplitStream, StreamedSplit
 from flows.training.tasks.tabular import TabularTask, _plots
 
@@ -209,6 +210,9 @@ class StreamingTableTask(TabularTask):
 
     def build(self, config: Config, data: StreamedTable) -> tuple[Flow, dict[str, Any]]:
         scan = data.train.scan
+        # the checks of a table held in memory (constant, discrete columns), on its first 10,000 rows
+        sample = next(SplitStream(data.train, 10_000).arrays())
+        warn_about_columns(sample, data.columns, dequantized=bool(data.info.get("dequantized")))
         mean = std = None
         if config.data.standardize:
             mean, std = scan.mean.copy(), scan.std.copy()
