@@ -118,3 +118,37 @@ def test_npy_writer_fills_in_its_header_last(tmp_path: Path) -> None:
     ):
         writer.write(np.zeros((2, 3)))
     assert not (tmp_path / "u.npy").exists()
+
+
+def test_score_memory_does_not_grow_with_the_rows(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numpy's allocations (traced) while scoring 10x more rows stay those of one piece and one chunk."""
+    import tracemalloc
+
+    monkeypatch.setattr(cli_score, "CHUNK_ROWS", 2048)
+    peaks = []
+    for rows in (10_000, 100_000):
+        x = np.random.default_rng(rows).normal(size=(rows, 3))
+        write_parquet(tmp_path / f"t{rows}.parquet", x, 5_000, names=["a", "b", "c"])
+        tracemalloc.start()
+        out = tmp_path / f"lp{rows}.npy"
+        assert (
+            main(
+                [
+                    "score",
+                    "--ckpt",
+                    str(checkpoint),
+                    "--data",
+                    str(tmp_path / f"t{rows}.parquet"),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert np.load(out).shape == (rows, 1)
+    # the larger table alone is 2.4 MB of float64: holding it would show
+    assert peaks[1] < 1.5 * peaks[0] + 500_000, peaks

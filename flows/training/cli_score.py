@@ -95,9 +95,11 @@ def score_rows(
         )
     tally = LikelihoodTally()
     with table_writer(arguments.out, ["log_prob"]) as writer:
-        xs, cs = itertools.tee(batches)
-        rows = (batch[:, :features] for batch in xs)
-        given = (batch[:, features:] for batch in cs) if context else None
+        given = None
+        if context:  # (tee holds a batch until both sides have taken it: only with a context side)
+            batches, with_context = itertools.tee(batches)
+            given = (batch[:, features:] for batch in with_context)
+        rows = (batch[:, :features] for batch in batches)
         for log_prob in iter_log_prob(loaded.flow, rows, given):
             writer.write(log_prob[:, None])
             tally.add(log_prob)
