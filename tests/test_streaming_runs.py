@@ -18,8 +18,8 @@ from flows.training.config import ConfigError, parse_config
 from flows.training.evaluation import evaluate_log_prob
 from flows.training.models import standardizer_of
 from flows.training.pipeline import run, task_for
-from flows.training.streaming import EpochLoader, ShardedTableStream, StreamedSplit
-from flows.training.tasks.streaming import StreamingTableTask
+from flows.training.streaming import EpochLoader, ShardedTableStream, SplitStream, StreamedSplit
+from flows.training.tasks.streaming import StreamingTableTask, load_streamed_table
 from flows.training.tasks.tabular import TabularTask
 from tests.test_durability import RUN_SPECIFIC, _assert_same_weights_and_log, _kill_and_resume
 from tests.test_streaming import table_with_ids, write_parquet
@@ -129,3 +129,19 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(
     expected = {k: v for k, v in full.metrics.items() if k not in RUN_SPECIFIC}
     assert {k: v for k, v in resumed.items() if k not in RUN_SPECIFIC} == json.loads(json.dumps(expected))
     _assert_same_weights_and_log(tmp_path / "runs" / "full", run_dir)
+
+
+def test_given_validation_and_test_files_are_streamed_whole(tmp_path: Path) -> None:
+    x = gaussian_table(tmp_path / "table.parquet")
+    np.savetxt(tmp_path / "val.csv", x[:77], delimiter=",", header="c0,c1", comments="", fmt="%.17g")
+    write_parquet(tmp_path / "test.parquet", x[:55], 20)
+    config = streamed_config(tmp_path, "given")
+    config["data"].update(val_path=str(tmp_path / "val.csv"), test_path=str(tmp_path / "test.parquet"))
+    table = load_streamed_table(parse_config(config).data, 3)
+    assert (table.train.rows, table.val.rows, table.test.rows) == (600, 77, 55)  # nothing held out by hash
+    val = np.concatenate(list(SplitStream(table.val, 32).arrays()))
+    np.testing.assert_allclose(val, x[:77], rtol=1e-15)
+    np.savetxt(tmp_path / "narrow.csv", x[:5, :1], delimiter=",", header="c0", comments="")
+    config["data"]["val_path"] = str(tmp_path / "narrow.csv")
+    with pytest.raises(ValueError, match="has 1 columns"):
+        load_streamed_table(parse_config(config).data, 3)
