@@ -208,6 +208,9 @@ def main() -> None:
     parser.add_argument(
         "--sizes", type=int, nargs="*", default=[2_000_000, 8_000_000], help="rows of each file"
     )
+    parser.add_argument(
+        "--score-sizes", type=int, nargs="*", default=None, help="sizes to score too (default: every size)"
+    )
     parser.add_argument("--steps", type=int, default=300, help="streamed training steps (batch 1024)")
     parser.add_argument("--fit-rows", type=int, default=200_000, help="rows of the table that fits in memory")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the epoch comparison")
@@ -239,9 +242,12 @@ def main() -> None:
         train = _child(
             "train", file=path, run_dir=directory / "runs", name=f"train-{rows}", steps=arguments.steps
         )
-        score = _child(
-            "score", file=path, run_dir=directory, name=f"score-{rows}", checkpoint=train["checkpoint"]
-        )
+        print(f"(trained on {rows:,} rows: {json.dumps(train)})", file=sys.stderr, flush=True)
+        score = {"score_rows_per_s": math.nan, "peak_rss_mb": math.nan}
+        if arguments.score_sizes is None or rows in arguments.score_sizes:
+            score = _child(
+                "score", file=path, run_dir=directory, name=f"score-{rows}", checkpoint=train["checkpoint"]
+            )
         print(
             f"| {rows:,} | {train['file_mb']:.0f} | {rows / train['scan_seconds']:,.0f} | "
             f"{train['train_rows_per_s']:,.0f} | {train['peak_rss_mb']:.0f} | {train['gap']:.4f} +- "
