@@ -273,7 +273,7 @@ def main() -> None:
     print(
         f"\nepoch on {arguments.fit_rows:,} rows (fits in memory), median of {arguments.rounds} interleaved rounds: "
         f"in-memory {statistics.median(rates['false']):,.0f} rows/s, streamed {statistics.median(rates['true']):,.0f} "
-        f"rows/s; in-memory / streamed time ratio {statistics.median(ratios):.2f}x "
+        f"rows/s; streamed / in-memory epoch time {statistics.median(ratios):.2f}x "
         f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})"
     )
 
