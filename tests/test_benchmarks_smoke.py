@@ -139,3 +139,27 @@ def test_sampling_peers_benchmark_prints_its_table() -> None:
     assert {row.split("|")[2].strip() for row in rows} >= {"flows reparam", "flows path"}
     for row in rows:
         assert 0 < float(row.split("|")[4]) <= 1  # the normalised ESS
+
+
+def test_bench_streaming_entropy_is_that_of_its_gaussian(tmp_path: Path) -> None:
+    """The KL gap of `bench_streaming.py` subtracts the exact entropy of the rows it writes."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_streaming
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    import math
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    mean, lower = bench_streaming.covariance()
+    covariance = lower @ lower.T
+    features = covariance.shape[0]
+    expected = 0.5 * (features * math.log(2 * math.pi * math.e) + np.linalg.slogdet(covariance)[1])
+    assert bench_streaming.entropy() == pytest.approx(expected, rel=1e-12)
+    path = bench_streaming.write_table(tmp_path / "g.parquet", 20_000)
+    rows = pq.read_table(path).to_pandas().to_numpy(dtype=np.float64)
+    assert rows.shape == (20_000, features)
+    np.testing.assert_allclose(rows.mean(0), mean, atol=5 * np.sqrt(np.diag(covariance) / 20_000).max())
+    np.testing.assert_allclose(np.cov(rows.T), covariance, atol=0.1 * np.abs(covariance).max())

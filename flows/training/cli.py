@@ -19,8 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import yaml
 
@@ -181,7 +180,6 @@ def _test(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> in
 
 def _sample(arguments: argparse.Namespace) -> int:
     from flows.training.checkpoints import load_model
-    from flows.training.evaluation import draw_samples, write_samples
 
     if arguments.num_samples < 1:
         raise ConfigError(f"-n must be a positive integer, got {arguments.num_samples}")
@@ -208,9 +206,10 @@ def _sample(arguments: argparse.Namespace) -> int:
         from flows.training.cli_context import sample_given_contexts
 
         return sample_given_contexts(loaded, arguments)
-    samples = draw_samples(loaded.flow, arguments.num_samples, seed=arguments.seed)
-    path = write_samples(Path(arguments.out), samples, loaded.columns)
-    print(f"wrote {samples.shape[0]} samples of {samples.shape[1]} columns to {path}")
+    from flows.training.cli_score import sample_rows
+
+    rows = sample_rows(loaded, arguments)
+    print(f"wrote {rows} samples of {loaded.features} columns to {arguments.out}")
     return 0
 
 
@@ -242,40 +241,18 @@ def _score_columns(
 
 
 def _score(arguments: argparse.Namespace) -> int:
-    import numpy as np
-
-    from flows.datasets import load_table
     from flows.training.checkpoints import load_model
-    from flows.training.evaluation import evaluate_log_prob, write_samples
+    from flows.training.cli_score import print_score, score_rows
 
     loaded = load_model(arguments.ckpt)
     header = None if arguments.header is None else arguments.header == "true"
     note = None
     if arguments.columns is not None:
-        columns: Optional[list[str]] = [c.strip() for c in arguments.columns.split(",")]
+        columns: Optional[list[Any]] = [c.strip() for c in arguments.columns.split(",")]
     else:
         columns, note = _score_columns(arguments.data, header, loaded.columns)
-        if columns is None and loaded.context_columns:  # by position: the model's columns, then the context's
-            columns = list(range(loaded.features))
-    table, names = load_table(arguments.data, columns=columns, header=header, key=arguments.key)
-    if table.shape[1] != loaded.features:
-        raise ValueError(
-            f"{arguments.data} has {table.shape[1]} columns {names}; the model expects {loaded.features} "
-            f"({loaded.columns}); select them with --columns"
-        )
-    context = None
-    if loaded.context_columns:
-        from flows.training.cli_context import read_context
-
-        positions = range(loaded.features, loaded.features + len(loaded.context_columns))
-        context = read_context(
-            arguments.data, header, arguments.key, loaded.context_columns, positions, table.shape[0]
-        )
-    log_prob = evaluate_log_prob(loaded.flow, table, context=context)
-    path = write_samples(Path(arguments.out), log_prob[:, None], ["log_prob"])
-    if note is not None:  # after success: an error stays the only line on stderr
-        print(note, file=sys.stderr)
-    print(f"wrote {log_prob.shape[0]} log densities to {path}; mean {np.mean(log_prob):.4f} nats")
+    tally = score_rows(loaded, arguments, columns, header)
+    print_score(arguments.out, tally, note)
     return 0
 
 

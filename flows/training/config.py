@@ -85,6 +85,18 @@ class DataConfig:
     num_workers: int = 0
     #: columns (names or positions) the model conditions on: it models p(rest | these); [] = unconditional
     context_columns: list[Union[str, int]] = field(default_factory=list)
+    # -- streaming (file: datasets; `dataset: file:<path or glob>` of Parquet / CSV / TSV) -----------------
+    #: read the table piece by piece (Parquet row groups, CSV blocks) instead of whole: true | false | auto
+    #: (auto: stream a glob of several files, or files larger than `stream_memory_fraction` of the RAM)
+    streaming: Union[bool, Literal["auto"]] = "auto"
+    stream_memory_fraction: float = 0.25
+    #: rows held by each shard's shuffle buffer (about 8 bytes x columns x this, per shard)
+    shuffle_buffer: int = 100_000
+    #: shards each epoch's rows are cut into; null = devices x loader workers. A fixed value (a multiple
+    #: of devices x workers) makes the batches, and so the result, independent of the number of devices
+    shards: Optional[int] = None
+    #: CSV / TSV: bytes per independently read block
+    block_bytes: int = 16 * 1024 * 1024
 
     def check_keys_apply(self) -> None:
         """Refuse a key set away from its default where the dataset's kind never reads it (a silently ignored
@@ -114,7 +126,10 @@ DATA_KEYS_BY_KIND: dict[str, set[str]] = {
     "synthetic": _TABLE_KEYS | {"n_train", "n_val", "n_test", "split_seed", "target"},
     "sklearn": _TABLE_KEYS | _SPLIT_KEYS,
     "uci": _TABLE_KEYS | {"root"},
-    "file": _TABLE_KEYS | _SPLIT_KEYS | {"columns", "header", "key", "val_path", "test_path"},
+    "file": _TABLE_KEYS
+    | _SPLIT_KEYS
+    | {"columns", "header", "key", "val_path", "test_path"}
+    | {"streaming", "stream_memory_fraction", "shuffle_buffer", "shards", "block_bytes"},
     "image": {"dataset", "root"} | _SPLIT_KEYS,
 }
 
@@ -476,6 +491,15 @@ def _check_ranges(config: Config) -> None:
         positive(f"data.{key}", getattr(data, key))
     if data.num_workers < 0:
         raise ConfigError(f"config key 'data.num_workers': expected >= 0, got {data.num_workers}")
+    if not 0.0 < data.stream_memory_fraction <= 1.0:
+        raise ConfigError(
+            f"config key 'data.stream_memory_fraction': expected a number in (0, 1], got {data.stream_memory_fraction}"
+        )
+    if data.shuffle_buffer < 0:
+        raise ConfigError(f"config key 'data.shuffle_buffer': expected >= 0, got {data.shuffle_buffer}")
+    positive("data.shards", data.shards, allow_none=True)
+    if data.block_bytes < 1024:
+        raise ConfigError(f"config key 'data.block_bytes': expected >= 1024, got {data.block_bytes}")
     if config.output.samples < 0:
         raise ConfigError(f"config key 'output.samples': expected >= 0, got {config.output.samples}")
     if ":" not in data.dataset:

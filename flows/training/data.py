@@ -8,10 +8,9 @@ benchmarks from `data.root`), `file:<path>` (CSV / TSV / NPY / NPZ / Parquet, wi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
@@ -265,8 +264,15 @@ class GlobalBatchSampler(Sampler[list[int]]):
             yield global_batch[self.rank :: self.world_size]
 
 
+class Resumable(Protocol):
+    """What makes a training loader's batches (a `GlobalBatchSampler`, a streamed table) resumable."""
+
+    def resume_from(self, epoch: int, batches_done: int) -> None: ...
+
+
 class ResumableBatches:
-    """Mixin for the `LightningDataModule`s whose training batches come from a `GlobalBatchSampler`.
+    """Mixin for the `LightningDataModule`s whose training batches come from a `Resumable` (a
+    `GlobalBatchSampler` or a `flows.training.streaming.ShardedTableStream`).
 
     Checkpoints save the progress of the current epoch (`state_dict`); on resume, `load_state_dict` makes
     the sampler skip the batches of that epoch already trained on, so a run resumed from a mid-epoch
@@ -275,10 +281,10 @@ class ResumableBatches:
     `estimated_stepping_batches` does; the datamodule's state is always restored.)
     """
 
-    _train_sampler: Optional[GlobalBatchSampler] = None
+    _train_sampler: Optional[Resumable] = None
     _pending_resume: Optional[tuple[int, int]] = None
 
-    def _training_sampler(self, sampler: GlobalBatchSampler) -> GlobalBatchSampler:
+    def _training_sampler(self, sampler: Any) -> Any:
         """Register the sampler of a new training loader (a pending resume applies to it)."""
         self._train_sampler = sampler
         if self._pending_resume is not None:
@@ -303,8 +309,3 @@ def trainer_progress(trainer: Any) -> tuple[int, int]:
     if trainer is None:
         return 0, 0
     return int(trainer.current_epoch), int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
-
-
-def standard_error(values: np.ndarray) -> float:
-    """`std / sqrt(N)` (ddof 1) of per-row values."""
-    return float(np.std(values, ddof=1) / math.sqrt(values.shape[0])) if values.shape[0] > 1 else float("nan")

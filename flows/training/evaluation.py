@@ -5,44 +5,99 @@ Used by the tabular task, `DensityEstimator` and `flows score/sample/test`.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from flows.io import atomic_open
-from flows.training.data import DataSplits, standard_error
+from flows.datasets.stream_stats import ColumnMoments
+from flows.training.data import DataSplits
+from flows.training.table_writer import table_writer
 
-__all__ = ["draw_samples", "entropy_metrics", "evaluate_log_prob", "log_likelihood_metrics", "write_samples"]
+__all__ = [
+    "LikelihoodTally",
+    "draw_samples",
+    "entropy_metrics",
+    "evaluate_log_prob",
+    "iter_log_prob",
+    "iter_samples",
+    "log_likelihood_metrics",
+    "write_samples",
+]
+
+
+def _device_and_dtype(flow: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(iter(flow.parameters()), None)
+    buffer = next(iter(flow.buffers()), None)
+    reference = parameter if parameter is not None else buffer
+    if reference is None:
+        return torch.device("cpu"), torch.float32
+    return reference.device, reference.dtype
 
 
 @torch.no_grad()
+def iter_log_prob(
+    flow: torch.nn.Module,
+    batches: Iterable[np.ndarray],
+    contexts: Optional[Iterable[np.ndarray]] = None,
+) -> Iterator[np.ndarray]:
+    """Per-row log density `(b,)` (float64 numpy) of each batch `(b, D)` of rows in data units; with
+    `contexts` (batches `(b, k)` beside them), the log density of each row given its context row."""
+    device, dtype = _device_and_dtype(flow)
+    was_training = flow.training
+    flow.eval()
+    try:
+        given_batches = iter(contexts) if contexts is not None else None
+        for batch in batches:
+            rows = torch.as_tensor(batch, dtype=dtype, device=device)
+            if given_batches is None:
+                yield flow.log_prob(rows).double().cpu().numpy()
+            else:
+                given = torch.as_tensor(next(given_batches), dtype=dtype, device=device)
+                yield flow.log_prob(rows, given).double().cpu().numpy()
+    finally:
+        flow.train(was_training)
+
+
 def evaluate_log_prob(
     flow: torch.nn.Module, x: np.ndarray, batch_size: int = 4096, context: Optional[np.ndarray] = None
 ) -> np.ndarray:
     """Per-row log density `(n,)` (float64 numpy) of rows `x (n, D)` in data units, in batches; with
     `context (n, k)`, the log density of each row given its context row."""
-    parameter = next(iter(flow.parameters()), None)
-    buffer = next(iter(flow.buffers()), None)
-    reference = parameter if parameter is not None else buffer
-    device = reference.device if reference is not None else torch.device("cpu")
-    dtype = reference.dtype if reference is not None else torch.float32
-    was_training = flow.training
-    flow.eval()
-    out = []
-    for start in range(0, x.shape[0], batch_size):
-        rows = torch.as_tensor(x[start : start + batch_size], dtype=dtype, device=device)
-        if context is None:
-            out.append(flow.log_prob(rows).double().cpu().numpy())
-        else:
-            given = torch.as_tensor(context[start : start + batch_size], dtype=dtype, device=device)
-            out.append(flow.log_prob(rows, given).double().cpu().numpy())
-    flow.train(was_training)
+    starts = range(0, x.shape[0], batch_size)
+    contexts = None if context is None else (context[i : i + batch_size] for i in starts)
+    out = list(iter_log_prob(flow, (x[i : i + batch_size] for i in starts), contexts))
     return np.concatenate(out) if out else np.zeros(0)
 
 
-@torch.no_grad()
+def iter_samples(
+    flow: torch.nn.Module,
+    n: int,
+    seed: Optional[int] = None,
+    batch_size: int = 10_000,
+    context: Optional[np.ndarray] = None,
+) -> Iterator[np.ndarray]:
+    """`n` samples in chunks of at most `batch_size` rows `(b, D)` float64 in data units (seeded with `seed`
+    when given: the global torch generator is forked, and restored when the iteration ends); with
+    `context (m, k)`, chunks `(b, m, D)` of `n` samples per context row."""
+    reference = next(iter(flow.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    devices = [device] if device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        given = None
+        if context is not None:
+            dtype = reference.dtype if reference is not None else torch.get_default_dtype()
+            given = torch.as_tensor(context, dtype=dtype, device=device)
+            batch_size = max(1, batch_size // max(1, given.shape[0]))
+        for start in range(0, n, batch_size):
+            yield flow.sample((min(batch_size, n - start),), given).double().cpu().numpy()
+
+
 def draw_samples(
     flow: torch.nn.Module,
     n: int,
@@ -52,34 +107,45 @@ def draw_samples(
 ) -> np.ndarray:
     """`n` samples `(n, D)` float64 in data units (seeded with `seed` when given); with `context (m, k)`,
     `n` samples per context row, `(n, m, D)`."""
-    reference = next(iter(flow.parameters()), None)
-    device = reference.device if reference is not None else torch.device("cpu")
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
-        given = None
-        if context is not None:
-            dtype = reference.dtype if reference is not None else torch.get_default_dtype()
-            given = torch.as_tensor(context, dtype=dtype, device=device)
-            batch_size = max(1, batch_size // max(1, given.shape[0]))
-        chunks = [
-            flow.sample((min(batch_size, n - start),), given).double().cpu().numpy()
-            for start in range(0, n, batch_size)
-        ]
+    chunks = list(iter_samples(flow, n, seed, batch_size, context))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0))
 
 
+class LikelihoodTally:
+    """Running mean and standard error of per-row log densities, fed chunk by chunk (float64, Chan's
+    merge): the metrics of a split that is never held in memory whole."""
+
+    def __init__(self) -> None:
+        self.moments = ColumnMoments(1)
+        self.nonfinite = 0
+
+    def add(self, log_prob: np.ndarray) -> None:
+        self.moments.add(np.asarray(log_prob, dtype=np.float64).reshape(-1, 1))
+        self.nonfinite += int(np.sum(~np.isfinite(log_prob)))
+
+    @property
+    def mean(self) -> float:
+        return float(self.moments.mean[0]) if self.moments.count else float("nan")
+
+    def metrics(self, prefix: str = "test") -> dict[str, Any]:
+        """Mean log-likelihood, its standard error (1 std (ddof 1) / sqrt(N)) and the NSF-paper error bar
+        (2 std / sqrt(N))."""
+        count = self.moments.count
+        se = float(self.moments.std(ddof=1)[0] / math.sqrt(count)) if count > 1 else float("nan")
+        return {
+            f"{prefix}_log_likelihood": self.mean,
+            f"{prefix}_log_likelihood_se": se,
+            f"{prefix}_log_likelihood_2se": 2.0 * se,
+            f"{prefix}_rows": int(count),
+            f"{prefix}_nonfinite_rows": self.nonfinite,
+        }
+
+
 def log_likelihood_metrics(log_prob: np.ndarray, prefix: str = "test") -> dict[str, Any]:
-    """Mean log-likelihood, its standard error (1 std / sqrt(N)) and the NSF-paper error bar (2 std / sqrt(N))."""
-    se = standard_error(log_prob)
-    return {
-        f"{prefix}_log_likelihood": float(np.mean(log_prob)),
-        f"{prefix}_log_likelihood_se": se,
-        f"{prefix}_log_likelihood_2se": 2.0 * se,
-        f"{prefix}_rows": int(log_prob.shape[0]),
-        f"{prefix}_nonfinite_rows": int(np.sum(~np.isfinite(log_prob))),
-    }
+    """`LikelihoodTally.metrics` of per-row log densities held in memory."""
+    tally = LikelihoodTally()
+    tally.add(log_prob)
+    return tally.metrics(prefix)
 
 
 def entropy_metrics(splits: DataSplits, test_log_likelihood: float) -> dict[str, Any]:
@@ -93,16 +159,7 @@ def entropy_metrics(splits: DataSplits, test_log_likelihood: float) -> dict[str,
 
 
 def write_samples(path: Path, samples: np.ndarray, columns: list[str]) -> Path:
-    """Samples as CSV (header = column names) or NPY, chosen by the suffix; written atomically."""
-    if path.suffix == ".npy":
-        with atomic_open(path, "wb") as handle:
-            np.save(handle, samples)
-    elif path.suffix in (".csv", ".tsv"):
-        delimiter = "," if path.suffix == ".csv" else "\t"
-        with atomic_open(path, "w") as handle:
-            np.savetxt(
-                handle, samples, delimiter=delimiter, header=delimiter.join(columns), comments="", fmt="%.8g"
-            )
-    else:
-        raise ValueError(f"output file must end in .csv, .tsv or .npy, got {path}")
-    return path
+    """Samples `(n, D)` as CSV / TSV (header = column names) or NPY, chosen by the suffix; written atomically."""
+    with table_writer(path, columns) as writer:
+        writer.write(samples)
+    return Path(path)

@@ -29,6 +29,7 @@ from flows.training.safety import resume_checkpoint
 from flows.training.tasks.base import Task
 from flows.training.tasks.image import ImageTask, is_image_config
 from flows.training.tasks.sampling import SamplingTask, is_sampling_config
+from flows.training.tasks.streaming import StreamingTableTask, is_streaming_config
 from flows.training.tasks.tabular import TabularTask
 from flows.training.trainer import launched_worker, torch_threads
 
@@ -162,10 +163,12 @@ def _run_dir_for_workers(run_dir: Path, worker: bool) -> Iterator[None]:
 
 
 def task_for(values: Union[Config, Mapping[str, Any]]) -> Task:
-    """The task of a config: a target for `target.name`, images for `data.dataset: image:<name>`, tables
-    otherwise."""
+    """The task of a config: a target for `target.name`, images for `data.dataset: image:<name>`, a streamed
+    table for a `file:` dataset to stream (`data.streaming`), tables held in memory otherwise."""
     if is_sampling_config(values):
         return SamplingTask()
+    if is_streaming_config(values):
+        return StreamingTableTask()
     return ImageTask() if is_image_config(values) else TabularTask()
 
 

@@ -95,8 +95,8 @@ def launched_worker() -> bool:
 @contextlib.contextmanager
 def quiet_fit_warnings() -> Iterator[None]:
     """Silence Lightning's warnings that do not apply to our runs during `trainer.fit`: tensor datasets need
-    no workers, metrics are logged as we intend, and our datamodules do resume mid-epoch (`ResumableBatches`),
-    which Lightning's check of the loader itself cannot see."""
+    no workers, metrics are logged as we intend, our datamodules do resume mid-epoch (`ResumableBatches`),
+    which Lightning's check of the loader itself cannot see, and a streamed table's length is exact."""
     with warnings.catch_warnings():
         for message in (
             ".*does not have many workers.*",
@@ -105,6 +105,8 @@ def quiet_fit_warnings() -> Iterator[None]:
             ".*could not find the monitored key.*",
             ".*isinstance\\(treespec, LeafSpec\\).*",
             ".*resuming from a checkpoint that ended before the epoch ended.*",
+            # streamed tables (flows.training.streaming): each worker reads its own shards, len is exact
+            ".*`IterableDataset` has `__len__` defined.*",
         ):
             warnings.filterwarnings("ignore", message=message)
         yield
