@@ -17,6 +17,7 @@ from flows.bijectors.elementwise import ElementwiseAffine, Logit, Sigmoid, Stand
 from flows.bijectors.linear import LULinear, LUMatrix, Permutation
 from flows.bijectors.normalization import ActNorm, BatchNorm
 from flows.bijectors.reshape import MultiscaleSplit, Squeeze
+from flows.bijectors.support import ColumnSupport
 
 __all__ = [
     "Coupling",
@@ -29,6 +30,7 @@ __all__ = [
     "half_mask",
     "ActNorm",
     "BatchNorm",
+    "ColumnSupport",
     "ElementwiseAffine",
     "Invertible1x1Conv",
     "LULinear",
