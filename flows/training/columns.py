@@ -23,7 +23,7 @@ import numpy as np
 
 from flows.training.config import ConfigError
 
-__all__ = ["ColumnPlan", "resolve_columns"]
+__all__ = ["ColumnPlan", "normalized_bounds", "resolve_columns"]
 
 Key = Union[str, int]
 
@@ -119,9 +119,9 @@ class ColumnPlan:
                 scales.append(1.0)
         self.scale = scales
 
-    def encode(self, table: np.ndarray, columns: Sequence[str], name: str) -> np.ndarray:
-        """`table (n, D)` with each categorical column's values replaced by their codes; a ValueError names
-        a column holding a value that is not one of its categories."""
+    def encode(self, table: np.ndarray, columns: Sequence[str], name: str, strict: bool = True) -> np.ndarray:
+        """`table (n, D)` with each categorical column's values replaced by their codes; a value that is not
+        one of its column's categories is a ValueError naming it (`strict`), else the code -1 (outside)."""
         if not self.categories:
             return table
         table = np.array(table, dtype=np.float64, copy=True)
@@ -129,7 +129,9 @@ class ColumnPlan:
             known = np.asarray(values, dtype=np.float64)
             codes = np.searchsorted(known, table[:, j])
             found = (codes < known.size) & (known[np.minimum(codes, known.size - 1)] == table[:, j])
-            if not found.all():
+            if not strict:
+                codes = np.where(found, codes, -1)
+            elif not found.all():
                 bad = np.unique(table[~found, j])[:5].tolist()
                 raise ValueError(
                     f"{name}: categorical column {columns[j]!r} holds values {bad} that are not among its "
@@ -209,6 +211,20 @@ def _pair(value: Any, key: Any) -> tuple[float, float]:
     if math.isnan(low) or math.isnan(high) or not low < high or low == math.inf or high == -math.inf:
         raise ConfigError(f"bounds of column {key!r}: expected low < high, got {value!r}")
     return low, high
+
+
+def normalized_bounds(bounds: Optional[Mapping[Any, Any]]) -> dict[Any, list[Optional[float]]]:
+    """`bounds` checked (a ConfigError naming a bad pair) as plain data: `{key: [low or None, high or None]}`."""
+    if bounds is None:
+        return {}
+    if not isinstance(bounds, Mapping):
+        raise ConfigError(f"bounds: expected a mapping column -> (low, high), got {type(bounds).__name__}")
+    plain: dict[Any, list[Optional[float]]] = {}
+    for key, value in bounds.items():
+        low, high = _pair(value, key)
+        name = int(key) if isinstance(key, (int, np.integer)) and not isinstance(key, bool) else str(key)
+        plain[name] = [low if math.isfinite(low) else None, high if math.isfinite(high) else None]
+    return plain
 
 
 def resolve_columns(

@@ -78,8 +78,8 @@ def prepare_splits(splits: DataSplits, config: Config, seed: int) -> DataSplits:
     train, val, test = (
         plan.encode(t, splits.columns, name) for t, name in zip(tables, ("train", "val", "test"))
     )
-    for table, name in ((train, "the training data"), (val, "the validation data"), (test, "the test data")):
-        plan.check(table, splits.columns, name)
+    distinct = {id(t): t for t in (train, val, test)}.values()  # the test split may be the validation one
+    plan.check(np.concatenate(list(distinct)), splits.columns, "the data (train, validation and test rows)")
     _check_discrete(train, plan, splits.columns)
     if plan.dequantized:
         val, test = (dequantize_fixed(t, seed + k, plan.mask) for k, t in ((1, val), (2, test)))
