@@ -14,6 +14,7 @@ import torch
 from scipy import stats
 
 import flows
+from flows.training.cli import main
 from flows.training.config import ConfigError, parse_config
 from flows.training.pipeline import run
 
@@ -167,3 +168,22 @@ def test_yaml_bounds_and_discrete_columns_go_through_the_pipeline(tmp_path: Path
     assert np.all(samples["count"] == np.round(samples["count"]))
     reloaded = flows.DensityEstimator.load(result.checkpoint)
     assert reloaded.score_samples(np.array([[-1.0, 2.0]]))[0] == -np.inf
+    # the command line reads the same plan from the checkpoint
+    assert (
+        main(["sample", "--ckpt", str(result.checkpoint), "-n", "500", "--out", str(tmp_path / "s.csv")]) == 0
+    )
+    drawn = pd.read_csv(tmp_path / "s.csv")
+    assert (drawn["wait"] >= 0).all() and np.all(drawn["count"] == np.round(drawn["count"]))
+    pd.DataFrame({"wait": [-1.0, 1.0, 1.0], "count": [2.0, 2.0, -1.0]}).to_csv(
+        tmp_path / "q.csv", index=False
+    )
+    out = tmp_path / "logp.csv"
+    assert (
+        main(
+            ["score", "--ckpt", str(result.checkpoint), "--data", str(tmp_path / "q.csv"), "--out", str(out)]
+        )
+        == 0
+    )
+    scored = pd.read_csv(out)["log_prob"].to_numpy()
+    np.testing.assert_array_equal(np.isinf(scored), [True, False, True])
+    np.testing.assert_allclose(scored[1], reloaded.score_samples(np.array([[1.0, 2.0]]))[0], rtol=1e-6)

@@ -193,7 +193,7 @@ def _sample(arguments: argparse.Namespace) -> int:
         from flows.training.cli_context import sample_given_contexts
 
         return sample_given_contexts(loaded, arguments)
-    samples = draw_samples(loaded.flow, arguments.num_samples, seed=arguments.seed)
+    samples = loaded.plan.decode(draw_samples(loaded.flow, arguments.num_samples, seed=arguments.seed))
     path = write_samples(Path(arguments.out), samples, loaded.columns)
     print(f"wrote {samples.shape[0]} samples of {samples.shape[1]} columns to {path}")
     return 0
@@ -231,7 +231,7 @@ def _score(arguments: argparse.Namespace) -> int:
 
     from flows.datasets import load_table
     from flows.training.checkpoints import load_model
-    from flows.training.evaluation import evaluate_log_prob, write_samples
+    from flows.training.evaluation import table_log_prob, write_samples
 
     loaded = load_model(arguments.ckpt)
     header = None if arguments.header is None else arguments.header == "true"
@@ -256,7 +256,7 @@ def _score(arguments: argparse.Namespace) -> int:
         context = read_context(
             arguments.data, header, arguments.key, loaded.context_columns, positions, table.shape[0]
         )
-    log_prob = evaluate_log_prob(loaded.flow, table, context=context)
+    log_prob = table_log_prob(loaded.flow, table, loaded.plan, context=context)
     path = write_samples(Path(arguments.out), log_prob[:, None], ["log_prob"])
     if note is not None:  # after success: an error stays the only line on stderr
         print(note, file=sys.stderr)

@@ -32,7 +32,7 @@ from flows.training.columns import ColumnPlan, normalized_bounds
 from flows.training.config import ConfigError, TrainConfig, parse_config
 from flows.training.context import conditional_splits_from_arrays
 from flows.training.data import splits_from_arrays
-from flows.training.evaluation import dequantized_log_prob, draw_samples, evaluate_log_prob
+from flows.training.evaluation import draw_samples, table_log_prob
 from flows.training.frames import code_labels, is_frame, label_codes, to_frame
 from flows.training.models import preprocessing_of
 from flows.training.registry import check_model_options
@@ -344,15 +344,14 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         return plan if plan is not None else ColumnPlan.from_record(None, self.n_features_in_)
 
     def _coded_rows(self, X: Any) -> np.ndarray:
-        """`X` as the table the flow models: category labels as codes (-1 for an unknown one)."""
+        """`X` as a float table: category labels of a DataFrame as codes (-1 for an unknown one)."""
         labels = getattr(self, "categories_", {})
         if labels and is_frame(X):
             X = X.copy()
             for name, values in labels.items():
                 if name in X.columns:
                     X[name] = code_labels(X[name], values)
-        rows = self._rows(X)
-        return self._plan().encode(rows, self.columns_, "X", strict=False)
+        return self._rows(X)
 
     def score_samples(self, X: Any, context: Any = None) -> np.ndarray:
         """Log density of each row of `X (n, D)` in the units of the training data: `(n,)` float64.
@@ -380,16 +379,13 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
             given = np.repeat(given, rows.shape[0], axis=0)
         limit = float(np.sqrt(torch.finfo(self._dtype()).max))
         plan = self._plan()
-        with np.errstate(invalid="ignore"):
-            inside = np.all(np.abs(self._standardized(rows)) <= limit, axis=1)
-        inside &= ~plan.outside(rows).any(axis=1)  # off the support: density (or probability) 0
+        with np.errstate(invalid="ignore"):  # (NaN off the support: such rows score -inf below too)
+            coded = plan.encode(rows, self.columns_, "X", strict=False)
+            inside = np.all(np.abs(self._standardized(coded)) <= limit, axis=1)
         scores = np.full(rows.shape[0], -np.inf)
         if inside.any():
             kept = None if given is None else given[inside]
-            if plan.dequantized:
-                scores[inside] = dequantized_log_prob(self.flow_, rows[inside], plan.mask, context=kept)
-            else:
-                scores[inside] = evaluate_log_prob(self.flow_, rows[inside], context=kept)
+            scores[inside] = table_log_prob(self.flow_, rows[inside], plan, context=kept)
         overflowed = np.flatnonzero(np.isnan(scores))
         if overflowed.size:
             warnings.warn(
@@ -451,7 +447,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         self._check_fitted()
         if getattr(self, "context_columns_", []):
             raise TypeError("plot shows unconditional fits; this estimator was fitted with a context")
-        data = self._coded_rows(X)
+        data = self._plan().encode(self._coded_rows(X), self.columns_, "X")
         draws = draw_samples(self.flow_, int(n_samples), seed=random_state)
         samples = self._plan().decode(draws)
         if data.shape[1] == 1:

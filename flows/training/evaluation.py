@@ -16,6 +16,7 @@ from flows.training.data import DataSplits, standard_error
 
 __all__ = [
     "dequantized_log_prob",
+    "table_log_prob",
     "draw_samples",
     "entropy_metrics",
     "evaluate_log_prob",
@@ -68,6 +69,25 @@ def dequantized_log_prob(
     noise = np.random.default_rng(seed).uniform(size=(draws, x.shape[1])) * mask
     total = np.stack([evaluate_log_prob(flow, x + u, context=context) for u in noise])
     return (torch.logsumexp(torch.as_tensor(total), dim=0) - np.log(draws)).numpy()
+
+
+def table_log_prob(
+    flow: torch.nn.Module, x: np.ndarray, plan: Any, context: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Per-row `(n,)` log-likelihood of rows `x (n, D)` in data units under a table flow and its column plan
+    (`flows.training.columns.ColumnPlan`): category values are coded, rows off the support (or with an
+    unknown category) score `-inf`, dequantised columns contribute their log-probability-mass bound
+    (`dequantized_log_prob`), the others their log density. `DensityEstimator` and `flows score` use it."""
+    coded = plan.encode(x, [], "x", strict=False)
+    scores = np.full(x.shape[0], -np.inf)
+    inside = ~plan.outside(coded).any(axis=1)
+    if inside.any():
+        kept = None if context is None else context[inside]
+        if plan.dequantized:
+            scores[inside] = dequantized_log_prob(flow, coded[inside], plan.mask, context=kept)
+        else:
+            scores[inside] = evaluate_log_prob(flow, coded[inside], context=kept)
+    return scores
 
 
 @torch.no_grad()
