@@ -187,3 +187,40 @@ def test_yaml_bounds_and_discrete_columns_go_through_the_pipeline(tmp_path: Path
     scored = pd.read_csv(out)["log_prob"].to_numpy()
     np.testing.assert_array_equal(np.isinf(scored), [True, False, True])
     np.testing.assert_allclose(scored[1], reloaded.score_samples(np.array([[1.0, 2.0]]))[0], rtol=1e-6)
+
+
+def test_training_noise_dequantises_only_the_declared_columns_and_stays_on_the_support() -> None:
+    from flows.training.columns import ColumnPlan
+    from flows.training.config import MollificationConfig, TrainConfig
+    from flows.training.models import build_flow
+    from flows.training.module import FlowModule
+
+    plan = ColumnPlan([0.0, 0.0, -np.inf], [np.inf, 1.0, np.inf], [True, False, False], scale=[2.0, 1.0, 1.0])
+    torch.manual_seed(0)
+    flow = build_flow({"name": "gaussian"}, 3, np.zeros(3), np.ones(3), support=plan.support())
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(np.stack([rng.poisson(3.0, 512), rng.uniform(0, 1, 512), rng.normal(size=512)], 1))
+    x = x.float()
+    module = FlowModule(
+        flow,
+        TrainConfig(batch_size=512, mollification=MollificationConfig(fraction=1.0)),
+        dequantize=plan.discrete,
+    )
+    plain = FlowModule(flow, TrainConfig(batch_size=512), dequantize=plan.discrete).perturb(x, 1.0) - x
+    assert torch.all((plain[:, 0] >= 0) & (plain[:, 0] < 1)) and float(plain[:, 0].std()) > 0.2
+    assert torch.equal(plain[:, 1:], torch.zeros_like(plain[:, 1:]))  # continuous columns untouched
+    noisy = module.perturb(x, 0.0)  # full-strength mollification, in the units after the support
+    assert float((noisy[:, 1] - x[:, 1]).abs().mean()) > 0.05
+    assert bool(plan.support().contains(noisy).all())
+
+
+def test_the_discrete_warning_skips_declared_columns_and_points_at_the_options() -> None:
+    from flows.training.safety import column_warnings
+
+    table = np.stack(
+        [np.arange(200.0) % 7, np.random.default_rng(0).normal(size=200), np.arange(200.0) % 3], 1
+    )
+    (message,) = column_warnings(table, ["a", "b", "c"], dequantized=[True, False, False])
+    assert "c (3 distinct values)" in message and "'a" not in message
+    assert "discrete_columns" in message and "categorical_columns" in message
+    assert column_warnings(table, ["a", "b", "c"], dequantized=[True, False, True]) == []
