@@ -442,23 +442,18 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         diagonal and samples above. Axes carry the column names (categories as codes). `path`: also write it
         as a PNG (atomically). Unconditional estimators only.
         """
-        from flows.training.plots import density_figure, marginal_figure, pairs_figure, save_figure
+        from flows.training.plots import fit_figure, save_figure
 
         self._check_fitted()
         if getattr(self, "context_columns_", []):
             raise TypeError("plot shows unconditional fits; this estimator was fitted with a context")
-        data = self._plan().encode(self._coded_rows(X), self.columns_, "X")
-        draws = draw_samples(self.flow_, int(n_samples), seed=random_state)
-        samples = self._plan().decode(draws)
-        if data.shape[1] == 1:
-            figure = marginal_figure(data, samples, self.columns_, self.flow_)
-        elif data.shape[1] == 2:
-            figure = density_figure(self.flow_, data, samples, "X", self.columns_)
-        else:
-            keys = list(range(min(6, data.shape[1]))) if columns is None else columns
-            names = [str(c) for c in self.columns_]
-            dims = [int(k) if isinstance(k, (int, np.integer)) else names.index(str(k)) for k in keys]
-            figure = pairs_figure(data, samples, dims, self.columns_)
+        data = self._coded_rows(X)  # in the units of the samples: integers, category values or codes
+        samples = self._plan().decode(draw_samples(self.flow_, int(n_samples), seed=random_state))
+        names = [str(c) for c in self.columns_]
+        dims = (
+            None if columns is None else [c if isinstance(c, int) else names.index(str(c)) for c in columns]
+        )
+        _, figure = fit_figure(self.flow_, data, samples, names, dims, data_name="X")
         if path is not None:
             save_figure(figure, path)
         return figure

@@ -21,6 +21,7 @@ from flows.io import atomic_open
 __all__ = [
     "density_figure",
     "density_grid",
+    "fit_figure",
     "marginal_figure",
     "pairs_figure",
     "save_figure",
@@ -320,6 +321,34 @@ def pairs_figure(
     return fig
 
 
+def fit_figure(
+    flow: Optional[HasLogProb],
+    data: np.ndarray,
+    samples: np.ndarray,
+    columns: Optional[Sequence[str]] = None,
+    dims: Optional[Sequence[int]] = None,
+    max_dims: int = 6,
+    max_points: int = 5000,
+    grid_size: int = 200,
+    data_name: str = "data",
+) -> tuple[str, Any]:
+    """The figure of a table fit and its file stem, by the number of columns of `data (n, D)` and `samples
+    (m, D)`: one, `marginal` (histograms and the learned density); two, `density` (the learned density beside
+    data and samples; needs `flow`); more, `pairs` (the first `max_dims` columns, or `dims`)."""
+    features = data.shape[1]
+    if features == 1:
+        return "marginal", marginal_figure(data, samples, columns, flow)
+    if features == 2:
+        shown = _subsample(data, max_points)
+        return "density", density_figure(
+            flow, shown, _subsample(samples, max_points), data_name, columns, grid_size
+        )
+    chosen = list(range(min(max_dims, features))) if dims is None else [int(d) for d in dims]
+    if len(chosen) < 2 or any(not 0 <= d < features for d in chosen):
+        raise ValueError(f"dims must list at least 2 column indices in [0, {features}), got {chosen}")
+    return "pairs", pairs_figure(data, samples, chosen, columns, max_points)
+
+
 def save_figure(fig: Any, path: Union[str, Path], dpi: int = 100) -> Path:
     """Write `fig` as a PNG atomically (temporary file beside `path`, then `os.replace`)."""
     return _save_atomic(fig, Path(path), dpi)
@@ -393,25 +422,12 @@ def write_plots(
     series = _history_series(run_dir, history)
     written: list[Path] = []
     if data.ndim == 2:
-        features = data.shape[1]
-        if features == 2:
-            if flow is None:
-                raise ValueError("the 2-D density heatmap needs a flow with log_prob; got flow=None")
-            shown = _subsample(data, max_points)
-            fig = density_figure(
-                flow, shown, _subsample(samples_arr, max_points), data_name, columns, grid_size
-            )
-            written.append(_save_atomic(fig, out_dir / "density.png", dpi))
-        elif features == 1:
-            written.append(
-                _save_atomic(marginal_figure(data, samples_arr, columns), out_dir / "marginal.png", dpi)
-            )
-        else:
-            chosen = list(range(min(max_dims, features))) if dims is None else [int(d) for d in dims]
-            if len(chosen) < 2 or any(not 0 <= d < features for d in chosen):
-                raise ValueError(f"dims must list at least 2 column indices in [0, {features}), got {chosen}")
-            fig = pairs_figure(data, samples_arr, chosen, columns, max_points)
-            written.append(_save_atomic(fig, out_dir / "pairs.png", dpi))
+        if data.shape[1] == 2 and flow is None:
+            raise ValueError("the 2-D density heatmap needs a flow with log_prob; got flow=None")
+        stem, fig = fit_figure(
+            flow, data, samples_arr, columns, dims, max_dims, max_points, grid_size, data_name
+        )
+        written.append(_save_atomic(fig, out_dir / f"{stem}.png", dpi))
     elif data.ndim == 4:
         written.append(_plot_images(out_dir, samples_arr, dpi))
     if series:
