@@ -84,6 +84,11 @@ def test_outside_the_bounds_scores_minus_inf_and_fails_the_fit(bounded: flows.De
         flows.DensityEstimator(bounds={"nope": (0, 1)}, **FAST).fit(_frame(200, 0))
     with pytest.raises(ConfigError, match="low < high"):
         flows.DensityEstimator(bounds={"wait": (1, 0)})
+    sklearn_base = pytest.importorskip("sklearn.base")
+    copy = sklearn_base.clone(
+        flows.DensityEstimator(bounds=BOUNDS, discrete_columns=["n"], categorical_columns=[0])
+    )
+    assert copy.get_params()["bounds"] == BOUNDS and copy.get_params()["categorical_columns"] == [0]
 
 
 @pytest.mark.slow
