@@ -229,3 +229,9 @@ def test_the_discrete_warning_skips_declared_columns_and_points_at_the_options()
     assert "c (3 distinct values)" in message and "'a" not in message
     assert "discrete_columns" in message and "categorical_columns" in message
     assert column_warnings(table, ["a", "b", "c"], dequantized=[True, False, True]) == []
+
+
+def test_a_declared_discrete_column_must_hold_integers() -> None:
+    frame = _frame(300, 0)
+    with pytest.raises(ValueError, match=r"discrete column 'wait' holds 270 non-integer values"):
+        flows.DensityEstimator(discrete_columns=["wait"], **FAST).fit(frame)

@@ -80,7 +80,8 @@ def prepare_splits(splits: DataSplits, config: Config, seed: int) -> DataSplits:
     )
     distinct = {id(t): t for t in (train, val, test)}.values()  # the test split may be the validation one
     plan.check(np.concatenate(list(distinct)), splits.columns, "the data (train, validation and test rows)")
-    _check_discrete(train, plan, splits.columns)
+    if not dequantize:  # declared columns must hold integers (the all-column shortcut keeps its old meaning)
+        _check_discrete(train, plan, splits.columns)
     if plan.dequantized:
         val, test = (dequantize_fixed(t, seed + k, plan.mask) for k, t in ((1, val), (2, test)))
     plan.fit_scales(dequantize_fixed(train, seed, plan.mask) if plan.dequantized else train)
