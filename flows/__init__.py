@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from flows.bijectors.linear import LULinear, Permutation
     from flows.bijectors.normalization import ActNorm, BatchNorm
     from flows.bijectors.reshape import MultiscaleSplit, Squeeze
+    from flows.bijectors.support import ColumnSupport
     from flows.core import Bijector, Chain, Inverse
     from flows.dequantization import (
         DequantizedFlow,
@@ -51,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActNorm",
     "BatchNorm",
+    "ColumnSupport",
     "ElementwiseAffine",
     "Glow",
     "Jet",
@@ -120,6 +122,7 @@ _LAZY = {
     "BatchNorm": "flows.bijectors.normalization",
     "MultiscaleSplit": "flows.bijectors.reshape",
     "Squeeze": "flows.bijectors.reshape",
+    "ColumnSupport": "flows.bijectors.support",
     "Bijector": "flows.core",
     "Chain": "flows.core",
     "Inverse": "flows.core",

@@ -1,4 +1,5 @@
-"""Vector flow presets: `MAF`, `NSF` and `RealNVP` as `Flow` subclasses with explicit typed arguments.
+"""Flow presets: the vector ones `MAF`, `NSF` and `RealNVP` as `Flow` subclasses with explicit typed arguments;
+the image presets of `flows.presets_image` (`Glow`, `RealNVPImage`, ...) are importable from here too.
 
 Every argument is a plain keyword with a type and a default (no `**kwargs`), so that a YAML config
 (LightningCLI, `jsonargparse`) can build a preset and a misspelt key is an error naming the key.
@@ -280,3 +281,21 @@ class RealNVP(Flow):
         super().__init__(
             Chain(layers), make_base(base, features, context_features), context_features=context_features
         )
+
+
+# ------------------------------------------------------------------------ one namespace for every preset
+def __getattr__(name: str) -> object:
+    """The image presets (`Glow`, `RealNVPImage`, ... : `flows.presets_image.__all__`) from this module too, so
+    `flows.presets` is the one place for every preset; imported on first access (they need no more than this
+    module, but vector users need not load them)."""
+    import flows.presets_image as image
+
+    if name in image.__all__:
+        return getattr(image, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    import flows.presets_image as image
+
+    return sorted(set(globals()) | set(image.__all__))

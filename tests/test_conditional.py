@@ -261,8 +261,9 @@ def test_estimator_fits_a_conditional_density_and_refuses_calls_without_its_cont
         2,
     )
     samples = est.sample(4000, context=np.array([1.5, 0.0]), random_state=0)
+    assert isinstance(samples, pd.DataFrame) and list(samples.columns) == est.columns_  # fitted on one
     assert samples.shape == (4000, 2)
-    assert samples[:, 0].mean() == pytest.approx(4.0, abs=0.1)  # E[y | c = 1.5] = 2 * 1.5 + 1
+    assert samples["y"].mean() == pytest.approx(4.0, abs=0.1)  # E[y | c = 1.5] = 2 * 1.5 + 1
     path = est.save(tmp_path / "conditional.pt")
     loaded = flows.DensityEstimator.load(path)
     assert loaded.context_columns_ == ["c", "noise"]

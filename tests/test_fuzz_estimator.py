@@ -219,4 +219,6 @@ def test_tiny_real_fits_score_without_nan(table: Any) -> None:
         scores = estimator.score_samples(table)
     assert scores.shape == (len(table),) and np.isfinite(scores).all()
     samples = estimator.sample(7, random_state=0)
+    assert isinstance(samples, pd.DataFrame) == isinstance(table, pd.DataFrame)  # DataFrame in, DataFrame out
+    samples = np.asarray(samples, dtype=np.float64)
     assert samples.shape == (7, estimator.n_features_in_) and not np.isnan(samples).any()

@@ -241,7 +241,12 @@ def test_bounded_affine_scales_are_finite_and_invertible(
 #: float32 cannot resolve near its ends (sigmoid(x) rounds to exactly 1 for x > ~17, and logit(1) = inf).
 #: |f(f^-1(y)) - y| / max(1, |y|)
 BACKWARD_STABLE = {torch.float32: 1e-3, torch.float64: 1e-9}
-VECTOR_CASES = [case for case in CASES if len(case.event_shape) == 1 and "Logit" not in case.id]
+#: maps through a bounded range (Sigmoid/Tanh + Logit, ColumnSupport pairs) saturate at the bound for large float32
+#: inputs by nature; they are checked on their own ranges in tests/test_image_bijectors.py and test_column_support.py
+BOUNDED_RANGE = ("Logit", "ColumnSupport")
+VECTOR_CASES = [
+    case for case in CASES if len(case.event_shape) == 1 and not any(k in case.id for k in BOUNDED_RANGE)
+]
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

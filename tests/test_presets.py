@@ -153,3 +153,20 @@ def test_bad_arguments_raise_value_error_naming_the_argument(
 ) -> None:
     with pytest.raises(ValueError, match=argument):
         build()
+
+
+def test_every_preset_lives_in_one_namespace() -> None:
+    """The image presets are importable from `flows.presets` (as the README says), and still from
+    `flows.presets_image` and `flows`."""
+    import flows
+    import flows.presets as presets
+    import flows.presets_image as presets_image
+    from flows.presets import Glow  # noqa: F401 - the import itself is the check
+
+    assert presets_image.__all__
+    for name in presets_image.__all__:
+        assert getattr(presets, name) is getattr(presets_image, name), name
+        assert name in dir(presets)
+    assert presets.Glow is flows.Glow and presets.RealNVPImage is flows.RealNVPImage
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        presets.Nope  # noqa: B018

@@ -17,6 +17,7 @@ from flows.bijectors.elementwise import ElementwiseAffine, Logit, Sigmoid, Stand
 from flows.bijectors.linear import LULinear, LUMatrix, Permutation
 from flows.bijectors.normalization import ActNorm, BatchNorm
 from flows.bijectors.reshape import MultiscaleSplit, Squeeze
+from flows.bijectors.support import ColumnSupport
 from flows.bijectors.token_coupling import TokenCoupling, token_mask
 from flows.bijectors.tokens import Patchify, ReverseTokens
 
@@ -36,6 +37,7 @@ __all__ = [
     "half_mask",
     "ActNorm",
     "BatchNorm",
+    "ColumnSupport",
     "ElementwiseAffine",
     "Invertible1x1Conv",
     "LULinear",

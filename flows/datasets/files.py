@@ -83,7 +83,10 @@ def as_array(data: Any, name: str = "data") -> tuple[np.ndarray, list[str]]:
             if not (pd.api.types.is_numeric_dtype(data[c]) or pd.api.types.is_bool_dtype(data[c]))
         ]
         if non_numeric:
-            raise TypeError(f"{name} has non-numeric columns {non_numeric}; drop or encode them first")
+            raise TypeError(
+                f"{name} has non-numeric columns {non_numeric}; drop or encode them first, or declare them "
+                "categorical (DensityEstimator(categorical_columns=[...]))"
+            )
         complex_columns = [
             f"{c} ({data[c].dtype})" for c in data.columns if pd.api.types.is_complex_dtype(data[c])
         ]

@@ -33,14 +33,22 @@ class LoadedModel:
     dtype: torch.dtype = torch.float32
     #: the columns a conditional model conditions on (empty: unconditional)
     context_columns: list[str] = field(default_factory=list)
+    #: the column bounds, dequantised columns and categories (`flows.training.columns.ColumnPlan`)
+    plan: Any = None
 
 
 def model_record(
-    config: Config, features: int, columns: list[str], standardized: bool, context: Any = None
+    config: Config,
+    features: int,
+    columns: list[str],
+    standardized: bool,
+    context: Any = None,
+    plan: Any = None,
 ) -> dict[str, Any]:
     """The hyper-parameters stored next to the weights: enough to rebuild the flow's architecture.
 
     `context` (a `flows.training.context.ContextStats`): the context columns and their standardisation.
+    `plan` (a `flows.training.columns.ColumnPlan`): the column bounds, dequantised columns and categories.
     """
     record = {
         "config": config.to_dict(),
@@ -50,20 +58,25 @@ def model_record(
     }
     if context is not None:
         record["context"] = context.record()
+    if plan is not None:
+        record["columns_plan"] = plan.record()
     return record
 
 
 def build_from_record(record: dict[str, Any]) -> tuple[Flow, Config]:
     """An untrained flow with the architecture described by `record` (placeholder standardisation)."""
+    from flows.training.columns import ColumnPlan
     from flows.training.context import stats_from_record
 
     config = parse_config(record["config"])
     features = int(record["features"])
     context = stats_from_record(record.get("context"))
+    support = ColumnPlan.from_record(record.get("columns_plan"), features).support()
     if record.get("standardized", False):
-        flow = build_flow(config.model, features, np.zeros(features), np.ones(features), context=context)
+        mean, std = np.zeros(features), np.ones(features)
+        flow = build_flow(config.model, features, mean, std, context=context, support=support)
     else:
-        flow = build_flow(config.model, features, context=context)
+        flow = build_flow(config.model, features, context=context, support=support)
     return flow, config
 
 
@@ -96,4 +109,11 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
         features=int(record["features"]),
         dtype=dtype or torch.float32,
         context_columns=list((record.get("context") or {}).get("columns", [])),
+        plan=_plan_of(record),
     )
+
+
+def _plan_of(record: dict[str, Any]) -> Any:
+    from flows.training.columns import ColumnPlan
+
+    return ColumnPlan.from_record(record.get("columns_plan"), int(record["features"]))

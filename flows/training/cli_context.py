@@ -63,7 +63,9 @@ def sample_given_contexts(loaded: Any, arguments: argparse.Namespace) -> int:
     k = len(loaded.context_columns)
     contexts = read_context(arguments.context, None, None, loaded.context_columns, range(k))
     n, m = arguments.num_samples, contexts.shape[0]
-    samples = draw_samples(loaded.flow, n, seed=arguments.seed, context=contexts)  # (n, m, D)
+    samples = loaded.plan.decode(
+        draw_samples(loaded.flow, n, seed=arguments.seed, context=contexts)
+    )  # (n, m, D)
     flat = np.transpose(samples, (1, 0, 2)).reshape(m * n, -1)
     rows = np.column_stack([np.repeat(np.arange(m), n), flat])
     path = write_samples(Path(arguments.out), rows, ["context_row", *loaded.columns])

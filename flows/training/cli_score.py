@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from flows.datasets.stream import STREAM_FORMATS, list_pieces, open_source, read_piece
-from flows.training.evaluation import LikelihoodTally, iter_log_prob, iter_samples
+from flows.training.evaluation import LikelihoodTally, iter_samples, table_log_prob
 from flows.training.table_writer import table_writer
 
 __all__ = ["sample_rows", "score_rows", "table_batches"]
@@ -100,7 +100,9 @@ def score_rows(
             batches, with_context = itertools.tee(batches)
             given = (batch[:, features:] for batch in with_context)
         rows = (batch[:, :features] for batch in batches)
-        for log_prob in iter_log_prob(loaded.flow, rows, given):
+        for batch, context_batch in zip(rows, given if given is not None else itertools.repeat(None)):
+            # The column plan: categories coded, rows off the support -inf, discrete columns' mass bound.
+            log_prob = table_log_prob(loaded.flow, batch, loaded.plan, context=context_batch)
             writer.write(log_prob[:, None])
             tally.add(log_prob)
         if tally.moments.count == 0:
@@ -112,7 +114,7 @@ def sample_rows(loaded: Any, arguments: argparse.Namespace) -> int:
     """Write `-n` samples of `loaded.flow` to `arguments.out` in chunks; returns the row count."""
     with table_writer(arguments.out, loaded.columns) as writer:
         for chunk in iter_samples(loaded.flow, arguments.num_samples, arguments.seed, SAMPLE_CHUNK_ROWS):
-            writer.write(chunk)
+            writer.write(loaded.plan.decode(chunk))
     return writer.rows
 
 

@@ -98,6 +98,15 @@ class DataConfig:
     #: CSV / TSV: bytes per independently read block
     block_bytes: int = 16 * 1024 * 1024
 
+    # Per-column handling of tables (`flows.training.columns`); columns by name or position.
+    #: column -> [low, high] (null: no bound): continuous values live on (low, high), discrete ones in
+    #: [low, high]; folded into the model, so scores are densities on the support and samples stay on it
+    bounds: dict = field(default_factory=dict)
+    #: integer columns dequantised with U[0, 1) noise (their likelihood: a log-probability mass bound)
+    discrete_columns: list[Union[str, int]] = field(default_factory=list)
+    #: columns of categories, coded 0..K-1 by their sorted values, dequantised in (0, K) and decoded in samples
+    categorical_columns: list[Union[str, int]] = field(default_factory=list)
+
     def check_keys_apply(self) -> None:
         """Refuse a key set away from its default where the dataset's kind never reads it (a silently ignored
         key is a silent mistake: `data.n_train` for a file, `data.columns` for a toy, `data.standardize` for
@@ -120,14 +129,16 @@ class DataConfig:
 
 #: the `data` keys that each kind of dataset reads (every other key must keep its default)
 _TABLE_KEYS = {"dataset", "standardize", "dequantize", "num_workers", "context_columns"}
+_COLUMN_KEYS = {"bounds", "discrete_columns", "categorical_columns"}  # real tables: files, scikit-learn, UCI
 _SPLIT_KEYS = {"val_fraction", "test_fraction", "split_seed"}
 DATA_KEYS_BY_KIND: dict[str, set[str]] = {
     "toy": _TABLE_KEYS | {"n_train", "n_val", "n_test", "split_seed"},
     "synthetic": _TABLE_KEYS | {"n_train", "n_val", "n_test", "split_seed", "target"},
-    "sklearn": _TABLE_KEYS | _SPLIT_KEYS,
-    "uci": _TABLE_KEYS | {"root"},
+    "sklearn": _TABLE_KEYS | _SPLIT_KEYS | _COLUMN_KEYS,
+    "uci": _TABLE_KEYS | {"root"} | _COLUMN_KEYS,
     "file": _TABLE_KEYS
     | _SPLIT_KEYS
+    | _COLUMN_KEYS
     | {"columns", "header", "key", "val_path", "test_path"}
     | {"streaming", "stream_memory_fraction", "shuffle_buffer", "shards", "block_bytes"},
     "image": {"dataset", "root"} | _SPLIT_KEYS,

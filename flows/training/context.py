@@ -273,6 +273,8 @@ def sample_at_contexts(flow: nn.Module, splits: DataSplits, n: int, seed: int, p
     as rows `[x, context]` with the table's column names; returns those rows `(n, D + k)`."""
     contexts = np.resize(splits.test_context, (n, splits.context_features))
     samples = draw_samples(flow, 1, seed=seed, context=contexts)[0]
+    plan = splits.info.get("columns_plan")  # discrete columns as integers, categories as their values
+    samples = plan.decode(samples) if plan is not None else samples
     rows = np.concatenate([samples, contexts], axis=1)
     write_samples(path, rows, list(splits.columns) + list(splits.context_columns))
     return rows

@@ -202,10 +202,13 @@ def splits_from_arrays(
     return DataSplits(train, val, test, columns, "arrays")
 
 
-def dequantize_fixed(x: np.ndarray, seed: int) -> np.ndarray:
+def dequantize_fixed(x: np.ndarray, seed: int, columns: Optional[np.ndarray] = None) -> np.ndarray:
     """One fixed draw of U[0, 1) noise (numpy's generator seeded by `seed`) added to integer-valued rows
-    `x (n, D)` (for validation and test), through `flows.dequantization.dequantize`."""
+    `x (n, D)` (for validation and test), through `flows.dequantization.dequantize`; only to the columns
+    where the `(D,)` mask `columns` is 1, when given."""
     noise = np.random.default_rng(seed).uniform(size=x.shape)
+    if columns is not None:
+        noise = noise * np.asarray(columns, dtype=np.float64)
     return dequantize(torch.as_tensor(x), torch.as_tensor(noise)).numpy()
 
 

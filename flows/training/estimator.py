@@ -6,6 +6,12 @@ est.score(X_test)           # mean log density
 est.sample(1000, random_state=0)
 est.save("model.pt"); flows.DensityEstimator.load("model.pt")
 
+Per column (keys: DataFrame column names or positions):
+est = flows.DensityEstimator(bounds={"carat": (0, None), "depth": (0, 100)},   # support: scores, samples
+                             discrete_columns=["year"], categorical_columns=["cut"]).fit(df)
+est.sample(5)               # a DataFrame with df's columns (categories decoded) when fitted on one
+est.plot(df, path="pairs.png")   # pairwise marginals (1-D / 2-D: the learned density) against the data
+
 Conditional: est.fit(Y, context=C); est.score_samples(Y_test, context=C_test)   # log p(y | c) per row
 est.sample(100, context=C_new)   # (100, m, D) for C_new (m, k); (100, D) for one context row (k,)
 """
@@ -22,11 +28,13 @@ import torch
 
 from flows.io import atomic_save
 from flows.training.checkpoints import ESTIMATOR_FORMAT, load_model
+from flows.training.columns import ColumnPlan, normalized_bounds
 from flows.training.config import ConfigError, TrainConfig, parse_config
 from flows.training.context import conditional_splits_from_arrays
 from flows.training.data import splits_from_arrays
-from flows.training.evaluation import draw_samples, evaluate_log_prob
-from flows.training.models import standardizer_of
+from flows.training.evaluation import draw_samples, table_log_prob
+from flows.training.frames import code_labels, is_frame, label_codes, to_frame
+from flows.training.models import preprocessing_of
 from flows.training.registry import check_model_options
 from flows.training.safety import TrainingDivergedError, read_checkpoint
 from flows.training.tasks.tabular import fit_flow
@@ -61,6 +69,14 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
     The model computes in float32 unless `trainer={"precision": "64-true"}` (float64); `save`/`load` keep
     that dtype. `fit` refuses values beyond the training dtype's range; `score_samples` returns `-inf` for
     rows too far out for that dtype (never NaN).
+
+    Per column (keys: column names of a fitted DataFrame, or positions): `bounds` maps a column to
+    `(low, high)` (None: unbounded side); the model lives on that support (a `ColumnSupport` folded in before
+    the standardisation), so scores are densities on it and samples never leave it. Values outside are a
+    ValueError at fit and score `-inf`. `discrete_columns` (integers) and `categorical_columns` (any labels in
+    a DataFrame, coded 0..K-1) are dequantised with U[0, 1) noise; their scores are lower bounds on the
+    log-probability mass (importance-weighted over `DEQUANTIZATION_DRAWS` fixed draws) plus the log density
+    of the continuous columns; samples are integers / labels. `dequantize=True` makes every column discrete.
     """
 
     def __init__(
@@ -73,6 +89,9 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         val_fraction: float = 0.1,
         standardize: bool = True,
         dequantize: Optional[bool] = False,
+        bounds: Optional[dict[Any, Any]] = None,
+        discrete_columns: Optional[list[Any]] = None,
+        categorical_columns: Optional[list[Any]] = None,
         seed: int = 0,
         trainer: Optional[dict[str, Any]] = None,
         output_dir: Optional[Union[str, Path]] = None,
@@ -86,6 +105,9 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         self.val_fraction = val_fraction
         self.standardize = standardize
         self.dequantize = dequantize
+        self.bounds = bounds
+        self.discrete_columns = discrete_columns
+        self.categorical_columns = categorical_columns
         self.seed = seed
         self.trainer = trainer  # stored as given (scikit-learn's clone checks the identity of each parameter)
         self.output_dir = output_dir
@@ -109,6 +131,9 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
                 "dataset": "file:<arrays>",
                 "standardize": self.standardize,
                 "dequantize": self.dequantize,
+                "bounds": normalized_bounds(self.bounds),
+                "discrete_columns": list(self.discrete_columns or []),
+                "categorical_columns": list(self.categorical_columns or []),
             },
             "model": {"name": self.model, **self.model_options},
             "train": train,
@@ -137,6 +162,9 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
             "val_fraction": self.val_fraction,
             "standardize": self.standardize,
             "dequantize": self.dequantize,
+            "bounds": self.bounds,
+            "discrete_columns": self.discrete_columns,
+            "categorical_columns": self.categorical_columns,
             "seed": self.seed,
             "trainer": self.trainer,
             "output_dir": self.output_dir,
@@ -163,6 +191,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         (scikit-learn convention). Returns self.
         """
         config = self._config()
+        X, X_val, labels = label_codes(X, X_val, list(self.categorical_columns or []))
         if context is None and context_val is None:
             splits = splits_from_arrays(X, X_val, None, self.val_fraction, self.seed)
         else:
@@ -182,6 +211,12 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
             raise self._diverged(error) from None
         self.flow_ = outcome.model.cpu().eval()
         self.record_ = outcome.record
+        self.columns_plan_ = outcome.info["data"].info["columns_plan"]
+        self.categories_ = labels
+        if is_frame(X):
+            self.feature_names_in_ = np.asarray(list(splits.columns), dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
         self.columns_ = list(splits.columns)
         self.n_features_in_ = splits.features
         self.context_columns_ = list(splits.context_columns)
@@ -293,17 +328,37 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         return torch.get_default_dtype()
 
     def _standardized(self, rows: np.ndarray) -> np.ndarray:
-        """`rows` in the flow's standardised units (float64): through its leading `Standardize`, if any."""
-        standardizer = standardizer_of(self.flow_)
-        if standardizer is None:
+        """`rows` in the flow's standardised units (float64): through its leading column bounds and
+        `Standardize`, if any (NaN for values outside the bounds)."""
+        import copy
+
+        preprocessing = preprocessing_of(self.flow_)
+        if preprocessing is None:
             return rows
-        scale = standardizer.scale.detach().double().cpu().numpy()
-        shift = standardizer.shift.detach().double().cpu().numpy()
-        with np.errstate(over="ignore", invalid="ignore"):
-            return rows * scale + shift
+        with torch.no_grad():
+            return copy.deepcopy(preprocessing).cpu().double()(torch.as_tensor(rows))[0].numpy()
+
+    def _plan(self) -> ColumnPlan:
+        """The fitted column plan (nothing declared for estimators saved before it existed)."""
+        plan = getattr(self, "columns_plan_", None)
+        return plan if plan is not None else ColumnPlan.from_record(None, self.n_features_in_)
+
+    def _coded_rows(self, X: Any) -> np.ndarray:
+        """`X` as a float table: category labels of a DataFrame as codes (-1 for an unknown one)."""
+        labels = getattr(self, "categories_", {})
+        if labels and is_frame(X):
+            X = X.copy()
+            for name, values in labels.items():
+                if name in X.columns:
+                    X[name] = code_labels(X[name], values)
+        return self._rows(X)
 
     def score_samples(self, X: Any, context: Any = None) -> np.ndarray:
         """Log density of each row of `X (n, D)` in the units of the training data: `(n,)` float64.
+
+        With discrete or categorical columns: a lower bound on the log-probability mass of those columns
+        plus the log density of the others (see the class docstring). Rows outside the bounds, or with a
+        category not seen in fit, score `-inf`.
 
         A conditional estimator needs `context`: `(n, k)`, one row per row of `X`, or one row `(k,)` for
         all of them; it returns `log p(x | c)` per row.
@@ -313,7 +368,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         log density, about `-z**2 / 2`, overflows that dtype. Should the flow still overflow to NaN on a
         row, the row scores `-inf` too, with a `RuntimeWarning` naming it; the result never holds NaN.
         """
-        rows = self._rows(X)
+        rows = self._coded_rows(X)
         given = self._context_rows(context, "score_samples")
         if given is not None and given.shape[0] != rows.shape[0]:
             if given.shape[0] != 1:
@@ -323,13 +378,14 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
                 )
             given = np.repeat(given, rows.shape[0], axis=0)
         limit = float(np.sqrt(torch.finfo(self._dtype()).max))
-        with np.errstate(invalid="ignore"):
-            inside = np.all(np.abs(self._standardized(rows)) <= limit, axis=1)
+        plan = self._plan()
+        with np.errstate(invalid="ignore"):  # (NaN off the support: such rows score -inf below too)
+            coded = plan.encode(rows, self.columns_, "X", strict=False)
+            inside = np.all(np.abs(self._standardized(coded)) <= limit, axis=1)
         scores = np.full(rows.shape[0], -np.inf)
         if inside.any():
-            scores[inside] = evaluate_log_prob(
-                self.flow_, rows[inside], context=None if given is None else given[inside]
-            )
+            kept = None if given is None else given[inside]
+            scores[inside] = table_log_prob(self.flow_, rows[inside], plan, context=kept)
         overflowed = np.flatnonzero(np.isnan(scores))
         if overflowed.size:
             warnings.warn(
@@ -345,13 +401,13 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         """Mean log density of the rows of `X` (nats), given `context` for a conditional estimator."""
         return float(np.mean(self.score_samples(X, context=context)))
 
-    def sample(
-        self, n_samples: int = 1, random_state: Optional[int] = None, *, context: Any = None
-    ) -> np.ndarray:
-        """`n_samples` rows `(n_samples, D)` float64 in data units; `random_state` seeds them.
+    def sample(self, n_samples: int = 1, random_state: Optional[int] = None, *, context: Any = None) -> Any:
+        """`n_samples` rows `(n_samples, D)` float64 in data units; `random_state` seeds them. A DataFrame
+        with the fitted columns (categories as their labels) when fitted on one; discrete columns hold
+        integers and every value lies inside its bounds.
 
         A conditional estimator needs `context`: `(m, k)` gives `(n_samples, m, D)` (samples for each
-        context row), one row `(k,)` gives `(n_samples, D)`.
+        context row; numpy), one row `(k,)` gives `(n_samples, D)`.
         """
         self._check_fitted()
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
@@ -366,7 +422,41 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
             context=given,
         )
         one_row = given is not None and np.ndim(context) <= 1 and given.shape[0] == 1  # a (k,) row
-        return samples[:, 0] if one_row else samples
+        samples = self._plan().decode(samples[:, 0] if one_row else samples)
+        if samples.ndim == 2 and hasattr(self, "feature_names_in_"):
+            return to_frame(samples, self.columns_, getattr(self, "categories_", {}))
+        return samples
+
+    def plot(
+        self,
+        X: Any,
+        path: Optional[Union[str, Path]] = None,
+        *,
+        n_samples: int = 2000,
+        columns: Optional[list[Any]] = None,
+        random_state: Optional[int] = 0,
+    ) -> Any:
+        """A matplotlib Figure of the fit against the data `X (n, D)`: for one column, histograms of data and
+        samples with the learned density; for two, the learned density beside data and samples; for more,
+        the pairwise marginals of `columns` (names or positions; default the first six), data below the
+        diagonal and samples above. Axes carry the column names (categories as codes). `path`: also write it
+        as a PNG (atomically). Unconditional estimators only.
+        """
+        from flows.training.plots import fit_figure, save_figure
+
+        self._check_fitted()
+        if getattr(self, "context_columns_", []):
+            raise TypeError("plot shows unconditional fits; this estimator was fitted with a context")
+        data = self._coded_rows(X)  # in the units of the samples: integers, category values or codes
+        samples = self._plan().decode(draw_samples(self.flow_, int(n_samples), seed=random_state))
+        names = [str(c) for c in self.columns_]
+        dims = (
+            None if columns is None else [c if isinstance(c, int) else names.index(str(c)) for c in columns]
+        )
+        _, figure = fit_figure(self.flow_, data, samples, names, dims, data_name="X")
+        if path is not None:
+            save_figure(figure, path)
+        return figure
 
     # ------------------------------------------------------------------ persistence
 
@@ -380,6 +470,8 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
             "params": self.get_params(),
             "state_dict": self.flow_.state_dict(),
             "dtype": str(self._dtype()).removeprefix("torch."),
+            "categories": dict(getattr(self, "categories_", {})),
+            "frame": hasattr(self, "feature_names_in_"),
             "fit_info": {
                 "best_val_nll": self.best_val_nll_,
                 "epochs": self.n_epochs_,
@@ -412,6 +504,10 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         estimator.columns_ = loaded.columns
         estimator.n_features_in_ = loaded.features
         estimator.context_columns_ = list(loaded.context_columns)
+        estimator.columns_plan_ = loaded.plan
+        estimator.categories_ = dict(payload.get("categories") or {})
+        if payload.get("frame"):
+            estimator.feature_names_in_ = np.asarray(loaded.columns, dtype=object)
         info = payload.get("fit_info", {})
         estimator.best_val_nll_ = info.get("best_val_nll")
         estimator.n_epochs_ = info.get("epochs")

@@ -1,5 +1,5 @@
-"""Build a table `Flow` from a `model` config section, with the data standardisation folded in as its first
-bijector. `model.name` picks a builder of `flows.training.registry.MODELS` (`maf`, `nsf`, `realnvp`,
+"""Build a table `Flow` from a `model` config section, with the column bounds (`ColumnSupport`) and the data
+standardisation folded in as its first bijectors. `model.name` picks a builder of `flows.training.registry.MODELS` (`maf`, `nsf`, `realnvp`,
 `gaussian`); `features` (and `context_features`) come from the data, not from the config.
 """
 
@@ -14,13 +14,21 @@ import torch
 from torch import nn
 
 from flows.bijectors.elementwise import Standardize
+from flows.bijectors.support import ColumnSupport
 from flows.core import Bijector, Chain
 from flows.flow import Flow
 from flows.training.config import Config, ConfigError
 from flows.training.registry import check_model_options, model_builder, with_model_defaults
 from flows.training.standardization import standardization_of
 
-__all__ = ["build_flow", "resolve_model", "standardization_of", "standardizer_of"]
+__all__ = [
+    "build_flow",
+    "preprocessing_of",
+    "resolve_model",
+    "standardization_of",
+    "standardizer_of",
+    "support_of",
+]
 
 
 def resolve_model(config: Config) -> Config:
@@ -43,6 +51,7 @@ def build_flow(
     mean: Optional[np.ndarray] = None,
     std: Optional[np.ndarray] = None,
     context: Optional[Any] = None,
+    support: Optional[ColumnSupport] = None,
 ) -> Flow:
     """The flow of a `model` section for `features`-dimensional rows.
 
@@ -50,7 +59,9 @@ def build_flow(
     flow's `log_prob` and samples are in the units of the data: `log p(x) = log p_std((x - mean) / std)
     - sum(log std)`. Pass zeros/ones placeholders when the values will come from a state dict.
     `context` (a `flows.training.context.ContextStats`) makes the flow conditional on `k` raw context
-    columns, standardised (then embedded by `model.embedding`) inside the flow.
+    columns, standardised (then embedded by `model.embedding`) inside the flow. `support` (the column
+    bounds) comes first of all, so the standardisation's `mean`/`std` are those of the rows mapped by it:
+    `transform = Chain(support, Standardize, model)`.
     """
     options = check_model_options(model)
     embedding, context_features = _context_embedding(model, context)
@@ -73,6 +84,10 @@ def build_flow(
                 f"mean and std must have shape ({features},), got {np.shape(mean)} and {np.shape(std)}"
             )
         flow.transform = Chain(_standardize_bijector(mean, std), flow.transform)
+    if support is not None:
+        if support.features != features:
+            raise ValueError(f"support has {support.features} columns, the model {features}")
+        flow.transform = Chain(support, flow.transform)
     if embedding is not None:
         flow.embedding = embedding
         flow.context_features = int(context.features)  # the raw context's width, before the embedding
@@ -93,8 +108,29 @@ def _context_embedding(model: Mapping[str, Any], context: Optional[Any]) -> tupl
     return build_embedding(model.get("embedding"), context)
 
 
-def standardizer_of(flow: nn.Module) -> Optional[Standardize]:
-    """The standardising bijector that `build_flow` folds in first (None when the flow has none)."""
+def _leading(flow: nn.Module) -> list[Bijector]:
+    """The fixed bijectors that `build_flow` folds in front (`ColumnSupport`, then `Standardize`)."""
     transform = getattr(flow, "transform", None)
-    first = transform[0] if isinstance(transform, Chain) else transform
-    return first if isinstance(first, Standardize) else None
+    found: list[Bijector] = []
+    for kind in (ColumnSupport, Standardize):
+        first = transform[0] if isinstance(transform, Chain) else transform
+        if isinstance(first, kind):
+            found.append(first)
+            transform = transform[1] if isinstance(transform, Chain) and len(transform) > 1 else None
+    return found
+
+
+def standardizer_of(flow: nn.Module) -> Optional[Standardize]:
+    """The standardising bijector that `build_flow` folds in (None when the flow has none)."""
+    return next((b for b in _leading(flow) if isinstance(b, Standardize)), None)
+
+
+def support_of(flow: nn.Module) -> Optional[ColumnSupport]:
+    """The column bounds that `build_flow` folds in first (None when the flow has none)."""
+    return next((b for b in _leading(flow) if isinstance(b, ColumnSupport)), None)
+
+
+def preprocessing_of(flow: nn.Module) -> Optional[Bijector]:
+    """Data units to standardised units: the leading `ColumnSupport` and `Standardize` as one bijector."""
+    leading = _leading(flow)
+    return None if not leading else leading[0] if len(leading) == 1 else Chain(*leading)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import lightning as L
 import numpy as np
@@ -24,7 +24,7 @@ from flows.dequantization import dequantize
 from flows.flow import Flow
 from flows.training.config import MollificationConfig, TrainConfig
 from flows.training.data import GlobalBatchSampler, ResumableBatches
-from flows.training.models import standardizer_of
+from flows.training.models import preprocessing_of
 from flows.training.objectives import MaximumLikelihood, Objective
 
 __all__ = ["FlowModule", "TableDataModule", "mollification_sigma", "warmup_cosine_factor"]
@@ -62,9 +62,10 @@ def mollification_sigma(progress: float, config: MollificationConfig) -> float:
 class FlowModule(L.LightningModule):
     """Trains `flow` (a `flows.Flow` whose `log_prob` takes rows in data units).
 
-    The training noise is added in the units of the standardising bijector folded into the flow
-    (`flows.training.models.standardizer_of`; data units without one). `dequantize` adds U[0, 1) noise
-    (data units) to training batches. `hparams` carries what `flows.training.checkpoints` needs to rebuild
+    The training noise is added in the units of the column bounds and standardisation folded into the flow
+    (`flows.training.models.preprocessing_of`; data units without them), so noisy rows stay on the support.
+    `dequantize` adds U[0, 1) noise (data units) to training batches: to every column (True) or to the
+    columns flagged in a `(D,)` sequence of bools. `hparams` carries what `flows.training.checkpoints` needs to rebuild
     the model. `seed` seeds the training noise, which depends only on (seed, step, row position in the
     global batch). Checkpoints of earlier versions, which also held the standardisation as `data_mean` and
     `data_std`, load unchanged (`_drop_standardization_buffers`).
@@ -74,7 +75,7 @@ class FlowModule(L.LightningModule):
         self,
         flow: Flow,
         train_config: TrainConfig,
-        dequantize: bool = False,
+        dequantize: Union[bool, Sequence[bool]] = False,
         hparams: Optional[dict[str, Any]] = None,
         seed: int = 0,
         objective: Optional[Objective] = None,
@@ -84,7 +85,7 @@ class FlowModule(L.LightningModule):
         self.objective = objective if objective is not None else MaximumLikelihood()
         self.seed = int(seed)
         self.train_config = train_config
-        self.dequantize = dequantize
+        self.dequantize = dequantize if isinstance(dequantize, bool) else [bool(v) for v in dequantize]
         self.register_load_state_dict_pre_hook(_drop_standardization_buffers)
         self.record: dict[str, Any] = dict(hparams or {})
         self._val_sum: Optional[Tensor] = None
@@ -142,12 +143,15 @@ class FlowModule(L.LightningModule):
 
     def perturb(self, x: Tensor, progress: float) -> Tensor:
         """Training-time noise: dequantisation, then mollification and noise augmentation (standardised units)."""
-        if self.dequantize:
+        if self.dequantize is True:
             x = dequantize(x, self._noise(x, 0, "uniform"))
+        elif self.dequantize and any(self.dequantize):
+            mask = torch.as_tensor(self.dequantize, dtype=x.dtype, device=x.device)
+            x = dequantize(x, self._noise(x, 0, "uniform") * mask)
         config = self.train_config
         sigma = mollification_sigma(progress, config.mollification)
         if sigma > 0.0 or config.noise_std > 0.0:
-            standardizer = standardizer_of(self.flow)
+            standardizer = preprocessing_of(self.flow)
             z = x if standardizer is None else standardizer(x)[0]
             if sigma > 0.0:
                 z = math.sqrt(1.0 - sigma**2) * z + sigma * self._noise(z, 1, "normal")

@@ -19,7 +19,12 @@ import torch
 from flows.io import atomic_open
 
 __all__ = [
+    "density_figure",
     "density_grid",
+    "fit_figure",
+    "marginal_figure",
+    "pairs_figure",
+    "save_figure",
     "plot_bounds",
     "read_loss_history",
     "write_plots",
@@ -213,15 +218,22 @@ def _pick_data(splits: Mapping[str, Any]) -> tuple[str, np.ndarray]:
     return str(name), _as_points(splits[name], f"splits[{name!r}]")
 
 
-def _plot_density_2d(
-    run_dir: Path,
+def _names(columns: Optional[Sequence[str]], features: int) -> list[str]:
+    """Axis labels: the table's column names, else x0, x1, ..."""
+    if columns is not None and len(columns) == features:
+        return [str(c) for c in columns]
+    return [f"x{i}" for i in range(features)]
+
+
+def density_figure(
     flow: HasLogProb,
-    data_name: str,
     data: np.ndarray,
     samples: np.ndarray,
-    grid_size: int,
-    dpi: int,
-) -> Path:
+    data_name: str = "data",
+    columns: Optional[Sequence[str]] = None,
+    grid_size: int = 200,
+) -> Any:
+    """2-D: the learned density `exp(log_prob)` as a heatmap beside the data `(n, 2)` and samples `(m, 2)`."""
     figure_cls, _ = _matplotlib()
     bounds = plot_bounds(np.concatenate([data, samples[np.all(np.isfinite(samples), axis=1)]]))
     xs, ys, density = density_grid(flow, bounds, grid_size)
@@ -238,32 +250,53 @@ def _plot_density_2d(
     ):
         ax.scatter(points[:, 0], points[:, 1], s=1.5, alpha=0.4, color=color, linewidths=0)
         ax.set_title(title)
+    names = _names(columns, 2)
     for ax in axes:
         ax.set_xlim(bounds[0])
         ax.set_ylim(bounds[1])
-        ax.set_xlabel("x0")
-        ax.set_ylabel("x1")
-    return _save_atomic(fig, run_dir / "density.png", dpi)
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+    return fig
 
 
-def _plot_marginal_1d(run_dir: Path, data: np.ndarray, samples: np.ndarray, dpi: int) -> Path:
+def marginal_figure(
+    data: np.ndarray,
+    samples: np.ndarray,
+    columns: Optional[Sequence[str]] = None,
+    flow: Optional[HasLogProb] = None,
+) -> Any:
+    """1-D: histograms of the data `(n, 1)` and samples `(m, 1)`, and the learned density when `flow` is given."""
     figure_cls, _ = _matplotlib()
     fig = figure_cls(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
-    bounds = plot_bounds(np.concatenate([data, samples]))[0]
+    finite = samples[np.all(np.isfinite(samples), axis=1)]
+    bounds = plot_bounds(np.concatenate([data, finite]))[0]
     bins = np.linspace(bounds[0], bounds[1], 60)
     ax.hist(data[:, 0], bins=bins, density=True, alpha=0.5, label="data", color="tab:blue")
-    ax.hist(samples[:, 0], bins=bins, density=True, alpha=0.5, label="samples", color="tab:orange")
+    ax.hist(finite[:, 0], bins=bins, density=True, alpha=0.5, label="samples", color="tab:orange")
+    if flow is not None:
+        grid = np.linspace(bounds[0], bounds[1], 400)
+        device, dtype = _module_device_dtype(flow)
+        with torch.no_grad():
+            log_density = flow.log_prob(torch.as_tensor(grid[:, None], dtype=dtype, device=device))
+        ax.plot(grid, np.exp(log_density.double().cpu().numpy()), color="black", label="learned density")
+    ax.set_xlabel(_names(columns, 1)[0])
+    ax.set_ylabel("density")
     ax.legend()
-    return _save_atomic(fig, run_dir / "marginal.png", dpi)
+    return fig
 
 
-def _plot_pairs(
-    run_dir: Path, data: np.ndarray, samples: np.ndarray, dims: Sequence[int], max_points: int, dpi: int
-) -> Path:
+def pairs_figure(
+    data: np.ndarray,
+    samples: np.ndarray,
+    dims: Sequence[int],
+    columns: Optional[Sequence[str]] = None,
+    max_points: int = 5000,
+) -> Any:
     """Corner plot: data below the diagonal, samples above it, both 1-D marginals on the diagonal."""
     figure_cls, _ = _matplotlib()
     k = len(dims)
+    names = _names(columns, data.shape[1])
     data_k, samples_k = data[:, dims], samples[:, dims]
     samples_k = samples_k[np.all(np.isfinite(samples_k), axis=1)]
     bounds = plot_bounds(data_k)
@@ -285,11 +318,44 @@ def _plot_pairs(
                 ax.set_ylim(bounds[i])
             ax.tick_params(labelsize=6)
             if i == k - 1:
-                ax.set_xlabel(f"x{dims[j]}", fontsize=8)
+                ax.set_xlabel(names[dims[j]], fontsize=8)
             if j == 0:
-                ax.set_ylabel(f"x{dims[i]}", fontsize=8)
+                ax.set_ylabel(names[dims[i]], fontsize=8)
     fig.suptitle("pairwise marginals: data (blue, below diagonal) vs samples (orange, above)")
-    return _save_atomic(fig, run_dir / "pairs.png", dpi)
+    return fig
+
+
+def fit_figure(
+    flow: Optional[HasLogProb],
+    data: np.ndarray,
+    samples: np.ndarray,
+    columns: Optional[Sequence[str]] = None,
+    dims: Optional[Sequence[int]] = None,
+    max_dims: int = 6,
+    max_points: int = 5000,
+    grid_size: int = 200,
+    data_name: str = "data",
+) -> tuple[str, Any]:
+    """The figure of a table fit and its file stem, by the number of columns of `data (n, D)` and `samples
+    (m, D)`: one, `marginal` (histograms and the learned density); two, `density` (the learned density beside
+    data and samples; needs `flow`); more, `pairs` (the first `max_dims` columns, or `dims`)."""
+    features = data.shape[1]
+    if features == 1:
+        return "marginal", marginal_figure(data, samples, columns, flow)
+    if features == 2:
+        shown = _subsample(data, max_points)
+        return "density", density_figure(
+            flow, shown, _subsample(samples, max_points), data_name, columns, grid_size
+        )
+    chosen = list(range(min(max_dims, features))) if dims is None else [int(d) for d in dims]
+    if len(chosen) < 2 or any(not 0 <= d < features for d in chosen):
+        raise ValueError(f"dims must list at least 2 column indices in [0, {features}), got {chosen}")
+    return "pairs", pairs_figure(data, samples, chosen, columns, max_points)
+
+
+def save_figure(fig: Any, path: Union[str, Path], dpi: int = 100) -> Path:
+    """Write `fig` as a PNG atomically (temporary file beside `path`, then `os.replace`)."""
+    return _save_atomic(fig, Path(path), dpi)
 
 
 def _plot_images(run_dir: Path, samples: np.ndarray, dpi: int, n_max: int = 64) -> Path:
@@ -338,6 +404,7 @@ def write_plots(
     max_points: int = 5000,
     grid_size: int = 200,
     dpi: int = 100,
+    columns: Optional[Sequence[str]] = None,
 ) -> list[Path]:
     """Write the diagnostic PNGs of one run into ``run_dir/plots`` and return their paths.
 
@@ -346,6 +413,7 @@ def write_plots(
     samples; needs ``flow``); D > 2, ``pairs.png`` (the first ``max_dims`` columns, or ``dims``); 1-D,
     ``marginal.png``; images (m, C, H, W), ``samples.png``; and ``loss.png`` from ``history`` (a
     metrics.csv path or name -> values), or from the newest ``metrics.csv`` under ``run_dir`` when None.
+    ``columns`` name the axes (default x0, x1, ...).
     """
     run_dir = Path(run_dir)
     out_dir = run_dir / "plots"
@@ -358,23 +426,12 @@ def write_plots(
     series = _history_series(run_dir, history)
     written: list[Path] = []
     if data.ndim == 2:
-        features = data.shape[1]
-        if features == 2:
-            if flow is None:
-                raise ValueError("the 2-D density heatmap needs a flow with log_prob; got flow=None")
-            shown = _subsample(data, max_points)
-            written.append(
-                _plot_density_2d(
-                    out_dir, flow, data_name, shown, _subsample(samples_arr, max_points), grid_size, dpi
-                )
-            )
-        elif features == 1:
-            written.append(_plot_marginal_1d(out_dir, data, samples_arr, dpi))
-        else:
-            chosen = list(range(min(max_dims, features))) if dims is None else [int(d) for d in dims]
-            if len(chosen) < 2 or any(not 0 <= d < features for d in chosen):
-                raise ValueError(f"dims must list at least 2 column indices in [0, {features}), got {chosen}")
-            written.append(_plot_pairs(out_dir, data, samples_arr, chosen, max_points, dpi))
+        if data.shape[1] == 2 and flow is None:
+            raise ValueError("the 2-D density heatmap needs a flow with log_prob; got flow=None")
+        stem, fig = fit_figure(
+            flow, data, samples_arr, columns, dims, max_dims, max_points, grid_size, data_name
+        )
+        written.append(_save_atomic(fig, out_dir / f"{stem}.png", dpi))
     elif data.ndim == 4:
         written.append(_plot_images(out_dir, samples_arr, dpi))
     if series:

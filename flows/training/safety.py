@@ -239,29 +239,36 @@ def safety_callbacks(monitor: str = "val_nll") -> list[Callback]:
 
 
 def column_warnings(
-    train: np.ndarray, columns: Sequence[str], dequantized: bool, repeated_fraction: float = 0.5
+    train: np.ndarray,
+    columns: Sequence[str],
+    dequantized: Union[bool, Sequence[bool]],
+    repeated_fraction: float = 0.5,
 ) -> list[str]:
     """Warnings about columns of `train (n, D)` that make the likelihood unbounded.
 
     A constant column has zero variance: a continuous density can concentrate on it without limit. A column
     of integers, or one whose most frequent value covers at least `repeated_fraction` of the rows, is
-    (partly) discrete: without dequantisation the same happens on its repeated values.
+    (partly) discrete: without dequantisation the same happens on its repeated values. `dequantized`: True
+    when every column is dequantised, or a `(D,)` flag per column (flagged columns are not warned about).
     """
     messages: list[str] = []
     train = train[:100_000]  # the training split is shuffled: its first rows are a fair sample
     rows = train.shape[0]
+    flags = (
+        [dequantized] * train.shape[1] if isinstance(dequantized, bool) else [bool(v) for v in dequantized]
+    )
     constant = [str(columns[j]) for j in range(train.shape[1]) if np.all(train[:, j] == train[0, j])]
     if constant:
         messages.append(
             f"constant columns {constant} (zero variance): their log-likelihood grows without bound as training "
             "proceeds; drop them (a constant carries no density information)"
         )
-    if dequantized or rows < 2:
+    if all(flags) or rows < 2:
         return messages
     discrete = []
     for j in range(train.shape[1]):
         column = train[:, j]
-        if str(columns[j]) in constant:
+        if str(columns[j]) in constant or flags[j]:
             continue
         _, counts = np.unique(column, return_counts=True)
         if np.all(column == np.round(column)) or counts.max() >= repeated_fraction * rows:
@@ -269,12 +276,16 @@ def column_warnings(
     if discrete:
         messages.append(
             f"discrete or heavily repeated columns {discrete}: a continuous density can put unbounded mass on "
-            "repeated values; set dequantize=True (data.dequantize: true) to add uniform noise to integer data"
+            "repeated values; declare integer columns discrete (discrete_columns=[...], data.discrete_columns) "
+            "and category codes categorical (categorical_columns=[...], data.categorical_columns) to dequantise "
+            "them, or dequantize=True (data.dequantize: true) for every column"
         )
     return messages
 
 
-def warn_about_columns(train: np.ndarray, columns: Sequence[str], dequantized: bool) -> list[str]:
+def warn_about_columns(
+    train: np.ndarray, columns: Sequence[str], dequantized: Union[bool, Sequence[bool]]
+) -> list[str]:
     """Emit `column_warnings` as `UserWarning`s; returns them."""
     messages = column_warnings(train, columns, dequantized)
     for message in messages:

@@ -15,7 +15,8 @@ import torch
 from flows.bijectors.conv import Invertible1x1Conv
 from flows.bijectors.elementwise import ElementwiseAffine, Logit, Sigmoid, Standardize, Tanh
 from flows.bijectors.linear import LULinear
-from flows.core import Bijector, Chain
+from flows.bijectors.support import ColumnSupport
+from flows.core import Bijector, Chain, Inverse
 from tests.registry import Case, register
 
 IMAGE = (2, 3, 3)
@@ -58,3 +59,21 @@ register(
         IMAGE,
     )
 )
+
+
+def _column_support(scale: torch.Tensor) -> ColumnSupport:
+    """Columns: unbounded, lower bound, upper bound, interval, interval (random bounds)."""
+    inf = float("inf")
+    low = torch.tensor([-inf, torch.randn(()).item(), -inf, -1.0 - torch.rand(()).item(), 0.0])
+    high = torch.tensor([inf, inf, torch.randn(()).item(), 1.0 + torch.rand(()).item(), 100.0])
+    return ColumnSupport(low, high, scale)
+
+
+def _support_pair() -> Chain:
+    """Reals -> the support (one scale) -> reals (another scale): a non-trivial bijection of the reals."""
+    first = _column_support(torch.rand(5) + 0.5)
+    second = ColumnSupport(first.low, first.high, torch.rand(5) + 0.5)
+    return _vector(Inverse(first), second)
+
+
+register(Case("ColumnSupport", _support_pair, (5,)))

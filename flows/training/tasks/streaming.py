@@ -190,6 +190,13 @@ class StreamingTableTask(TabularTask):
                 "config key 'data.context_columns': conditional models are not trained on streamed tables "
                 "yet; set data.streaming: false (the table is then read whole)"
             )
+        for key in ("bounds", "discrete_columns", "categorical_columns"):
+            if getattr(config.data, key):
+                raise ConfigError(
+                    f"config key 'data.{key}': per-column bounds and discrete or categorical columns are not "
+                    "applied to streamed tables yet; set data.streaming: false (the table is then read whole), "
+                    f"got {key} = {getattr(config.data, key)!r}"
+                )
         return config
 
     def load_data(self, config: Config) -> StreamedTable:

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 
 from flows.flow import Flow
 from flows.training.checkpoints import model_record
+from flows.training.columns import ColumnPlan, resolve_columns
 from flows.training.config import Config, ConfigError, parse_config
 from flows.training.context import context_stats, sample_at_contexts, with_context
 from flows.training.data import DataSplits, dequantize_fixed, load_splits
@@ -55,10 +56,14 @@ class _PrintValidation(Callback):
 
 
 def prepare_splits(splits: DataSplits, config: Config, seed: int) -> DataSplits:
-    """Decide dequantisation (`data.dequantize`, or automatic for integer data) and apply its fixed noise to
-    the validation and test splits; `info["dequantized"]` records the decision."""
-    dequantize = config.data.dequantize
-    if dequantize is None:
+    """Resolve the per-column handling (`data.bounds`, `data.discrete_columns`, `data.categorical_columns`,
+    and `data.dequantize` for every column, automatic for integer data) into a `ColumnPlan`: categorical
+    values become codes, values outside the bounds are a ValueError, and the fixed dequantisation noise of
+    the dequantised columns goes onto the validation and test splits. `info["columns_plan"]` holds the plan
+    and `info["dequantized"]` whether any column is dequantised."""
+    data = config.data
+    dequantize = data.dequantize
+    if dequantize is None and not (data.discrete_columns or data.categorical_columns):
         dequantize = splits.discrete or bool(np.all(splits.train == np.round(splits.train)))
         if dequantize:
             warnings.warn(
@@ -66,12 +71,40 @@ def prepare_splits(splits: DataSplits, config: Config, seed: int) -> DataSplits:
                 "(set data.dequantize: false to fit the values as they are)",
                 stacklevel=2,
             )
-    val, test = splits.val, splits.test
-    if dequantize:
-        val, test = dequantize_fixed(splits.val, seed + 1), dequantize_fixed(splits.test, seed + 2)
-    return dataclasses.replace(
-        splits, val=val, test=test, info=dict(splits.info, dequantized=bool(dequantize))
+    tables = (splits.train, splits.val, splits.test)
+    plan = resolve_columns(
+        splits.columns, tables, data.bounds, data.discrete_columns, data.categorical_columns, bool(dequantize)
     )
+    train, val, test = (
+        plan.encode(t, splits.columns, name) for t, name in zip(tables, ("train", "val", "test"))
+    )
+    distinct = {id(t): t for t in (train, val, test)}.values()  # the test split may be the validation one
+    plan.check(np.concatenate(list(distinct)), splits.columns, "the data (train, validation and test rows)")
+    if not dequantize:  # declared columns must hold integers (the all-column shortcut keeps its old meaning)
+        _check_discrete(train, plan, splits.columns)
+    if plan.dequantized:
+        val, test = (dequantize_fixed(t, seed + k, plan.mask) for k, t in ((1, val), (2, test)))
+    plan.fit_scales(dequantize_fixed(train, seed, plan.mask) if plan.dequantized else train)
+    info = dict(splits.info, dequantized=plan.dequantized, columns_plan=plan)
+    return dataclasses.replace(splits, train=train, val=val, test=test, info=info)
+
+
+def _check_discrete(train: np.ndarray, plan: ColumnPlan, columns: list[str]) -> None:
+    """A ValueError naming a declared discrete column that holds non-integer values."""
+    for j in np.flatnonzero(plan.discrete):
+        fractional = train[:, j] != np.round(train[:, j])
+        if fractional.any():
+            raise ValueError(
+                f"discrete column {columns[j]!r} holds {int(fractional.sum())} non-integer values (e.g. "
+                f"{train[fractional, j][0]:g}); dequantisation adds U[0, 1) noise to integers: round or "
+                "rescale the column, or leave it continuous"
+            )
+
+
+def _plan(data: DataSplits) -> ColumnPlan:
+    """The column plan of prepared splits (a plan with nothing declared for splits prepared without one)."""
+    plan = data.info.get("columns_plan")
+    return plan if plan is not None else ColumnPlan.from_record(None, data.features)
 
 
 class TabularTask(Task):
@@ -95,25 +128,33 @@ class TabularTask(Task):
         return prepare_splits(data, config, config.seed)
 
     def build(self, config: Config, data: DataSplits) -> tuple[Flow, dict[str, Any]]:
-        dequantized = bool(data.info.get("dequantized"))
-        warn_about_columns(data.train, data.columns, dequantized=dequantized)
+        plan = _plan(data)
+        warn_about_columns(data.train, data.columns, dequantized=plan.discrete)
+        support = plan.support()
         mean = std = None
         if config.data.standardize:
-            stats_source = dequantize_fixed(data.train, config.seed) if dequantized else data.train
+            stats_source = (
+                dequantize_fixed(data.train, config.seed, plan.mask) if plan.dequantized else data.train
+            )
+            if support is not None:  # standardise what the support maps the rows to
+                with torch.no_grad():
+                    stats_source = support.double()(torch.as_tensor(stats_source))[0].numpy()
+                support = support.to(torch.get_default_dtype())
             mean, std = standardization_of(stats_source, data.columns)
         context = context_stats(data, config.data.standardize)
         torch.manual_seed(config.seed)
-        flow = build_flow(config.model, data.features, mean, std, context=context)
+        flow = build_flow(config.model, data.features, mean, std, context=context, support=support)
         record = model_record(
-            config, data.features, data.columns, standardized=mean is not None, context=context
+            config, data.features, data.columns, standardized=mean is not None, context=context, plan=plan
         )
         return flow, record
 
     def initialize(self, model: Flow, data: DataSplits, config: Config, global_batch: int) -> None:
         first = self.first_global_batch(data.train.shape[0], global_batch, config)
         rows = data.train[first]
-        if data.info.get("dequantized"):
-            rows = dequantize_fixed(rows, config.seed + 3)
+        plan = _plan(data)
+        if plan.dequantized:
+            rows = dequantize_fixed(rows, config.seed + 3, plan.mask)
         dtype = torch.get_default_dtype()
         context = (
             None if data.train_context is None else torch.as_tensor(data.train_context[first], dtype=dtype)
@@ -131,7 +172,7 @@ class TabularTask(Task):
         return FlowModule(
             model,
             config.train,
-            dequantize=bool(data.info.get("dequantized")),
+            dequantize=_plan(data).discrete,
             hparams=record,
             seed=config.seed,
             objective=objective,
@@ -189,7 +230,9 @@ class TabularTask(Task):
             path = run_dir / "samples.csv"
             samples = sample_at_contexts(fitted.model, splits, config.output.samples, config.seed, path)
         else:
-            samples = draw_samples(fitted.model, config.output.samples, seed=config.seed)
+            samples = _plan(splits).decode(
+                draw_samples(fitted.model, config.output.samples, seed=config.seed)
+            )
             write_samples(run_dir / "samples.csv", samples, splits.columns)
         metrics["samples_nonfinite_rows"] = int(np.sum(~np.isfinite(samples).all(axis=1)))
         if config.output.plots:
@@ -212,7 +255,9 @@ def _plots(run_dir: Path, flow: torch.nn.Module, splits: DataSplits, samples: np
 
             written = write_conditional_plots(run_dir, flow, splits)
         else:
-            written = write_plots(run_dir, flow, {"train": splits.train, "test": splits.test}, samples)
+            plan = _plan(splits)  # the data as the samples show it: integers, category values
+            shown = {"train": plan.decode(splits.train), "test": plan.decode(splits.test)}
+            written = write_plots(run_dir, flow, shown, samples, columns=splits.columns)
     except ImportError as error:
         print(f"plots skipped: {error}", file=sys.stderr)
         return []
