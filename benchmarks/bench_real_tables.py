@@ -17,7 +17,7 @@ Every model sees the same split (80% train, 20% test, shuffled with `--seed`) an
   (chosen on at most 10,000 training rows, then fitted on all of them);
 - `Gaussian`: one full-covariance Gaussian;
 - `zuko NSF`: `zuko.flows.NSF(transforms=5, hidden_features=(128, 128))` trained with AdamW (lr 1e-3,
-  batch 256) for the number of epochs the `flows` fit ran, on the same training rows less the same 10%
+  the batch size of the `flows` fit) for the number of epochs the `flows` fit ran, on the same training rows less the same 10%
   validation split, keeping the weights of best validation log-likelihood (checked each epoch).
 
 `diff` is flows minus the best of GMM-BIC and KDE-CV, +- the standard error of the paired per-row
@@ -105,7 +105,7 @@ def fit_flows(train: np.ndarray, seed: int) -> tuple[np.ndarray, dict[str, Any]]
     import flows
 
     est = flows.DensityEstimator(seed=seed).fit(train)
-    return est, {"epochs": est.n_epochs_, "steps": est.n_steps_}
+    return est, {"epochs": est.n_epochs_, "steps": est.n_steps_, "batch": est.config_.train.batch_size}
 
 
 def fit_gmm(train: np.ndarray, seed: int) -> tuple[Any, dict[str, Any]]:
@@ -142,7 +142,7 @@ def fit_gaussian(train: np.ndarray, seed: int) -> tuple[Any, dict[str, Any]]:
     return GaussianMixture(1, covariance_type="full", random_state=seed).fit(train), {}
 
 
-def fit_zuko(train: np.ndarray, seed: int, epochs: int) -> tuple[Any, dict[str, Any]]:
+def fit_zuko(train: np.ndarray, seed: int, epochs: int, batch: int) -> tuple[Any, dict[str, Any]]:
     import zuko
 
     torch.manual_seed(seed)
@@ -154,8 +154,8 @@ def fit_zuko(train: np.ndarray, seed: int, epochs: int) -> tuple[Any, dict[str, 
     optimizer = torch.optim.AdamW(flow.parameters(), lr=1e-3)
     best, best_state = -math.inf, None
     for _ in range(max(1, epochs)):
-        for batch in torch.randperm(len(fit_rows)).split(256):
-            loss = -flow().log_prob(fit_rows[batch]).mean()
+        for rows in torch.randperm(len(fit_rows)).split(batch):
+            loss = -flow().log_prob(fit_rows[rows]).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -194,7 +194,7 @@ def run_table(name: str, seed: int, zuko: bool) -> dict[str, Any]:
         results[label] = (scores[label], info, time.perf_counter() - start)
     if zuko:
         start = time.perf_counter()
-        model, info = fit_zuko(train, seed, results["flows"][1]["epochs"])
+        model, info = fit_zuko(train, seed, results["flows"][1]["epochs"], results["flows"][1]["batch"])
         scores["zuko NSF"] = score(model, test)
         results["zuko NSF"] = (scores["zuko NSF"], info, time.perf_counter() - start)
     best = max(("GMM-BIC", "KDE-CV"), key=lambda k: scores[k].mean())
