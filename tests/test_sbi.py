@@ -6,6 +6,8 @@ N(C A^T x / s^2, C) with C = (I + A^T A / s^2)^-1 and the likelihood N(A theta, 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -79,7 +81,8 @@ def test_wrong_arguments_are_clear_errors() -> None:
 
 
 @pytest.mark.slow
-def test_npe_recovers_the_gaussian_linear_posterior() -> None:
+def test_npe_recovers_the_gaussian_linear_posterior(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # sbi writes its tensorboard logs under ./sbi-logs
     torch.manual_seed(0)
     theta, x = simulate(1500, 1)
     embedding = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 8))
@@ -102,7 +105,8 @@ def test_npe_recovers_the_gaussian_linear_posterior() -> None:
 
 
 @pytest.mark.slow
-def test_nle_recovers_the_gaussian_linear_likelihood() -> None:
+def test_nle_recovers_the_gaussian_linear_likelihood(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # sbi writes its tensorboard logs under ./sbi-logs
     torch.manual_seed(0)
     theta, x = simulate(1500, 2)
     builder = flows_estimator("maf", estimate="likelihood", transforms=3, hidden_features=(32, 32))
