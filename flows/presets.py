@@ -144,6 +144,10 @@ class NSF(Flow):
     (`residual_blocks=0`: plain MLPs / MADEs with `hidden_features` widths). With `features=1` there is
     nothing to couple on: each step is an element-wise spline whose parameters are learned constants (or
     functions of the context), a one-feature masked autoregressive layer.
+
+    `bound` defaults to 5 (the paper used 3): on standardised data the learned linear tails then carry a
+    mass of about 1e-6 of the base, so samples keep the data's moments (with 3, tail slopes learned near the
+    minimum derivative sent 0.3% of the samples hundreds of standard deviations out).
     """
 
     def __init__(
@@ -153,7 +157,7 @@ class NSF(Flow):
         transforms: int = 5,
         hidden_features: Sequence[int] = (128, 128),
         bins: int = 8,
-        bound: float = 3.0,
+        bound: float = 5.0,
         tails: str = "linear",
         autoregressive: bool = False,
         residual_blocks: int = 2,

@@ -37,6 +37,7 @@ from flows.training.frames import code_labels, is_frame, label_codes, to_frame
 from flows.training.models import preprocessing_of
 from flows.training.registry import check_model_options
 from flows.training.safety import TrainingDivergedError, read_checkpoint
+from flows.training.table_defaults import table_train_options
 from flows.training.tasks.tabular import fit_flow
 from flows.training.trainer import quiet_lightning_logs, trainer_arguments
 
@@ -61,7 +62,10 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
     constructor's keyword arguments. Training options are those of the config's `train` section
     (`max_epochs`, `max_steps`, `batch_size`, `lr`, `weight_decay`, `warmup_steps`, `gradient_clip`,
     `early_stopping_patience`, `noise_std`, ...); `trainer` holds `lightning.Trainer` keyword arguments
-    (`accelerator`, `devices`, `precision`, ...). `val_fraction` of the rows is held out for early stopping
+    (`accelerator`, `devices`, `precision`, ...). `batch_size="auto"` and `max_epochs="auto"` (the defaults)
+    adapt to the training rows (`flows.training.table_defaults`): a batch of about rows / 8 within [32, 256],
+    training for max(2,000 steps, 100 epochs), validation (early stopping) every max(50 steps, one epoch).
+    `val_fraction` of the rows is held out for early stopping
     when `fit` gets no `X_val`. `standardize=True` folds the training mean/std into the model, so
     scores and samples are in the units of `X` (extreme outliers get a warning naming their columns; see
     `flows.training.models.standardization_of` for why the plain mean/std are kept).
@@ -83,8 +87,8 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         self,
         model: str = "nsf",
         *,
-        max_epochs: Optional[int] = 100,
-        batch_size: int = 256,
+        max_epochs: Union[int, str, None] = "auto",
+        batch_size: Union[int, str] = "auto",
         lr: float = 1e-3,
         val_fraction: float = 0.1,
         standardize: bool = True,
@@ -118,13 +122,11 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ configuration
 
-    def _config(self) -> Any:
-        train = {
-            "max_epochs": self.max_epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            **self.train_options,
-        }
+    def _config(self, rows: Optional[int] = None) -> Any:
+        """The run config for `rows` training rows (None: before `fit` knows them; validates the options)."""
+        train = table_train_options(
+            rows, self.batch_size, self.max_epochs, {"lr": self.lr, **self.train_options}
+        )
         values = {
             "seed": self.seed,
             "data": {
@@ -190,7 +192,6 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         each row of `X` given its context row; it is then scored and sampled given a context. `y` is ignored
         (scikit-learn convention). Returns self.
         """
-        config = self._config()
         X, X_val, labels = label_codes(X, X_val, list(self.categorical_columns or []))
         if context is None and context_val is None:
             splits = splits_from_arrays(X, X_val, None, self.val_fraction, self.seed)
@@ -198,6 +199,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
             splits = conditional_splits_from_arrays(
                 X, X_val, context, context_val, self.val_fraction, self.seed
             )
+        config = self._config(rows=int(splits.train.shape[0]))
         self._check_range(splits)
         try:
             with quiet_lightning_logs(not self.verbose):

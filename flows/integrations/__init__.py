@@ -1,0 +1,1 @@
+"""Adapters that let other libraries use `flows` models (each needs its own optional extra)."""
