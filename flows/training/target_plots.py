@@ -19,10 +19,10 @@ from flows.training.plots import (
     _find_metrics_csv,
     _matplotlib,
     _plot_losses,
-    _plot_pairs,
     _save_atomic,
     _subsample,
     density_grid,
+    pairs_figure,
     plot_bounds,
     read_loss_history,
 )
@@ -93,7 +93,8 @@ def write_target_plots(
         written.append(_plot_target_density(out_dir, flow, target, points, reference, dpi))
     elif features > 2 and reference is not None:
         dims = list(range(min(4, features)))
-        written.append(_plot_pairs(out_dir, reference, points, dims, max_points, dpi))
+        figure = pairs_figure(reference, points, dims, None, max_points)
+        written.append(_save_atomic(figure, out_dir / "pairs.png", dpi))
     csv_path = _find_metrics_csv(Path(run_dir))
     series = read_loss_history(csv_path, (("train_loss", "val_reverse_kl"),)) if csv_path else {}
     if series:
