@@ -26,6 +26,7 @@ from flows.core import Bijector, Chain, Inverse
 from flows.distributions import StandardNormal
 from flows.flow import Flow
 from flows.nn import CausalTransformer
+from flows.nn._common import check_int
 from flows.transformers import Affine
 
 __all__ = ["TarFlow", "Jet"]
@@ -33,14 +34,8 @@ __all__ = ["TarFlow", "Jet"]
 _SPLITS = ("alternate", "channels")
 
 
-def _positive(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _patchify(shape: object, patch_size: int) -> Patchify:
-    _positive(patch_size, "patch_size")
+    check_int("patch_size", patch_size)
     if not isinstance(shape, (tuple, list)) or len(shape) != 3:
         raise ValueError(f"shape must be an image event (C, H, W), got {shape!r}")
     return Patchify(tuple(shape), patch_size)  # type: ignore[arg-type]
@@ -75,8 +70,8 @@ class TarFlow(Flow):
         inverse_tol: Optional[float] = None,
     ) -> None:
         patchify = _patchify(shape, patch_size)
-        _positive(blocks, "blocks")
-        _positive(context_features, "context_features", 0)
+        check_int("blocks", blocks)
+        check_int("context_features", context_features, 0)
         if inverse_method not in INVERSE_METHODS:
             raise ValueError(f"inverse_method must be one of {INVERSE_METHODS}, got {inverse_method!r}")
         transformer = Affine(scale_function=scale_function, scale_bound=scale_bound)  # type: ignore[arg-type]
@@ -127,8 +122,8 @@ class Jet(Flow):
         scale_bound: float = 3.0,
     ) -> None:
         patchify = _patchify(shape, patch_size)
-        _positive(couplings, "couplings")
-        _positive(context_features, "context_features", 0)
+        check_int("couplings", couplings)
+        check_int("context_features", context_features, 0)
         if splits not in _SPLITS:
             raise ValueError(f"splits must be one of {_SPLITS}, got {splits!r}")
         tokens, features = patchify.token_shape

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["zero_", "check_widths"]
+__all__ = ["zero_", "check_int", "check_widths"]
+
+
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """`value` if it is an int (not a bool) `>= minimum`, else a ValueError naming `name` and what came."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
 
 
 def zero_(layer: nn.Module) -> nn.Module:

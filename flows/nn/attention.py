@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import scaled_dot_product_attention
 
+from flows.nn._common import check_int
+
 __all__ = ["Block", "KeyValues", "check_heads"]
 
 #: Keys and values of the tokens seen so far, each `(N, heads, L, C / heads)`.
@@ -22,10 +24,8 @@ KeyValues = tuple[Tensor, Tensor]
 def check_heads(channels: int, heads: int, layers: int, mlp_ratio: int) -> None:
     """Raise a ValueError unless the transformer sizes are positive and `channels % heads == 0`."""
     for name, value in (("channels", channels), ("heads", heads), ("mlp_ratio", mlp_ratio)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
-        raise ValueError(f"layers must be an int >= 0, got {layers!r}")
+        check_int(name, value)
+    check_int("layers", layers, 0)
     if channels % heads:
         raise ValueError(f"channels must be divisible by heads, got channels={channels}, heads={heads}")
 

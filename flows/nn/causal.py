@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from flows.nn._common import zero_
+from flows.nn._common import check_int, zero_
 from flows.nn.attention import Block, KeyValues, check_heads
 
 __all__ = ["CausalTransformer", "CausalDecoder"]
@@ -49,8 +49,7 @@ class CausalTransformer(nn.Module):
             ("params_per_feature", params_per_feature, 1),
             ("context_features", context_features, 0),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+            check_int(name, value, minimum)
         self.event_shape = (tokens, features)
         self.context_features = context_features
         self.params_per_feature = params_per_feature

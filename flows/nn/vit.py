@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from flows.nn._common import zero_
+from flows.nn._common import check_int, zero_
 from flows.nn.attention import Block, check_heads
 
 __all__ = ["ViT"]
@@ -41,8 +41,7 @@ class ViT(nn.Module):
             ("out_features", out_features, 1),
             ("context_features", context_features, 0),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+            check_int(name, value, minimum)
         self.tokens, self.in_features, self.out_features = tokens, in_features, out_features
         self.context_features = context_features
         self.embed = nn.Linear(in_features, channels)
