@@ -152,3 +152,24 @@ def test_score_memory_does_not_grow_with_the_rows(
         assert np.load(out).shape == (rows, 1)
     # the larger table alone is 2.4 MB of float64: holding it would show
     assert peaks[1] < 1.5 * peaks[0] + 500_000, peaks
+
+
+def test_parquet_column_names_come_from_the_schema_without_reading_rows(tmp_path, monkeypatch) -> None:
+    """`flows score` asks for a file's column names first; for Parquet that must not load the table (a
+    16M-row file briefly took 2 GB when the names came from `pandas.read_parquet`)."""
+    import pandas as pd
+
+    from flows.datasets import table_columns
+
+    frame = pd.DataFrame(np.zeros((3, 2)), columns=["a", "b"], index=pd.Index([5, 6, 7], name="kept"))
+    with_index, plain = tmp_path / "with_index.parquet", tmp_path / "plain.parquet"
+    frame.to_parquet(with_index, index=True)
+    frame.to_parquet(plain, index=False)
+    expected = {path: list(pd.read_parquet(path).columns) for path in (with_index, plain)}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("read the rows")
+
+    monkeypatch.setattr(pd, "read_parquet", refuse)
+    for path, names in expected.items():
+        assert table_columns(path) == names == ["a", "b"]

@@ -232,8 +232,19 @@ def table_columns(path: str | Path, header: bool | None = None) -> list[str] | N
         has_header = _sniff_header(path, sep) if header is None else header
         return _header_names(path, sep) if has_header else None
     if suffix == ".parquet" and path.is_file():
-        return [str(c) for c in _pandas().read_parquet(path).columns]
+        return _parquet_columns(path)
     return None
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    """The data columns of a Parquet file from its schema alone (the rows are not read): pandas' stored
+    index columns are left out, as `pandas.read_parquet(path).columns` leaves them out."""
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    metadata = schema.pandas_metadata or {}
+    index = {name for name in metadata.get("index_columns", []) if isinstance(name, str)}
+    return [str(name) for name in schema.names if name not in index]
 
 
 def load_table(
