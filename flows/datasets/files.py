@@ -232,13 +232,15 @@ def table_columns(path: str | Path, header: bool | None = None) -> list[str] | N
         has_header = _sniff_header(path, sep) if header is None else header
         return _header_names(path, sep) if has_header else None
     if suffix == ".parquet" and path.is_file():
-        return _parquet_columns(path)
+        return parquet_columns(path)
     return None
 
 
-def _parquet_columns(path: Path) -> list[str]:
+def parquet_columns(path: Path) -> list[str]:
     """The data columns of a Parquet file from its schema alone (the rows are not read): pandas' stored
-    index columns are left out, as `pandas.read_parquet(path).columns` leaves them out."""
+    index columns are left out, as `pandas.read_parquet(path).columns` leaves them out. Used by the whole-table
+    and the streaming readers alike."""
+    _pandas()  # the data extra's clear error when pandas / pyarrow are missing
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(path)

@@ -104,9 +104,10 @@ def _delimiter(path: str) -> str:
 
 def _file_names(path: str, header: Optional[bool]) -> tuple[list[str], bool]:
     """Column names of one file and whether a text file has a header row (sniffed when `header` is None)."""
+    from flows.datasets.files import _header_names, _sniff_header, parquet_columns
+
     if path.lower().endswith(".parquet"):
-        return [str(n) for n in _pyarrow().parquet.ParquetFile(path).schema_arrow.names], False
-    from flows.datasets.files import _header_names, _sniff_header
+        return parquet_columns(Path(path)), False
 
     delimiter = _delimiter(path)
     if os.path.getsize(path) == 0:
