@@ -116,9 +116,14 @@ def dequantized_log_prob(
     columns with `mask (D,) == 1` hold integers: `log mean_s p(x + u_s * mask)` over `draws` fixed
     U[0, 1) draws (numpy, seeded by `seed`). Its expectation is the importance-weighted dequantisation bound,
     which tightens towards the log-probability mass as `draws` grows (one draw: the Jensen bound). Every row
-    gets the same draws, so a row's score does not depend on the other rows."""
+    gets the same uniform draws. A `ColumnDequantizedFlow` (argmax / variational columns) draws its own
+    noise from its `q` in each of the `draws` calls (torch's generator forked and seeded by `seed`), so the
+    mean is the importance-weighted bound over the joint noise."""
     noise = np.random.default_rng(seed).uniform(size=(draws, x.shape[1])) * mask
-    total = np.stack([evaluate_log_prob(flow, x + u, context=context) for u in noise])
+    device, _ = _device_and_dtype(flow)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        total = np.stack([evaluate_log_prob(flow, x + u, context=context) for u in noise])
     return (torch.logsumexp(torch.as_tensor(total), dim=0) - np.log(draws)).numpy()
 
 

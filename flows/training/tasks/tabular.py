@@ -73,7 +73,13 @@ def prepare_splits(splits: DataSplits, config: Config, seed: int) -> DataSplits:
             )
     tables = (splits.train, splits.val, splits.test)
     plan = resolve_columns(
-        splits.columns, tables, data.bounds, data.discrete_columns, data.categorical_columns, bool(dequantize)
+        splits.columns,
+        tables,
+        data.bounds,
+        data.discrete_columns,
+        data.categorical_columns,
+        bool(dequantize),
+        data.dequantization,
     )
     train, val, test = (
         plan.encode(t, splits.columns, name) for t, name in zip(tables, ("train", "val", "test"))
@@ -99,6 +105,18 @@ def _check_discrete(train: np.ndarray, plan: ColumnPlan, columns: list[str]) -> 
                 f"{train[fractional, j][0]:g}); dequantisation adds U[0, 1) noise to integers: round or "
                 "rescale the column, or leave it continuous"
             )
+
+
+def _check_learned_noise(plan: ColumnPlan, config: Config) -> None:
+    """A ConfigError for training noise on the data (mollification, noise_std) with learned dequantisation:
+    that noise is added to the table's columns, categorical codes included."""
+    train = config.train
+    if any(plan.learned) and (train.mollification.fraction > 0 or train.noise_std > 0):
+        raise ConfigError(
+            "train.mollification and train.noise_std add noise to every column of the table, which argmax "
+            "(categorical_columns) and variational (data.dequantization: variational) dequantisation do not "
+            "allow; drop them, or the categorical columns"
+        )
 
 
 def _plan(data: DataSplits) -> ColumnPlan:
@@ -130,20 +148,25 @@ class TabularTask(Task):
     def build(self, config: Config, data: DataSplits) -> tuple[Flow, dict[str, Any]]:
         plan = _plan(data)
         warn_about_columns(data.train, data.columns, dequantized=plan.discrete)
+        _check_learned_noise(plan, config)
         support = plan.support()
         mean = std = None
+        rows = dequantize_fixed(data.train, config.seed, plan.discrete) if plan.dequantized else data.train
         if config.data.standardize:
-            stats_source = (
-                dequantize_fixed(data.train, config.seed, plan.mask) if plan.dequantized else data.train
-            )
+            stats_source = plan.model_rows(rows)
             if support is not None:  # standardise what the support maps the rows to
                 with torch.no_grad():
                     stats_source = support.double()(torch.as_tensor(stats_source))[0].numpy()
                 support = support.to(torch.get_default_dtype())
-            mean, std = standardization_of(stats_source, data.columns)
+            kept = len(plan.kept)  # argmax coordinates: already standard (q starts near N(0, 1))
+            mean, std = standardization_of(stats_source[:, :kept], [data.columns[j] for j in plan.kept])
+            extra = plan.model_features - kept
+            mean, std = np.concatenate([mean, np.zeros(extra)]), np.concatenate([std, np.ones(extra)])
         context = context_stats(data, config.data.standardize)
         torch.manual_seed(config.seed)
-        flow = build_flow(config.model, data.features, mean, std, context=context, support=support)
+        flow = build_flow(config.model, plan.model_features, mean, std, context=context, support=support)
+        kept_rows = rows[:, plan.kept]
+        flow = plan.wrap(flow, kept_rows.mean(axis=0), np.maximum(kept_rows.std(axis=0), 1e-12))
         record = model_record(
             config, data.features, data.columns, standardized=mean is not None, context=context, plan=plan
         )
@@ -172,7 +195,7 @@ class TabularTask(Task):
         return FlowModule(
             model,
             config.train,
-            dequantize=_plan(data).discrete,
+            dequantize=[bool(v) for v in _plan(data).mask],
             hparams=record,
             seed=config.seed,
             objective=objective,
