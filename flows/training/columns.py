@@ -49,6 +49,9 @@ class ColumnPlan:
     variational: list[bool] = field(default_factory=list)
     #: categorical columns are argmax-dequantised (False: codes with U[0, 1) noise, plans saved before it)
     argmax: bool = False
+    #: column index -> the text labels of a string categorical column (read from CSV / Parquet): its table
+    #: values are the codes 0 .. K-1 of these labels (its `categories` are the codes)
+    labels: dict[int, list[str]] = field(default_factory=dict)
 
     @property
     def features(self) -> int:
@@ -115,6 +118,7 @@ class ColumnPlan:
             "scale": list(self.scale),
             "variational": list(self.variational),
             "argmax": self.argmax,
+            "labels": {str(j): list(values) for j, values in self.labels.items()},
         }
 
     @classmethod
@@ -130,6 +134,7 @@ class ColumnPlan:
             [float(v) for v in record.get("scale") or []],
             [bool(v) for v in record.get("variational") or []],
             bool(record.get("argmax", False)),
+            {int(j): [str(v) for v in values] for j, values in (record.get("labels") or {}).items()},
         )
 
     def support(self) -> Any:
@@ -293,10 +298,12 @@ def resolve_columns(
     categorical_columns: Sequence[Key] = (),
     dequantize_all: bool = False,
     dequantization: str = "uniform",
+    labels: Optional[Mapping[str, list[str]]] = None,
 ) -> ColumnPlan:
     """The plan for a table with `columns`; `tables` (train, val, test) give the categories (their sorted
     distinct values). `dequantize_all` (the `dequantize` shortcut) makes every column discrete;
-    `dequantization` ("uniform" or "variational") is the noise of the integer (non-categorical) columns."""
+    `dequantization` ("uniform" or "variational") is the noise of the integer (non-categorical) columns;
+    `labels` (`{name: text labels}`) names the string categorical columns whose tables hold codes."""
     if dequantization not in ("uniform", "variational"):
         raise ConfigError(f"dequantization: expected 'uniform' or 'variational', got {dequantization!r}")
     features = len(columns)
@@ -325,4 +332,5 @@ def resolve_columns(
     variational = [
         d and j not in categories and dequantization == "variational" for j, d in enumerate(discrete)
     ]
-    return ColumnPlan(low, high, discrete, categories, variational=variational, argmax=True)
+    text = {j: list((labels or {})[str(columns[j])]) for j in categories if str(columns[j]) in (labels or {})}
+    return ColumnPlan(low, high, discrete, categories, variational=variational, argmax=True, labels=text)

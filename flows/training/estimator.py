@@ -266,8 +266,8 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
             kept = "no checkpoint had been written yet (it diverged before the first validation)"
         return TrainingDivergedError(
             f"training stopped at optimiser step {error.step} (epoch {error.epoch}): {error.what}. {kept}; try "
-            "a lower lr, gradient_clip=1.0, warmup_steps=..., standardize=True, dequantize=True for discrete "
-            "columns, or dropping constant columns",
+            "a lower lr, gradient_clip=1.0, warmup_steps=..., standardize=True, discrete_columns=[...] / "
+            "categorical_columns=[...] (or dequantize=True for every column), or dropping constant columns",
             step=error.step,
             epoch=error.epoch,
             what=error.what,

@@ -207,8 +207,11 @@ def entropy_metrics(splits: DataSplits, test_log_likelihood: float) -> dict[str,
     }
 
 
-def write_samples(path: Path, samples: np.ndarray, columns: list[str]) -> Path:
-    """Samples `(n, D)` as CSV / TSV (header = column names) or NPY, chosen by the suffix; written atomically."""
-    with table_writer(path, columns) as writer:
+def write_samples(
+    path: Path, samples: np.ndarray, columns: list[str], labels: Optional[dict[int, list[str]]] = None
+) -> Path:
+    """Samples `(n, D)` as CSV / TSV (header = column names) or NPY, chosen by the suffix; written atomically.
+    `labels` (`{column: text labels}`): those columns hold codes, written as their labels in CSV / TSV."""
+    with table_writer(path, columns, labels) as writer:
         writer.write(samples)
     return Path(path)

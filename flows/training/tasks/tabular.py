@@ -68,7 +68,8 @@ def prepare_splits(splits: DataSplits, config: Config, seed: int) -> DataSplits:
         if dequantize:
             warnings.warn(
                 f"every training value of {splits.name} is an integer: adding U[0, 1) dequantisation noise "
-                "(set data.dequantize: false to fit the values as they are)",
+                "(set data.dequantize: false to fit the values as they are, or declare data.discrete_columns / "
+                "data.categorical_columns per column; data.dequantization: variational learns the noise)",
                 stacklevel=2,
             )
     tables = (splits.train, splits.val, splits.test)
@@ -80,6 +81,7 @@ def prepare_splits(splits: DataSplits, config: Config, seed: int) -> DataSplits:
         data.categorical_columns,
         bool(dequantize),
         data.dequantization,
+        splits.info.get("labels"),
     )
     train, val, test = (
         plan.encode(t, splits.columns, name) for t, name in zip(tables, ("train", "val", "test"))
@@ -256,7 +258,7 @@ class TabularTask(Task):
             samples = _plan(splits).decode(
                 draw_samples(fitted.model, config.output.samples, seed=config.seed)
             )
-            write_samples(run_dir / "samples.csv", samples, splits.columns)
+            write_samples(run_dir / "samples.csv", samples, splits.columns, _plan(splits).labels)
         metrics["samples_nonfinite_rows"] = int(np.sum(~np.isfinite(samples).all(axis=1)))
         if config.output.plots:
             metrics["plots"] = _plots(run_dir, fitted.model, splits, samples)
