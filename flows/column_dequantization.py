@@ -3,13 +3,14 @@
 A table row `x (D,)` may hold categorical columns (codes `0 .. K-1`) and integer columns. A continuous flow
 models the row through a *model row* `y`, drawn from a learned `q(noise | x)`:
 
-- a categorical column with `K` categories becomes `K - 1` continuous coordinates `v` (argmax
-  dequantisation, Hoogeboom et al. 2021, "Argmax Flows and Multinomial Diffusion", with category 0 as the
-  reference at 0): category 0 owns `{v : max_j v_j < 0}`, category `k >= 1` owns
-  `{v : v_k > 0, v_k > v_j for j != k}`. The threshold construction puts `q(v | x)` on exactly that region:
-  from a free noise `u (K-1,)`, `T = softplus(u_k)` (`T = 0` for category 0), `v_k = T` and
-  `v_j = T - softplus(T - u_j)` for the others. Nothing depends on the order of the codes: relabelling the
-  categories permutes coordinates, which the flow models symmetrically;
+- a categorical column with `K` categories becomes `K` continuous coordinates `v` (argmax dequantisation,
+  Hoogeboom et al. 2021, "Argmax Flows and Multinomial Diffusion"): category `k` owns
+  `{v : v_k > v_j for j != k}`. The threshold construction puts `q(v | x)` on exactly that region: from a
+  free noise `u (K,)`, `v_k = u_k` and `v_j = u_k - softplus(u_k - u_j)` for the others. Nothing depends on
+  the order of the codes: relabelling the categories permutes the coordinates, and every category's region
+  has the same shape (mass `1 / K` under the initial, near-standard-normal model). `K - 1` coordinates
+  (a reference category at 0) would save one, but give the reference a region of another shape (an orthant:
+  mass `2^-(K-1)` at the start), which training must then undo;
 - an integer column marked variational becomes `x_j + sigmoid(h_j)` (Flow++-style variational
   dequantisation on the unit cell).
 
@@ -38,23 +39,20 @@ __all__ = ["ColumnDequantizedFlow", "argmax_category", "argmax_threshold", "make
 
 
 def argmax_threshold(codes: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """Threshold construction: integer `codes (b)` in `0 .. K-1` and free noise `u (b, K-1)` to `v (b, K-1)`
-    inside the argmax region of each code, and `log |det dv/du| (b)` (the Jacobian is triangular)."""
-    k = codes.long()
-    chosen = F.one_hot((k - 1).clamp(min=0), u.shape[-1]).to(torch.bool) & (k >= 1).unsqueeze(-1)
-    u_chosen = torch.where(chosen, u, torch.zeros_like(u)).sum(-1)
-    threshold = torch.where(k >= 1, F.softplus(u_chosen), torch.zeros_like(u_chosen)).unsqueeze(-1)
+    """Threshold construction: integer `codes (b)` in `0 .. K-1` and free noise `u (b, K)` to `v (b, K)`
+    inside the argmax region of each code, and `log |det dv/du| (b)` (the Jacobian is triangular: the
+    chosen coordinate is `u_k` itself, each other one depends on `u_k` and its own `u_j`)."""
+    chosen = F.one_hot(codes.long(), u.shape[-1]).to(torch.bool)
+    threshold = torch.where(chosen, u, torch.zeros_like(u)).sum(-1, keepdim=True)
     gap = threshold - u
-    v = torch.where(chosen, threshold, threshold - F.softplus(gap))
-    log_diagonal = torch.where(chosen, F.logsigmoid(u), F.logsigmoid(gap))
+    v = torch.where(chosen, u, threshold - F.softplus(gap))
+    log_diagonal = torch.where(chosen, torch.zeros_like(u), F.logsigmoid(gap))
     return v, log_diagonal.sum(-1)
 
 
 def argmax_category(v: Tensor) -> Tensor:
-    """The category `(...)` (int64) of argmax coordinates `v (..., K-1)`: 0 when every `v_j < 0`, else
-    `1 + argmax_j v_j`."""
-    largest, index = v.max(dim=-1)
-    return torch.where(largest > 0, index + 1, torch.zeros_like(index))
+    """The category `(...)` (int64) of argmax coordinates `v (..., K)`."""
+    return v.argmax(dim=-1)
 
 
 def make_noise_flow(noise_features: int, condition_features: int) -> Flow:
@@ -75,9 +73,9 @@ class ColumnDequantizedFlow(Flow):
     """A table flow over rows `x (batch, D)` with categorical and variationally dequantised integer columns.
 
     `flow` models model rows `y (batch, D')`: the `D - C` other columns in their order (integer columns
-    variationally dequantised), then the `K - 1` argmax coordinates of each categorical column in the order of
-    `categories` (`{column: K}`); `D' = D - C + sum (K - 1)`. `variational` lists integer columns dequantised
-    by `x_j + sigmoid(h_j)`. `noise` is `q`, a conditional flow over `sum (K - 1) + len(variational)`
+    variationally dequantised), then the `K` argmax coordinates of each categorical column in the order of
+    `categories` (`{column: K}`); `D' = D - C + sum K`. `variational` lists integer columns dequantised
+    by `x_j + sigmoid(h_j)`. `noise` is `q`, a conditional flow over `sum K + len(variational)`
     features given the row as `condition_features = D - C + sum K` values (defaults to `make_noise_flow`).
     `mean`, `std` (`(D - C,)`, buffers) standardise the other columns for the conditioning.
 
@@ -112,13 +110,13 @@ class ColumnDequantizedFlow(Flow):
                 f"categories {self.categories} and variational {self.variational}"
             )
         self.kept = [j for j in range(self.features) if j not in self.categories]
-        self.model_features = len(self.kept) + sum(k - 1 for k in self.categories.values())
+        self.model_features = len(self.kept) + sum(self.categories.values())
         if self.event_shape != (self.model_features,):
             raise ValueError(
                 f"the inner flow must model {self.model_features} features (model rows), got event shape "
                 f"{self.event_shape}"
             )
-        self.noise_features = len(self.variational) + sum(k - 1 for k in self.categories.values())
+        self.noise_features = len(self.variational) + sum(self.categories.values())
         self.condition_features = len(self.kept) + sum(self.categories.values())
         self.noise = (
             noise if noise is not None else make_noise_flow(self.noise_features, self.condition_features)
@@ -166,10 +164,10 @@ class ColumnDequantizedFlow(Flow):
         start = len(self.variational)
         blocks = []
         for j, k in self.categories.items():
-            v, log_det = argmax_threshold(codes[j], h[..., start : start + k - 1])
+            v, log_det = argmax_threshold(codes[j], h[..., start : start + k])
             blocks.append(v)
             log_q = log_q - log_det
-            start += k - 1
+            start += k
         parts = ([torch.stack(columns, dim=-1)] if columns else []) + blocks
         return torch.cat(parts, dim=-1), log_q, valid
 
@@ -193,8 +191,8 @@ class ColumnDequantizedFlow(Flow):
         out[..., self.kept] = y[..., : len(self.kept)]
         start = len(self.kept)
         for j, k in self.categories.items():
-            out[..., j] = argmax_category(y[..., start : start + k - 1]).to(y.dtype)
-            start += k - 1
+            out[..., j] = argmax_category(y[..., start : start + k]).to(y.dtype)
+            start += k
         return out
 
     def model_rows(self, x: Tensor) -> Tensor:

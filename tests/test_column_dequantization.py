@@ -23,17 +23,29 @@ from flows.training.config import ConfigError
 pd = pytest.importorskip("pandas")
 
 SMALL = {"transforms": 2, "hidden_features": [32, 32], "lr": 3e-3, "batch_size": 256}
+FIT = {**SMALL, "max_epochs": None, "max_steps": 300, "early_stopping_patience": None, "seed": 0}
 
 
-def _gaussian(features: int) -> flows.Flow:
-    """A standard normal model over `features` model coordinates (an identity transform)."""
-    return flows.Flow(ElementwiseAffine(0.0, 1.0, event_dims=1), StandardNormal((features,)))
+def _gaussian(features: int, mean: tuple[float, ...] = ()) -> flows.Flow:
+    """A normal model `N(mean, I)` over `features` model coordinates (an affine transform)."""
+    shift = -torch.as_tensor(mean or (0.0,) * features)
+    return flows.Flow(ElementwiseAffine(shift, 1.0, event_dims=1), StandardNormal((features,)))
+
+
+def _argmax_mass(mean: np.ndarray) -> np.ndarray:
+    """P(argmax v = k) for v ~ N(mean, I), by quadrature: int phi(t - m_k) prod_j Phi(t - m_j) dt."""
+    t = np.linspace(-12.0, 12.0, 20001)
+    masses = []
+    for k in range(mean.size):
+        others = np.prod([stats.norm.cdf(t - m) for j, m in enumerate(mean) if j != k], axis=0)
+        masses.append(np.trapezoid(stats.norm.pdf(t - mean[k]) * others, t))
+    return np.asarray(masses)
 
 
 def test_threshold_lands_in_the_region_with_the_autograd_log_determinant() -> None:
     torch.manual_seed(0)
     u = 3 * torch.randn(6, 4, dtype=torch.float64)
-    for code in range(5):
+    for code in range(4):
         codes = torch.full((6,), code)
         v, log_det = argmax_threshold(codes, u)
         assert torch.equal(argmax_category(v), codes)
@@ -45,10 +57,11 @@ def test_threshold_lands_in_the_region_with_the_autograd_log_determinant() -> No
 
 
 def test_argmax_weights_are_unbiased_and_the_bound_is_below_the_exact_log_mass() -> None:
-    """Model coordinates v ~ N(0, I_2): P(0) = P(v < 0) = 1/4, P(1) = P(2) = 3/8 exactly."""
+    """Model coordinates v ~ N(m, I_3): the exact masses P(argmax v = k) come from quadrature."""
     torch.manual_seed(0)
-    flow = ColumnDequantizedFlow(_gaussian(2), 1, {0: 3}).double()
-    exact = np.log([0.25, 0.375, 0.375])
+    mean = (0.8, 0.0, -0.5)
+    flow = ColumnDequantizedFlow(_gaussian(3, mean), 1, {0: 3}).double()
+    exact = np.log(_argmax_mass(np.asarray(mean)))
     with torch.no_grad():
         x = torch.arange(3.0, dtype=torch.float64).repeat_interleave(20000)[:, None]
         draws = flow.log_prob(x).reshape(3, -1)
@@ -85,7 +98,7 @@ def test_variational_weights_are_unbiased_for_a_cell_mass() -> None:
 
 
 def test_invalid_codes_score_minus_inf_and_rows_are_checked() -> None:
-    flow = ColumnDequantizedFlow(_gaussian(3), 2, {1: 3})
+    flow = ColumnDequantizedFlow(_gaussian(4), 2, {1: 3})
     scores = flow.log_prob(torch.tensor([[0.5, 0.0], [0.5, 3.0], [0.5, 1.5], [0.5, -1.0]]))
     assert torch.isfinite(scores[0]) and torch.isinf(scores[1:]).all()
     with pytest.raises(ValueError, match="expected rows of 2 float values"):
@@ -104,9 +117,8 @@ def _categorical_table(n: int, seed: int) -> tuple[pd.DataFrame, dict[float, flo
 @pytest.mark.slow
 def test_fitted_category_masses_and_frequencies_match_the_truth() -> None:
     torch.set_num_threads(1)
-    frame, probabilities = _categorical_table(3000, 0)
-    est = flows.DensityEstimator(categorical_columns=["c"], max_epochs=None, max_steps=500, seed=0, **SMALL)
-    est.fit(frame)
+    frame, probabilities = _categorical_table(2000, 0)
+    est = flows.DensityEstimator(categorical_columns=["c"], **FIT).fit(frame)
     shares = est.sample(20000, random_state=0)["c"].value_counts(normalize=True)
     x = np.random.default_rng(1).normal(size=400)
     masses = {}
@@ -114,41 +126,44 @@ def test_fitted_category_masses_and_frequencies_match_the_truth() -> None:
         assert shares[value] == pytest.approx(p, abs=0.03), value
         score = est.score_samples(pd.DataFrame({"c": np.full(x.size, value), "x": x}))
         masses[value] = np.exp(np.mean(score - stats.norm.logpdf(x)))  # log P(c) + log p(x) - log p(x)
-        assert masses[value] == pytest.approx(p, abs=0.04), value
+        assert masses[value] == pytest.approx(p, abs=0.03), value
     assert sum(masses.values()) < 1.02  # lower bounds of masses that sum to one
     assert est.score_samples(pd.DataFrame({"c": [5.0], "x": [0.0]}))[0] == -np.inf  # an unseen category
 
 
-def _alternating(n: int, seed: int) -> np.ndarray:
-    """Integers 0..9 whose even values are four times as likely as the odd ones: sharp steps between cells."""
-    weights = np.where(np.arange(10) % 2 == 0, 4.0, 1.0)
-    return np.random.default_rng(seed).choice(10, size=(n, 1), p=weights / weights.sum()).astype(float)
+def _zero_inflated(n: int, seed: int) -> np.ndarray:
+    """Counts: 0 with probability 1/2, else Poisson(4): a sharp step in mass between the cells 0 and 1."""
+    rng = np.random.default_rng(seed)
+    return np.where(rng.random(n) < 0.5, 0, rng.poisson(4.0, n))[:, None].astype(float)
 
 
 @pytest.mark.slow
 def test_variational_dequantisation_tightens_the_bound_and_stays_below_the_exact_mass() -> None:
     torch.set_num_threads(1)
-    train, test = _alternating(3000, 0), _alternating(2000, 1)
-    options = dict(discrete_columns=[0], bounds={0: (0, 9)}, max_epochs=None, max_steps=400, seed=0, **SMALL)
+    train, test = _zero_inflated(2000, 0), _zero_inflated(2000, 1)
+    options = dict(discrete_columns=[0], bounds={0: (0, None)}, **FIT)
     uniform = flows.DensityEstimator(**options).fit(train)
     variational = flows.DensityEstimator(dequantization="variational", **options).fit(train)
-    weights = np.where(np.arange(10) % 2 == 0, 4.0, 1.0)
-    entropy = float(stats.entropy(weights / weights.sum()))
+    k = np.arange(40)
+    pmf = 0.5 * (k == 0) + 0.5 * stats.poisson(4.0).pmf(k)
+    entropy = -np.sum(pmf * np.log(pmf))
     score_u, score_v = uniform.score_samples(test), variational.score_samples(test)
-    assert score_v.mean() > score_u.mean() + 0.02, (score_v.mean(), score_u.mean())
+    gain = score_v - score_u
+    assert gain.mean() > 0.01 and gain.mean() > 2 * gain.std() / np.sqrt(gain.size), gain.mean()
     assert score_v.mean() < -entropy + 2 * score_v.std() / np.sqrt(score_v.size)  # cross-entropy >= entropy
-    # the exact log-mass of each cell under the fitted model, by quadrature of its density over the cell
+    # the exact log-mass of each cell under the fitted model, by quadrature of its density over the cell;
+    # the 16-draw bound (a random variable) is below it on average over 200 scorings of the level
     model = variational.flow_
-    levels = np.arange(10.0)
-    bounds = variational.score_samples(levels[:, None])
-    for k, bound in zip(levels, bounds):
-        y = torch.linspace(k, k + 1, 4001, dtype=torch.float64)[:, None]
+    for level in range(8):
+        bounds = variational.score_samples(np.full((200, 1), float(level)))
+        y = torch.linspace(level, level + 1, 4001, dtype=torch.float64)[:, None]
         with torch.no_grad():
             density = flows.Flow.log_prob(model.double(), y).exp().numpy()
         model.float()
         exact = np.log(np.trapezoid(density, y[:, 0].numpy()))
-        assert bound <= exact + 0.01, (k, bound, exact)
-        assert bound > exact - 0.5, (k, bound, exact)  # and not vacuous
+        se = bounds.std() / np.sqrt(bounds.size)
+        assert bounds.mean() <= exact + 3 * se + 1e-4, (level, bounds.mean(), exact)
+        assert bounds.mean() > exact - 0.3, (level, bounds.mean(), exact)  # and not vacuous
 
 
 def test_learned_dequantisation_refuses_training_noise_on_the_columns() -> None:
@@ -174,7 +189,7 @@ def test_penguins_categorical_columns_fit_and_sample_valid_categories(tmp_path) 
     est = flows.DensityEstimator(
         categorical_columns=["species", "island", "sex"],
         discrete_columns=["year"],
-        bounds={"bill_length_mm": (0, None), "body_mass_g": (0, None)},
+        bounds={"bill_length_mm": (0, None), "body_mass_g": (0, None), "year": (2007, 2009)},
         max_epochs=None,
         max_steps=150,
         **SMALL,
@@ -192,10 +207,7 @@ def test_penguins_categorical_columns_fit_and_sample_valid_categories(tmp_path) 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suffix", ["csv", "parquet"])
-def test_yaml_string_categories_are_coded_by_the_plan_and_decoded_in_samples(tmp_path, suffix: str) -> None:
-    if suffix == "parquet":
-        pytest.importorskip("pyarrow")
+def test_yaml_string_categories_are_coded_by_the_plan_and_decoded_in_samples(tmp_path) -> None:
     from flows.training.checkpoints import load_model
     from flows.training.cli import main
     from flows.training.pipeline import run
@@ -205,13 +217,13 @@ def test_yaml_string_categories_are_coded_by_the_plan_and_decoded_in_samples(tmp
     probabilities = {"red": 0.6, "green": 0.1, "blue": 0.3}
     colour = rng.choice(list(probabilities), size=2000, p=list(probabilities.values()))
     table = pd.DataFrame({"size": rng.normal(size=2000) + (colour == "green"), "colour": colour})
-    path = tmp_path / f"table.{suffix}"
-    table.to_csv(path, index=False) if suffix == "csv" else table.to_parquet(path)
+    path = tmp_path / "table.csv"
+    table.to_csv(path, index=False)
     config = {
         "seed": 0,
         "data": {"dataset": f"file:{path}", "categorical_columns": ["colour"]},
         "model": {"name": "nsf", "transforms": 2, "hidden_features": [32, 32]},
-        "train": {"max_epochs": None, "max_steps": 300, "batch_size": 128, "lr": 3e-3},
+        "train": {"max_epochs": None, "max_steps": 300, "batch_size": 256, "lr": 3e-3},
         "output": {"dir": str(tmp_path / "runs"), "samples": 4000, "plots": False, "logger": "none"},
     }
     result = run(config, verbose=False)
@@ -222,6 +234,8 @@ def test_yaml_string_categories_are_coded_by_the_plan_and_decoded_in_samples(tmp
         assert shares[name] == pytest.approx(p, abs=0.05), name
     loaded = load_model(result.checkpoint)  # plain data: the labels are strings in the record
     assert loaded.plan.labels == {1: ["blue", "green", "red"]}
+    reloaded = flows.DensityEstimator.load(result.checkpoint)  # DataFrames with the labels score through it
+    assert reloaded.score_samples(pd.DataFrame({"size": [0.0], "colour": ["purple"]}))[0] == -np.inf
     out = tmp_path / "drawn.csv"
     assert main(["sample", "--ckpt", str(result.checkpoint), "-n", "300", "--out", str(out)]) == 0
     assert set(pd.read_csv(out)["colour"]) <= set(probabilities)
@@ -246,3 +260,17 @@ def test_yaml_string_categories_are_coded_by_the_plan_and_decoded_in_samples(tmp
     log_p = pd.read_csv(scored)["log_prob"].to_numpy()
     assert np.isfinite(log_p[:2]).all() and log_p[2] == -np.inf
     assert log_p[0] > log_p[1]  # red (0.6) is more likely than green (0.1) at the same size
+
+
+def test_text_categories_are_coded_by_the_sorted_labels_of_all_files(tmp_path) -> None:
+    pytest.importorskip("pyarrow")
+    from flows.datasets import load_tables
+
+    pd.DataFrame({"x": [1.0, 2.0, 3.0], "kind": ["b", "a", "b"]}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"x": [4.0, 5.0], "kind": ["c", "a"]}).to_csv(tmp_path / "val.csv", index=False)
+    tables, names, labels = load_tables([tmp_path / "train.parquet", tmp_path / "val.csv"], ["kind"])
+    assert names == ["x", "kind"] and labels == {"kind": ["a", "b", "c"]}
+    np.testing.assert_array_equal(tables[0][:, 1], [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(tables[1][:, 1], [2.0, 0.0])
+    with pytest.raises(TypeError, match="non-numeric columns"):  # text outside categorical_columns
+        load_tables([tmp_path / "val.csv"], [])

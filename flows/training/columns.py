@@ -8,7 +8,7 @@ behind the codes `0 .. K-1`. A continuous column lives on the open interval `(lo
 column's values `k` satisfy `low <= k <= high` and the model sees `k + u` on
 `(low - margin, high + 1 + margin)` (so float rounding of `k + u` never reaches a bound). The model's support
 is folded into the flow as a `flows.bijectors.ColumnSupport`. Categorical columns (`argmax`, every plan made
-now) are argmax-dequantised: a column of `K` categories is `K - 1` unbounded model coordinates, and the flow
+now) are argmax-dequantised: a column of `K` categories is `K` unbounded model coordinates, and the flow
 is wrapped in a `flows.column_dequantization.ColumnDequantizedFlow` that draws them (and the variational
 noise) from a learned `q`. Plans saved before argmax (`argmax` False) dequantise the codes uniformly inside
 `(0, K)`. With dequantised columns, log-likelihoods are log-probability masses of the discrete parts (a lower
@@ -84,8 +84,8 @@ class ColumnPlan:
 
     @property
     def model_features(self) -> int:
-        """The width `D'` of the rows the flow models: kept columns plus `K - 1` per argmax column."""
-        extra = sum(len(v) - 1 for v in self.categories.values()) if self.argmax else 0
+        """The width `D'` of the rows the flow models: kept columns plus `K` per argmax column."""
+        extra = sum(len(v) for v in self.categories.values()) if self.argmax else 0
         return len(self.kept) + extra
 
     def wrap(self, flow: Any, mean: Optional[np.ndarray] = None, std: Optional[np.ndarray] = None) -> Any:
