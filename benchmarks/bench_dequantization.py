@@ -62,7 +62,9 @@ def _share_gap(samples: object, train: object) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600, help="optimiser steps (early stopping may end sooner)")
+    parser.add_argument(
+        "--steps", type=int, default=600, help="optimiser steps (early stopping may end sooner)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -77,7 +79,9 @@ def main() -> None:
         for label, (data, options) in _settings(table).items():
             train, test = data.iloc[train_rows], data.iloc[test_rows]
             start = time.perf_counter()
-            est = flows.DensityEstimator(max_epochs=None, max_steps=args.steps, seed=seed, **options).fit(train)
+            est = flows.DensityEstimator(max_epochs=None, max_steps=args.steps, seed=seed, **options).fit(
+                train
+            )
             seconds = time.perf_counter() - start
             scores = est.score_samples(test)
             se = scores.std(ddof=1) / np.sqrt(scores.size)

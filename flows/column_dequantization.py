@@ -149,14 +149,20 @@ class ColumnDequantizedFlow(Flow):
             codes[j] = torch.nan_to_num(value, nan=0.0).round().clamp(0, k - 1).long()
         return codes, valid
 
-    def dequantize(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One draw from `q`: model rows `y (batch, D')`, `log q(y | x) (batch)` and the valid-row flag."""
+    def dequantize(self, x: Tensor, noise: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """One draw from `q`: model rows `y (batch, D')`, `log q(y | x) (batch)` and the valid-row flag.
+        `noise`: the base draw of `q` (`(noise_features,)` shared by every row, or `(batch, noise_features)`);
+        None draws it from torch's generator."""
         x = self._check_rows(x)
         codes, valid = self._codes(x)
         others = x[..., self.kept]
         condition = [torch.nan_to_num((others - self.mean) / self.std, posinf=0.0, neginf=0.0)]
         condition += [F.one_hot(codes[j], k).to(x.dtype) for j, k in self.categories.items()]
-        h, log_q = self.noise.sample_and_log_prob((), torch.cat(condition, dim=-1))
+        given = self.noise._embed(torch.cat(condition, dim=-1))
+        shape = x.shape[:-1] + (self.noise_features,)
+        eps = torch.randn(shape, dtype=x.dtype, device=x.device) if noise is None else noise.expand(shape)
+        h, ladj_inverse = self.noise.transform.inverse(eps, given)
+        log_q = self.noise.base.log_prob(eps, given) - ladj_inverse
         columns = list(others.unbind(-1))
         for i, j in enumerate(self.variational):
             columns[self.kept.index(j)] = x[..., j] + torch.sigmoid(h[..., i])
@@ -171,10 +177,11 @@ class ColumnDequantizedFlow(Flow):
         parts = ([torch.stack(columns, dim=-1)] if columns else []) + blocks
         return torch.cat(parts, dim=-1), log_q, valid
 
-    def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def log_prob(self, x: Tensor, context: Optional[Tensor] = None, noise: Optional[Tensor] = None) -> Tensor:
         """One draw of `log p(y) - log q(y | x)` for rows `x (batch, D)`; `(batch)`. Rows with an invalid
-        category code or a non-finite value score `-inf`."""
-        y, log_q, valid = self.dequantize(x)
+        category code or a non-finite value score `-inf`. `noise` as in `dequantize` (a shared draw makes a
+        row's score independent of the other rows)."""
+        y, log_q, valid = self.dequantize(x, noise)
         finite = torch.isfinite(x).all(dim=-1)
         y = torch.where((valid & finite).unsqueeze(-1), y, torch.full_like(y, math.inf))
         return torch.where(valid & finite, super().log_prob(y, context) - log_q, -math.inf)

@@ -515,7 +515,9 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         estimator.n_features_in_ = loaded.features
         estimator.context_columns_ = list(loaded.context_columns)
         estimator.columns_plan_ = loaded.plan
-        text = {loaded.columns[j]: list(labels) for j, labels in loaded.plan.labels.items()}  # YAML string labels
+        text = {
+            loaded.columns[j]: list(labels) for j, labels in loaded.plan.labels.items()
+        }  # YAML string labels
         estimator.categories_ = dict(payload.get("categories") or text)
         if payload.get("frame"):
             estimator.feature_names_in_ = np.asarray(loaded.columns, dtype=object)
