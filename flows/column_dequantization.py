@@ -14,6 +14,11 @@ models the row through a *model row* `y`, drawn from a learned `q(noise | x)`:
 - an integer column marked variational becomes `x_j + sigmoid(h_j)` (Flow++-style variational
   dequantisation on the unit cell).
 
+Argmax rather than simplex dequantisation (a point on the probability simplex near the category's vertex):
+the argmax coordinates are unbounded, so every vector flow models them as it is, and the threshold
+construction gives the exact region and its log-Jacobian in closed form; a simplex would need a flow on a
+bounded, curved support.
+
 The noise `(u, h)` comes from a conditional flow given the row (continuous columns standardised,
 categories one-hot). For any density `p(y)`, `P(x) = int_{region(x)} p(y) dy >= E_q[log p(y) - log q(y | x)]`
 (Jensen), and `log mean_s p(y_s) / q(y_s | x)` over `S` draws is the tighter importance-weighted bound;

@@ -287,3 +287,13 @@ def test_text_categories_are_coded_by_the_sorted_labels_of_all_files(tmp_path) -
     np.testing.assert_array_equal(tables[1][:, 1], [2.0, 0.0])
     with pytest.raises(TypeError, match="non-numeric columns"):  # text outside categorical_columns
         load_tables([tmp_path / "val.csv"], [])
+
+
+def test_the_discrete_warning_points_at_the_dequantisation_options() -> None:
+    from flows.training.safety import column_warnings
+
+    table = np.column_stack([np.arange(100) % 3, np.random.default_rng(0).normal(size=100)]).astype(float)
+    (message,) = column_warnings(table, ["kind", "x"], dequantized=False)
+    assert "kind (3 distinct values)" in message and "x (" not in message
+    for option in ("discrete_columns", "categorical_columns", "dequantization", "argmax", "dequantize=True"):
+        assert option in message, option
