@@ -72,6 +72,11 @@ def build_from_record(record: dict[str, Any]) -> tuple[Flow, Config]:
     features = int(record["features"])
     context = stats_from_record(record.get("context"))
     plan = ColumnPlan.from_record(record.get("columns_plan"), features)
+    if plan.features != features:  # the plan decides the model's width: it must describe the record's columns
+        raise ValueError(
+            f"the weights do not fit the model its record describes: the record has {features} features but a "
+            f"column plan of {plan.features} columns"
+        )
     support, width = plan.support(), plan.model_features
     if record.get("standardized", False):
         mean, std = np.zeros(width), np.ones(width)
