@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from flows.bijectors.normalization import ActNorm, BatchNorm
     from flows.bijectors.reshape import MultiscaleSplit, Squeeze
     from flows.bijectors.support import ColumnSupport
+    from flows.column_dequantization import ColumnDequantizedFlow
     from flows.core import Bijector, Chain, Inverse
     from flows.dequantization import (
         DequantizedFlow,
@@ -52,6 +53,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActNorm",
     "BatchNorm",
+    "ColumnDequantizedFlow",
     "ColumnSupport",
     "ElementwiseAffine",
     "Glow",
@@ -122,6 +124,7 @@ _LAZY = {
     "BatchNorm": "flows.bijectors.normalization",
     "MultiscaleSplit": "flows.bijectors.reshape",
     "Squeeze": "flows.bijectors.reshape",
+    "ColumnDequantizedFlow": "flows.column_dequantization",
     "ColumnSupport": "flows.bijectors.support",
     "Bijector": "flows.core",
     "Chain": "flows.core",

@@ -1,7 +1,14 @@
 """Numpy-level datasets: 2-D toys, synthetic targets with known density, tables, files, splits, UCI/MAF."""
 
 from flows.datasets.conditional import ConditionalMixture
-from flows.datasets.files import SUPPORTED_FORMATS, as_array, load_table, table_columns, validate_table
+from flows.datasets.files import (
+    SUPPORTED_FORMATS,
+    as_array,
+    load_table,
+    load_tables,
+    table_columns,
+    validate_table,
+)
 from flows.datasets.splits import train_val_test_split
 from flows.datasets.synthetic import (
     SYNTHETIC_TARGETS,
@@ -34,6 +41,7 @@ __all__ = [
     "as_array",
     "load_sklearn_table",
     "load_table",
+    "load_tables",
     "load_uci",
     "make_synthetic_target",
     "random_covariance",

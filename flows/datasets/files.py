@@ -9,7 +9,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SUPPORTED_FORMATS", "as_array", "load_table", "table_columns", "validate_table"]
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "as_array",
+    "code_text_columns",
+    "load_table",
+    "load_tables",
+    "table_columns",
+    "validate_table",
+]
 
 SUPPORTED_FORMATS: dict[str, str] = {
     ".csv": "comma-separated text",
@@ -85,7 +93,7 @@ def as_array(data: Any, name: str = "data") -> tuple[np.ndarray, list[str]]:
         if non_numeric:
             raise TypeError(
                 f"{name} has non-numeric columns {non_numeric}; drop or encode them first, or declare them "
-                "categorical (DensityEstimator(categorical_columns=[...]))"
+                "categorical (DensityEstimator(categorical_columns=[...]), data.categorical_columns in a config)"
             )
         complex_columns = [
             f"{c} ({data[c].dtype})" for c in data.columns if pd.api.types.is_complex_dtype(data[c])
@@ -249,6 +257,77 @@ def parquet_columns(path: Path) -> list[str]:
     return [str(name) for name in schema.names if name not in index]
 
 
+def _checked_path(path: Path) -> Path:
+    """`path` if it names an existing table file of a supported format; a clear error otherwise."""
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_FORMATS:
+        raise ValueError(
+            f"unsupported table format {path.suffix or '(no extension)'!r} for {path}; "
+            f"supported: {', '.join(SUPPORTED_FORMATS)}"
+        )
+    if path.is_dir():
+        raise ValueError(f"table path {path} is a directory; expected a table file")
+    if not path.is_file():
+        raise FileNotFoundError(f"table file not found: {path.resolve()}")
+    return path
+
+
+def _read_frame(path: Path, columns: Sequence[str | int] | None, header: bool | None) -> Any:
+    """A CSV / TSV / Parquet table as a DataFrame of the selected `columns`."""
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return _read_text(path, "," if path.suffix.lower() == ".csv" else "\t", header, columns)
+    df = _pandas().read_parquet(path)
+    if columns is not None:
+        df = df.iloc[:, _column_indices([str(c) for c in df.columns], columns, path)]
+    return df
+
+
+def code_text_columns(frame: Any, labels: dict[str, list[str]]) -> Any:
+    """A copy of the DataFrame `frame` whose columns named in `labels` hold float codes `0 .. K-1` of their
+    labels (text; -1 for a label not in the list, so it lies outside the column's categories)."""
+    frame = frame.copy()
+    for name, known in labels.items():
+        index = {label: code for code, label in enumerate(known)}
+        frame[name] = [float(index.get(str(v), -1)) for v in frame[name]]
+    return frame
+
+
+def load_tables(
+    paths: Sequence[str | Path],
+    categorical: Sequence[str | int],
+    columns: Sequence[str | int] | None = None,
+    header: bool | None = None,
+    key: str | None = None,
+) -> tuple[list[np.ndarray], list[str], dict[str, list[str]]]:
+    """Tables of the same columns (`load_table` each) whose `categorical` columns (names or positions of
+    the selected columns) may hold text labels (CSV / TSV / Parquet): a text column is coded `0 .. K-1` by
+    the sorted labels of all the files. Returns the arrays, the column names and `{name: labels}` of the
+    text columns. Missing labels are a ValueError naming the column."""
+    checked = [_checked_path(Path(p)) for p in paths]
+    if not categorical or any(p.suffix.lower() not in (".csv", ".tsv", ".parquet") for p in checked):
+        loaded = [load_table(p, columns, header, key) for p in checked]
+        return [a for a, _ in loaded], loaded[0][1], {}
+    pd = _pandas()
+    frames = [_read_frame(p, columns, header) for p in checked]
+    names = [str(c) for c in frames[0].columns]
+    for frame in frames:
+        frame.columns = [str(c) for c in frame.columns]
+    text = []
+    for c in categorical:
+        name = names[_column_indices(names, [c], checked[0])[0]] if not isinstance(c, str) else c
+        present = [f for f in frames if name in f.columns]
+        if present and any(not pd.api.types.is_numeric_dtype(f[name]) for f in present):
+            text.append(name)
+    labels: dict[str, list[str]] = {}
+    for name in text:
+        series = [f[name] for f in frames if name in f.columns]
+        if any(s.isna().any() for s in series):
+            raise ValueError(f"categorical column {name!r} has missing values; drop or fill them first")
+        labels[name] = sorted({str(v) for s in series for v in s.unique()})
+    arrays = [as_array(code_text_columns(f, labels), name=str(p))[0] for f, p in zip(frames, checked)]
+    return arrays, names, labels
+
+
 def load_table(
     path: str | Path,
     columns: Sequence[str | int] | None = None,
@@ -262,25 +341,10 @@ def load_table(
     columns of a CSV/TSV/Parquet table need to be numeric). Empty, ragged (rows of different lengths) and
     duplicate-header CSV files are errors naming the file.
     """
-    path = Path(path)
+    path = _checked_path(Path(path))
     suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_FORMATS:
-        raise ValueError(
-            f"unsupported table format {path.suffix or '(no extension)'!r} for {path}; "
-            f"supported: {', '.join(SUPPORTED_FORMATS)}"
-        )
-    if path.is_dir():
-        raise ValueError(f"table path {path} is a directory; expected a table file")
-    if not path.is_file():
-        raise FileNotFoundError(f"table file not found: {path.resolve()}")
-    if suffix in (".csv", ".tsv"):
-        df = _read_text(path, "," if suffix == ".csv" else "\t", header, columns)
-        return as_array(df, name=str(path))
-    if suffix == ".parquet":
-        df = _pandas().read_parquet(path)
-        if columns is not None:
-            df = df.iloc[:, _column_indices([str(c) for c in df.columns], columns, path)]
-        return as_array(df, name=str(path))
+    if suffix in (".csv", ".tsv", ".parquet"):
+        return as_array(_read_frame(path, columns, header), name=str(path))
     if suffix == ".npy":
         arr, names = as_array(np.load(path, allow_pickle=False), name=str(path))
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import glob
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -166,10 +166,16 @@ def _text_blocks(path: str, header: bool, block_bytes: int) -> list[Piece]:
     return blocks
 
 
-def read_piece(piece: Piece, source: TableSource, first: Optional[int] = None) -> np.ndarray:
+def read_piece(
+    piece: Piece,
+    source: TableSource,
+    first: Optional[int] = None,
+    labels: Optional[Mapping[str, Sequence[str]]] = None,
+) -> np.ndarray:
     """The selected columns of one piece as float64 `(rows, len(source.columns))`. Non-numeric columns and
     NaN or infinite values are errors naming the file (and, given `first`, the piece's first global row,
-    the indices of the bad rows)."""
+    the indices of the bad rows). `labels` (`{name: text labels}`): those columns are read as text and
+    coded `0 .. K-1` (-1 for a label not in the list)."""
     pa = _pyarrow()
     try:
         if piece.path.lower().endswith(".parquet"):
@@ -187,11 +193,21 @@ def read_piece(piece: Piece, source: TableSource, first: Optional[int] = None) -
     except (pa.ArrowInvalid, OSError) as error:
         raise ValueError(f"{piece.path} could not be parsed as a table: {error}") from error
     numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
-    text = [n for n, column in zip(source.names, table.columns) if not any(f(column.type) for f in numeric)]
+    labels = labels or {}
+    text = [
+        n
+        for n, column in zip(source.names, table.columns)
+        if n not in labels and not any(f(column.type) for f in numeric)
+    ]
     if text:
         raise TypeError(f"{piece.path} has non-numeric columns {text}; drop or encode them first")
     array = np.column_stack(
-        [np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64) for column in table.columns]
+        [
+            _codes(column, labels[name])
+            if name in labels
+            else np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+            for name, column in zip(source.names, table.columns)
+        ]
     ).reshape(-1, len(source.columns))
     bad = ~np.isfinite(array)
     if bad.any():
@@ -207,6 +223,12 @@ def read_piece(piece: Piece, source: TableSource, first: Optional[int] = None) -
             f"{where}"
         )
     return array
+
+
+def _codes(column: Any, labels: Sequence[str]) -> np.ndarray:
+    """A column of text labels as float codes into `labels` (-1 for one not among them)."""
+    index = {label: float(code) for code, label in enumerate(labels)}
+    return np.asarray([index.get(str(v), -1.0) for v in column.to_pylist()], dtype=np.float64)
 
 
 def iter_row_chunks(source: TableSource, pieces: Sequence[Piece]) -> Iterator[tuple[int, np.ndarray]]:

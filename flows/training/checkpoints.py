@@ -71,13 +71,19 @@ def build_from_record(record: dict[str, Any]) -> tuple[Flow, Config]:
     config = parse_config(record["config"])
     features = int(record["features"])
     context = stats_from_record(record.get("context"))
-    support = ColumnPlan.from_record(record.get("columns_plan"), features).support()
+    plan = ColumnPlan.from_record(record.get("columns_plan"), features)
+    if plan.features != features:  # the plan decides the model's width: it must describe the record's columns
+        raise ValueError(
+            f"the weights do not fit the model its record describes: the record has {features} features but a "
+            f"column plan of {plan.features} columns"
+        )
+    support, width = plan.support(), plan.model_features
     if record.get("standardized", False):
-        mean, std = np.zeros(features), np.ones(features)
-        flow = build_flow(config.model, features, mean, std, context=context, support=support)
+        mean, std = np.zeros(width), np.ones(width)
+        flow = build_flow(config.model, width, mean, std, context=context, support=support)
     else:
-        flow = build_flow(config.model, features, context=context, support=support)
-    return flow, config
+        flow = build_flow(config.model, width, context=context, support=support)
+    return plan.wrap(flow), config
 
 
 def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> LoadedModel:

@@ -35,9 +35,11 @@ def table_batches(
     header: Optional[bool],
     key: Optional[str],
     rows: int = CHUNK_ROWS,
+    labels: Optional[dict[str, list[str]]] = None,
 ) -> tuple[Iterator[np.ndarray], list[str]]:
     """Batches `(<= rows, len(columns))` float64 of the selected columns of a table, and their names:
-    streamed piece by piece for Parquet / CSV / TSV, from the whole array for NPY / NPZ."""
+    streamed piece by piece for Parquet / CSV / TSV, from the whole array for NPY / NPZ. `labels`
+    (`{name: text labels}`, Parquet / CSV / TSV): text columns coded as in `read_piece`."""
     if Path(path).suffix.lower() not in STREAM_FORMATS:
         from flows.datasets import load_table
 
@@ -48,7 +50,7 @@ def table_batches(
     def batches() -> Iterator[np.ndarray]:
         first = 0
         for piece in list_pieces(source):
-            part = read_piece(piece, source, first)
+            part = read_piece(piece, source, first, labels)
             first += part.shape[0]
             yield from (part[i : i + rows] for i in range(0, part.shape[0], rows))
 
@@ -84,7 +86,8 @@ def score_rows(
     if context and columns is None:  # by position: the model's columns, then the context's
         columns = list(range(features))
     selection = None if columns is None else [*columns, *context]
-    batches, names = table_batches(arguments.data, selection, header, arguments.key)
+    labels = {loaded.columns[j]: values for j, values in loaded.plan.labels.items()}  # string categories
+    batches, names = table_batches(arguments.data, selection, header, arguments.key, labels=labels)
     first = next(batches, None)  # a table that cannot be read is reported before a wrong column count
     batches = itertools.chain([] if first is None else [first], batches)
     width = len(names) - len(context)
@@ -112,7 +115,7 @@ def score_rows(
 
 def sample_rows(loaded: Any, arguments: argparse.Namespace) -> int:
     """Write `-n` samples of `loaded.flow` to `arguments.out` in chunks; returns the row count."""
-    with table_writer(arguments.out, loaded.columns) as writer:
+    with table_writer(arguments.out, loaded.columns, loaded.plan.labels) as writer:
         for chunk in iter_samples(loaded.flow, arguments.num_samples, arguments.seed, SAMPLE_CHUNK_ROWS):
             writer.write(loaded.plan.decode(chunk))
     return writer.rows

@@ -1,15 +1,18 @@
 """Per-column handling of a table: bounds, discrete and categorical columns (`data.bounds`,
 `data.discrete_columns`, `data.categorical_columns`; `DensityEstimator(bounds=..., ...)`).
 
-A `ColumnPlan` says, per modelled column `j`: its declared bounds `low[j], high[j]`, whether it is
-dequantised with U[0, 1) noise (`discrete[j]`: integer columns and categorical codes), and for categorical
-columns the sorted category values behind the codes `0 .. K-1`. A continuous column lives on the open
-interval `(low, high)`; a dequantised column's values `k` satisfy `low <= k <= high` and the model sees
-`k + u` on `(low - margin, high + 1 + margin)` (so float rounding of `k + u` never reaches a bound). The
-model's support is folded into the flow as a `flows.bijectors.ColumnSupport`. Categorical codes are bounded
-by `(0, K - 1)`, so every sample floors to a valid code. With dequantised columns, log-likelihoods are
-log-probability masses of the discrete parts (a lower bound by Jensen, through the dequantisation) plus log
-densities of the continuous ones.
+A `ColumnPlan` says, per modelled column `j`: its declared bounds `low[j], high[j]`, whether it holds
+integers (`discrete[j]`: integer columns and categorical codes), whether an integer column is dequantised with
+learned noise (`variational[j]`, else U[0, 1) noise), and for categorical columns the sorted category values
+behind the codes `0 .. K-1`. A continuous column lives on the open interval `(low, high)`; a dequantised
+column's values `k` satisfy `low <= k <= high` and the model sees `k + u` on
+`(low - margin, high + 1 + margin)` (so float rounding of `k + u` never reaches a bound). The model's support
+is folded into the flow as a `flows.bijectors.ColumnSupport`. Categorical columns (`argmax`, every plan made
+now) are argmax-dequantised: a column of `K` categories is `K` unbounded model coordinates, and the flow
+is wrapped in a `flows.column_dequantization.ColumnDequantizedFlow` that draws them (and the variational
+noise) from a learned `q`. Plans saved before argmax (`argmax` False) dequantise the codes uniformly inside
+`(0, K)`. With dequantised columns, log-likelihoods are log-probability masses of the discrete parts (a lower
+bound, through the dequantisation) plus log densities of the continuous ones.
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ class ColumnPlan:
     categories: dict[int, list[float]] = field(default_factory=dict)
     #: column index -> softplus scale of a half-bounded column (set from the training data by `fit_scales`)
     scale: list[float] = field(default_factory=list)
+    #: per column: an integer column dequantised with learned (variational) noise; [] = none
+    variational: list[bool] = field(default_factory=list)
+    #: categorical columns are argmax-dequantised (False: codes with U[0, 1) noise, plans saved before it)
+    argmax: bool = False
+    #: column index -> the text labels of a string categorical column (read from CSV / Parquet): its table
+    #: values are the codes 0 .. K-1 of these labels (its `categories` are the codes)
+    labels: dict[int, list[str]] = field(default_factory=dict)
 
     @property
     def features(self) -> int:
@@ -56,9 +66,47 @@ class ColumnPlan:
         return any(self.discrete)
 
     @property
+    def learned(self) -> list[bool]:
+        """`(D,)`: columns dequantised by the learned `q` of a `ColumnDequantizedFlow` (argmax categorical
+        columns and variational integer columns)."""
+        variational = self.variational or [False] * self.features
+        return [bool(v) or (self.argmax and j in self.categories) for j, v in enumerate(variational)]
+
+    @property
     def mask(self) -> np.ndarray:
-        """`(D,)` float64: 1 for dequantised columns, 0 for continuous ones."""
-        return np.asarray(self.discrete, dtype=np.float64)
+        """`(D,)` float64: 1 for columns dequantised with U[0, 1) noise, 0 for the others."""
+        return np.asarray(self.discrete, dtype=np.float64) * ~np.asarray(self.learned, dtype=bool)
+
+    @property
+    def kept(self) -> list[int]:
+        """The columns that are model columns too (all but the argmax categorical ones), in order."""
+        return [j for j in range(self.features) if not (self.argmax and j in self.categories)]
+
+    @property
+    def model_features(self) -> int:
+        """The width `D'` of the rows the flow models: kept columns plus `K` per argmax column."""
+        extra = sum(len(v) for v in self.categories.values()) if self.argmax else 0
+        return len(self.kept) + extra
+
+    def wrap(self, flow: Any, mean: Optional[np.ndarray] = None, std: Optional[np.ndarray] = None) -> Any:
+        """`flow` (over model rows) wrapped in the `ColumnDequantizedFlow` of the learned columns, or as it is
+        when there are none; `mean`, `std` `(len(kept),)` standardise the conditioning of `q`."""
+        if not any(self.learned):
+            return flow
+        import torch
+
+        from flows.column_dequantization import ColumnDequantizedFlow
+
+        dtype = torch.get_default_dtype()
+        categories = {j: len(v) for j, v in self.categories.items()} if self.argmax else {}
+        variational = [j for j, v in enumerate(self.variational) if v]
+        tensors = [None if a is None else torch.as_tensor(a, dtype=dtype) for a in (mean, std)]
+        return ColumnDequantizedFlow(flow, self.features, categories, variational, None, *tensors)
+
+    def model_rows(self, table: np.ndarray) -> np.ndarray:
+        """`table (n, D)` as stand-in model rows `(n, D')`: kept columns, zeros for argmax coordinates."""
+        extra = self.model_features - len(self.kept)
+        return np.concatenate([table[:, self.kept], np.zeros((table.shape[0], extra))], axis=1)
 
     def record(self) -> dict[str, Any]:
         """Plain data for a checkpoint (infinities as None)."""
@@ -68,6 +116,9 @@ class ColumnPlan:
             "discrete": list(self.discrete),
             "categories": {str(j): list(values) for j, values in self.categories.items()},
             "scale": list(self.scale),
+            "variational": list(self.variational),
+            "argmax": self.argmax,
+            "labels": {str(j): list(values) for j, values in self.labels.items()},
         }
 
     @classmethod
@@ -81,20 +132,32 @@ class ColumnPlan:
             [bool(v) for v in record["discrete"]],
             {int(j): list(values) for j, values in (record.get("categories") or {}).items()},
             [float(v) for v in record.get("scale") or []],
+            [bool(v) for v in record.get("variational") or []],
+            bool(record.get("argmax", False)),
+            {int(j): [str(v) for v in values] for j, values in (record.get("labels") or {}).items()},
         )
 
     def support(self) -> Any:
-        """The `ColumnSupport` bijector of the bounds (None without bounds)."""
-        if not self.bounded:
+        """The `ColumnSupport` bijector of the bounds over the model rows `(D',)`: argmax coordinates are
+        unbounded (None without bounds)."""
+        low, high = self.model_bounds()
+        kept = self.kept
+        extra = self.model_features - len(kept)
+        low = np.concatenate([low[kept], np.full(extra, -math.inf)])
+        high = np.concatenate([high[kept], np.full(extra, math.inf)])
+        if not (np.isfinite(low).any() or np.isfinite(high).any()):
             return None
         import torch
 
         from flows.bijectors.support import ColumnSupport
 
         dtype = torch.get_default_dtype()
-        low, high = self.model_bounds()
-        scale = torch.as_tensor(self.scale or [1.0] * self.features, dtype=dtype)
-        return ColumnSupport(torch.as_tensor(low, dtype=dtype), torch.as_tensor(high, dtype=dtype), scale)
+        scale = np.concatenate([np.asarray(self.scale or [1.0] * self.features)[kept], np.ones(extra)])
+        return ColumnSupport(
+            torch.as_tensor(low, dtype=dtype),
+            torch.as_tensor(high, dtype=dtype),
+            torch.as_tensor(scale, dtype=dtype),
+        )
 
     def model_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """`(D,)` bounds of the values the flow sees: dequantised columns widened to their cells."""
@@ -234,9 +297,15 @@ def resolve_columns(
     discrete_columns: Sequence[Key] = (),
     categorical_columns: Sequence[Key] = (),
     dequantize_all: bool = False,
+    dequantization: str = "uniform",
+    labels: Optional[Mapping[str, list[str]]] = None,
 ) -> ColumnPlan:
     """The plan for a table with `columns`; `tables` (train, val, test) give the categories (their sorted
-    distinct values). `dequantize_all` (the `dequantize` shortcut) makes every column discrete."""
+    distinct values). `dequantize_all` (the `dequantize` shortcut) makes every column discrete;
+    `dequantization` ("uniform" or "variational") is the noise of the integer (non-categorical) columns;
+    `labels` (`{name: text labels}`) names the string categorical columns whose tables hold codes."""
+    if dequantization not in ("uniform", "variational"):
+        raise ConfigError(f"dequantization: expected 'uniform' or 'variational', got {dequantization!r}")
     features = len(columns)
     low, high = [-math.inf] * features, [math.inf] * features
     discrete = [bool(dequantize_all)] * features
@@ -260,4 +329,8 @@ def resolve_columns(
             )
         categories[j] = values.tolist()
         low[j], high[j], discrete[j] = 0.0, float(values.size - 1), True
-    return ColumnPlan(low, high, discrete, categories)
+    variational = [
+        d and j not in categories and dequantization == "variational" for j, d in enumerate(discrete)
+    ]
+    text = {j: list((labels or {})[str(columns[j])]) for j in categories if str(columns[j]) in (labels or {})}
+    return ColumnPlan(low, high, discrete, categories, variational=variational, argmax=True, labels=text)

@@ -102,9 +102,12 @@ class DataConfig:
     #: column -> [low, high] (null: no bound): continuous values live on (low, high), discrete ones in
     #: [low, high]; folded into the model, so scores are densities on the support and samples stay on it
     bounds: dict = field(default_factory=dict)
-    #: integer columns dequantised with U[0, 1) noise (their likelihood: a log-probability mass bound)
+    #: integer columns, dequantised (their likelihood: a log-probability mass bound)
     discrete_columns: list[Union[str, int]] = field(default_factory=list)
-    #: columns of categories, coded 0..K-1 by their sorted values, dequantised in (0, K) and decoded in samples
+    #: noise of the discrete columns: uniform (U[0, 1)) | variational (learned q(u | row), a tighter bound)
+    dequantization: Literal["uniform", "variational"] = "uniform"
+    #: columns of categories (numbers, or strings in CSV / Parquet files), argmax-dequantised (K - 1 model
+    #: coordinates per column of K categories) and decoded to their values in samples
     categorical_columns: list[Union[str, int]] = field(default_factory=list)
 
     def check_keys_apply(self) -> None:
@@ -129,7 +132,12 @@ class DataConfig:
 
 #: the `data` keys that each kind of dataset reads (every other key must keep its default)
 _TABLE_KEYS = {"dataset", "standardize", "dequantize", "num_workers", "context_columns"}
-_COLUMN_KEYS = {"bounds", "discrete_columns", "categorical_columns"}  # real tables: files, scikit-learn, UCI
+_COLUMN_KEYS = {
+    "bounds",
+    "discrete_columns",
+    "categorical_columns",
+    "dequantization",
+}  # real tables: files, scikit-learn, UCI
 _SPLIT_KEYS = {"val_fraction", "test_fraction", "split_seed"}
 DATA_KEYS_BY_KIND: dict[str, set[str]] = {
     "toy": _TABLE_KEYS | {"n_train", "n_val", "n_test", "split_seed"},

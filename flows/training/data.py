@@ -146,12 +146,15 @@ def load_splits(config: DataConfig, seed: int = 0) -> DataSplits:
 
 
 def _file_splits(config: DataConfig, path: str, split_seed: int) -> DataSplits:
-    def read(file: str) -> tuple[np.ndarray, list[str]]:
-        return datasets.load_table(
-            Path(file).expanduser(), columns=config.columns, header=config.header, key=config.key
-        )
-
-    table, columns = read(path)
+    files = [path] + [p for p in (config.val_path, config.test_path) if p is not None]
+    tables, columns, labels = datasets.load_tables(
+        [Path(p).expanduser() for p in files],
+        config.categorical_columns,
+        columns=config.columns,
+        header=config.header,
+        key=config.key,
+    )
+    table, read = tables[0], iter(tables[1:])
     if config.val_path is None and config.test_path is None:
         train, val, test = datasets.train_val_test_split(
             table, config.val_fraction, config.test_fraction, split_seed
@@ -161,21 +164,22 @@ def _file_splits(config: DataConfig, path: str, split_seed: int) -> DataSplits:
         test_fraction = 0.0 if config.test_path is not None else config.test_fraction
         train, val, test = datasets.train_val_test_split(table, val_fraction, test_fraction, split_seed)
         if config.val_path is not None:
-            val, val_columns = read(config.val_path)
-            _same_columns(columns, val_columns, config.val_path)
+            val = next(read)
+            _same_columns(columns, val.shape[1], config.val_path)
         if config.test_path is not None:
-            test, test_columns = read(config.test_path)
-            _same_columns(columns, test_columns, config.test_path)
+            test = next(read)
+            _same_columns(columns, test.shape[1], config.test_path)
     splits = {"train": train, "val": val, "test": test}
     _check_columns(splits, path)
     discrete = bool(np.all(table == np.round(table)))
-    return DataSplits(train, val, test, columns, f"file:{path}", discrete=discrete)
+    info = {"labels": labels} if labels else {}
+    return DataSplits(train, val, test, columns, f"file:{path}", discrete=discrete, info=info)
 
 
-def _same_columns(expected: list[str], got: list[str], path: str) -> None:
-    if len(expected) != len(got):
+def _same_columns(expected: list[str], width: int, path: str) -> None:
+    if len(expected) != width:
         raise ValueError(
-            f"{path} has {len(got)} columns {got}, expected {len(expected)} like the training file"
+            f"{path} has {width} columns, expected {len(expected)} like the training file {expected}"
         )
 
 

@@ -77,10 +77,12 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
     Per column (keys: column names of a fitted DataFrame, or positions): `bounds` maps a column to
     `(low, high)` (None: unbounded side); the model lives on that support (a `ColumnSupport` folded in before
     the standardisation), so scores are densities on it and samples never leave it. Values outside are a
-    ValueError at fit and score `-inf`. `discrete_columns` (integers) and `categorical_columns` (any labels in
-    a DataFrame, coded 0..K-1) are dequantised with U[0, 1) noise; their scores are lower bounds on the
-    log-probability mass (importance-weighted over `DEQUANTIZATION_DRAWS` fixed draws) plus the log density
-    of the continuous columns; samples are integers / labels. `dequantize=True` makes every column discrete.
+    ValueError at fit and score `-inf`. `discrete_columns` (integers) are dequantised with U[0, 1) noise, or
+    with a learned q(u | row) for `dequantization="variational"`; `categorical_columns` (any labels in a
+    DataFrame) are argmax-dequantised (`flows.column_dequantization`: no order among the categories). Their
+    scores are lower bounds on the log-probability mass (importance-weighted over `DEQUANTIZATION_DRAWS`
+    draws) plus the log density of the continuous columns; samples are integers / labels.
+    `dequantize=True` makes every column discrete.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         bounds: Optional[dict[Any, Any]] = None,
         discrete_columns: Optional[list[Any]] = None,
         categorical_columns: Optional[list[Any]] = None,
+        dequantization: str = "uniform",
         seed: int = 0,
         trainer: Optional[dict[str, Any]] = None,
         output_dir: Optional[Union[str, Path]] = None,
@@ -112,6 +115,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         self.bounds = bounds
         self.discrete_columns = discrete_columns
         self.categorical_columns = categorical_columns
+        self.dequantization = dequantization
         self.seed = seed
         self.trainer = trainer  # stored as given (scikit-learn's clone checks the identity of each parameter)
         self.output_dir = output_dir
@@ -136,6 +140,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
                 "bounds": normalized_bounds(self.bounds),
                 "discrete_columns": list(self.discrete_columns or []),
                 "categorical_columns": list(self.categorical_columns or []),
+                "dequantization": self.dequantization,
             },
             "model": {"name": self.model, **self.model_options},
             "train": train,
@@ -167,6 +172,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
             "bounds": self.bounds,
             "discrete_columns": self.discrete_columns,
             "categorical_columns": self.categorical_columns,
+            "dequantization": self.dequantization,
             "seed": self.seed,
             "trainer": self.trainer,
             "output_dir": self.output_dir,
@@ -260,8 +266,8 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
             kept = "no checkpoint had been written yet (it diverged before the first validation)"
         return TrainingDivergedError(
             f"training stopped at optimiser step {error.step} (epoch {error.epoch}): {error.what}. {kept}; try "
-            "a lower lr, gradient_clip=1.0, warmup_steps=..., standardize=True, dequantize=True for discrete "
-            "columns, or dropping constant columns",
+            "a lower lr, gradient_clip=1.0, warmup_steps=..., standardize=True, discrete_columns=[...] / "
+            "categorical_columns=[...] (or dequantize=True for every column), or dropping constant columns",
             step=error.step,
             epoch=error.epoch,
             what=error.what,
@@ -337,6 +343,8 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         preprocessing = preprocessing_of(self.flow_)
         if preprocessing is None:
             return rows
+        if hasattr(self.flow_, "model_rows"):  # argmax / variational columns: the flow models wider rows
+            rows = self.flow_.model_rows(torch.as_tensor(rows)).numpy()
         with torch.no_grad():
             return copy.deepcopy(preprocessing).cpu().double()(torch.as_tensor(rows))[0].numpy()
 
@@ -507,7 +515,10 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         estimator.n_features_in_ = loaded.features
         estimator.context_columns_ = list(loaded.context_columns)
         estimator.columns_plan_ = loaded.plan
-        estimator.categories_ = dict(payload.get("categories") or {})
+        text = {
+            loaded.columns[j]: list(labels) for j, labels in loaded.plan.labels.items()
+        }  # YAML string labels
+        estimator.categories_ = dict(payload.get("categories") or text)
         if payload.get("frame"):
             estimator.feature_names_in_ = np.asarray(loaded.columns, dtype=object)
         info = payload.get("fit_info", {})

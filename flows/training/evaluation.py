@@ -49,33 +49,40 @@ def iter_log_prob(
     flow: torch.nn.Module,
     batches: Iterable[np.ndarray],
     contexts: Optional[Iterable[np.ndarray]] = None,
+    noise: Optional[np.ndarray] = None,
 ) -> Iterator[np.ndarray]:
     """Per-row log density `(b,)` (float64 numpy) of each batch `(b, D)` of rows in data units; with
-    `contexts` (batches `(b, k)` beside them), the log density of each row given its context row."""
+    `contexts` (batches `(b, k)` beside them), the log density of each row given its context row. `noise`:
+    the learned dequantisation's base draw, shared by every row (a `ColumnDequantizedFlow` only)."""
     device, dtype = _device_and_dtype(flow)
     was_training = flow.training
     flow.eval()
+    extra = {} if noise is None else {"noise": torch.as_tensor(noise, dtype=dtype, device=device)}
     try:
         given_batches = iter(contexts) if contexts is not None else None
         for batch in batches:
             rows = torch.as_tensor(batch, dtype=dtype, device=device)
             if given_batches is None:
-                yield flow.log_prob(rows).double().cpu().numpy()
+                yield flow.log_prob(rows, **extra).double().cpu().numpy()
             else:
                 given = torch.as_tensor(next(given_batches), dtype=dtype, device=device)
-                yield flow.log_prob(rows, given).double().cpu().numpy()
+                yield flow.log_prob(rows, given, **extra).double().cpu().numpy()
     finally:
         flow.train(was_training)
 
 
 def evaluate_log_prob(
-    flow: torch.nn.Module, x: np.ndarray, batch_size: int = 4096, context: Optional[np.ndarray] = None
+    flow: torch.nn.Module,
+    x: np.ndarray,
+    batch_size: int = 4096,
+    context: Optional[np.ndarray] = None,
+    noise: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Per-row log density `(n,)` (float64 numpy) of rows `x (n, D)` in data units, in batches; with
-    `context (n, k)`, the log density of each row given its context row."""
+    `context (n, k)`, the log density of each row given its context row; `noise` as in `iter_log_prob`."""
     starts = range(0, x.shape[0], batch_size)
     contexts = None if context is None else (context[i : i + batch_size] for i in starts)
-    out = list(iter_log_prob(flow, (x[i : i + batch_size] for i in starts), contexts))
+    out = list(iter_log_prob(flow, (x[i : i + batch_size] for i in starts), contexts, noise))
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -116,9 +123,14 @@ def dequantized_log_prob(
     columns with `mask (D,) == 1` hold integers: `log mean_s p(x + u_s * mask)` over `draws` fixed
     U[0, 1) draws (numpy, seeded by `seed`). Its expectation is the importance-weighted dequantisation bound,
     which tightens towards the log-probability mass as `draws` grows (one draw: the Jensen bound). Every row
-    gets the same draws, so a row's score does not depend on the other rows."""
-    noise = np.random.default_rng(seed).uniform(size=(draws, x.shape[1])) * mask
-    total = np.stack([evaluate_log_prob(flow, x + u, context=context) for u in noise])
+    gets the same draws, so a row's score does not depend on the other rows: the uniform noise, and for a
+    `ColumnDequantizedFlow` (argmax / variational columns) the base draws of its learned `q` too, so the
+    mean is the importance-weighted bound over the joint noise."""
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(size=(draws, x.shape[1])) * mask
+    learned = getattr(flow, "noise_features", None)
+    base = rng.standard_normal((draws, learned)) if learned else [None] * draws
+    total = np.stack([evaluate_log_prob(flow, x + u, context=context, noise=e) for u, e in zip(noise, base)])
     return (torch.logsumexp(torch.as_tensor(total), dim=0) - np.log(draws)).numpy()
 
 
@@ -202,8 +214,11 @@ def entropy_metrics(splits: DataSplits, test_log_likelihood: float) -> dict[str,
     }
 
 
-def write_samples(path: Path, samples: np.ndarray, columns: list[str]) -> Path:
-    """Samples `(n, D)` as CSV / TSV (header = column names) or NPY, chosen by the suffix; written atomically."""
-    with table_writer(path, columns) as writer:
+def write_samples(
+    path: Path, samples: np.ndarray, columns: list[str], labels: Optional[dict[int, list[str]]] = None
+) -> Path:
+    """Samples `(n, D)` as CSV / TSV (header = column names) or NPY, chosen by the suffix; written atomically.
+    `labels` (`{column: text labels}`): those columns hold codes, written as their labels in CSV / TSV."""
+    with table_writer(path, columns, labels) as writer:
         writer.write(samples)
     return Path(path)

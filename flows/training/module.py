@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from flows.column_dequantization import ColumnDequantizedFlow
 from flows.dequantization import dequantize
 from flows.flow import Flow
 from flows.training.config import MollificationConfig, TrainConfig
@@ -169,8 +170,15 @@ class FlowModule(L.LightningModule):
         return -self.log_density(x, context)
 
     def validation_nll(self, x: Tensor, context: Optional[Tensor], batch_index: int) -> Tensor:
-        """Per-row NLL `(batch,)` of a validation batch (tables: exact, no noise)."""
-        return self.nll(x, context)
+        """Per-row NLL `(batch,)` of a validation batch (tables: exact, no noise). A flow that draws noise in
+        `log_prob` (learned dequantisation) gets the same draws for a batch at every validation (torch's
+        generator forked and seeded by the seed and the batch index), so early stopping compares like with
+        like."""
+        if not isinstance(self.flow, ColumnDequantizedFlow):
+            return self.nll(x, context)
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(self.seed * 1_000_003 + batch_index)
+            return self.nll(x, context)
 
     def log_training(self, loss: Tensor, rows: int) -> None:
         """Log a training batch's loss as `train_nll` (skipped when no logger or progress bar would show it:

@@ -43,7 +43,8 @@ __all__ = [
 ADVICE = (
     "try a lower learning rate (train.lr), gradient clipping (train.gradient_clip, e.g. 1.0), a learning-rate "
     "warm-up (train.warmup_steps), standardised data (data.standardize: true), dequantisation of discrete "
-    "columns (data.dequantize: true), or dropping constant columns"
+    "columns (data.discrete_columns, data.categorical_columns; data.dequantize: true for all), or dropping "
+    "constant columns"
 )
 
 
@@ -276,8 +277,10 @@ def column_warnings(
     if discrete:
         messages.append(
             f"discrete or heavily repeated columns {discrete}: a continuous density can put unbounded mass on "
-            "repeated values; declare integer columns discrete (discrete_columns=[...], data.discrete_columns) "
-            "and category codes categorical (categorical_columns=[...], data.categorical_columns) to dequantise "
+            "repeated values; declare integer columns discrete (discrete_columns=[...], data.discrete_columns; "
+            "dequantization='variational' / data.dequantization: variational learns their noise, a tighter "
+            "bound) and category codes or labels categorical (categorical_columns=[...], "
+            "data.categorical_columns: argmax dequantisation, no order among the categories) to dequantise "
             "them, or dequantize=True (data.dequantize: true) for every column"
         )
     return messages

@@ -8,9 +8,10 @@ and fills it in last (numpy reads headers padded with spaces; 128 bytes keep the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import csv
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any, Optional, Union
 
 import numpy as np
 
@@ -23,13 +24,17 @@ _NPY_MAGIC = b"\x93NUMPY\x01\x00"
 
 
 class TableWriter:
-    """Appends float64 rows `(n, width)` to an open file (made by `table_writer`)."""
+    """Appends float64 rows `(n, width)` to an open file (made by `table_writer`). `labels`
+    (`{column: text labels}`): those columns hold codes, written as their labels (CSV / TSV)."""
 
-    def __init__(self, handle: IO[Any], kind: str, width: int) -> None:
+    def __init__(
+        self, handle: IO[Any], kind: str, width: int, labels: Optional[Mapping[int, Sequence[str]]] = None
+    ) -> None:
         self.handle = handle
         self.kind = kind
         self.width = width
         self.rows = 0
+        self.labels = dict(labels or {}) if kind != "npy" else {}
 
     def write(self, rows: np.ndarray) -> None:
         """Append `rows (n, width)`."""
@@ -38,6 +43,14 @@ class TableWriter:
             raise ValueError(f"expected rows of shape (n, {self.width}), got {rows.shape}")
         if self.kind == "npy":
             self.handle.write(np.ascontiguousarray(rows).astype("<f8", copy=False).tobytes())
+        elif self.labels:
+            text = np.char.mod("%.8g", rows).astype(object)
+            for j, known in self.labels.items():
+                codes = np.clip(rows[:, j], 0, len(known) - 1).astype(np.int64)
+                text[:, j] = np.asarray(known, dtype=object)[codes]
+            csv.writer(
+                self.handle, delimiter="," if self.kind == "csv" else "\t", lineterminator="\n"
+            ).writerows(text.tolist())
         else:
             np.savetxt(self.handle, rows, delimiter="," if self.kind == "csv" else "\t", fmt="%.8g")
         self.rows += rows.shape[0]
@@ -50,15 +63,17 @@ class TableWriter:
 
 
 @contextlib.contextmanager
-def table_writer(path: Union[str, Path], columns: Sequence[str]) -> Iterator[TableWriter]:
-    """A `TableWriter` for `path` (`.csv` / `.tsv` with a header of `columns`, or `.npy`); the file
-    appears, complete, when the block ends without an error."""
+def table_writer(
+    path: Union[str, Path], columns: Sequence[str], labels: Optional[Mapping[int, Sequence[str]]] = None
+) -> Iterator[TableWriter]:
+    """A `TableWriter` for `path` (`.csv` / `.tsv` with a header of `columns`, or `.npy`; `labels` as in
+    `TableWriter`, codes in NPY); the file appears, complete, when the block ends without an error."""
     path = Path(path)
     kind = path.suffix.lower().lstrip(".")
     if kind not in ("csv", "tsv", "npy"):
         raise ValueError(f"output file must end in .csv, .tsv or .npy, got {path}")
     with atomic_open(path, "wb" if kind == "npy" else "w") as handle:
-        writer = TableWriter(handle, kind, len(columns))
+        writer = TableWriter(handle, kind, len(columns), labels)
         if kind == "npy":
             handle.write(b"\0" * _NPY_HEADER_BYTES)
         else:

@@ -25,6 +25,7 @@ from flows.training.config import Config, ConfigError, parse_config
 from flows.training.context import context_stats, sample_at_contexts, with_context
 from flows.training.data import DataSplits, dequantize_fixed, load_splits
 from flows.training.evaluation import (
+    dequantized_log_prob,
     draw_samples,
     entropy_metrics,
     evaluate_log_prob,
@@ -68,12 +69,20 @@ def prepare_splits(splits: DataSplits, config: Config, seed: int) -> DataSplits:
         if dequantize:
             warnings.warn(
                 f"every training value of {splits.name} is an integer: adding U[0, 1) dequantisation noise "
-                "(set data.dequantize: false to fit the values as they are)",
+                "(set data.dequantize: false to fit the values as they are, or declare data.discrete_columns / "
+                "data.categorical_columns per column; data.dequantization: variational learns the noise)",
                 stacklevel=2,
             )
     tables = (splits.train, splits.val, splits.test)
     plan = resolve_columns(
-        splits.columns, tables, data.bounds, data.discrete_columns, data.categorical_columns, bool(dequantize)
+        splits.columns,
+        tables,
+        data.bounds,
+        data.discrete_columns,
+        data.categorical_columns,
+        bool(dequantize),
+        data.dequantization,
+        splits.info.get("labels"),
     )
     train, val, test = (
         plan.encode(t, splits.columns, name) for t, name in zip(tables, ("train", "val", "test"))
@@ -99,6 +108,18 @@ def _check_discrete(train: np.ndarray, plan: ColumnPlan, columns: list[str]) -> 
                 f"{train[fractional, j][0]:g}); dequantisation adds U[0, 1) noise to integers: round or "
                 "rescale the column, or leave it continuous"
             )
+
+
+def _check_learned_noise(plan: ColumnPlan, config: Config) -> None:
+    """A ConfigError for training noise on the data (mollification, noise_std) with learned dequantisation:
+    that noise is added to the table's columns, categorical codes included."""
+    train = config.train
+    if any(plan.learned) and (train.mollification.fraction > 0 or train.noise_std > 0):
+        raise ConfigError(
+            "train.mollification and train.noise_std add noise to every column of the table, which argmax "
+            "(categorical_columns) and variational (data.dequantization: variational) dequantisation do not "
+            "allow; drop them, or the categorical columns"
+        )
 
 
 def _plan(data: DataSplits) -> ColumnPlan:
@@ -130,20 +151,25 @@ class TabularTask(Task):
     def build(self, config: Config, data: DataSplits) -> tuple[Flow, dict[str, Any]]:
         plan = _plan(data)
         warn_about_columns(data.train, data.columns, dequantized=plan.discrete)
+        _check_learned_noise(plan, config)
         support = plan.support()
         mean = std = None
+        rows = dequantize_fixed(data.train, config.seed, plan.discrete) if plan.dequantized else data.train
         if config.data.standardize:
-            stats_source = (
-                dequantize_fixed(data.train, config.seed, plan.mask) if plan.dequantized else data.train
-            )
+            stats_source = plan.model_rows(rows)
             if support is not None:  # standardise what the support maps the rows to
                 with torch.no_grad():
                     stats_source = support.double()(torch.as_tensor(stats_source))[0].numpy()
                 support = support.to(torch.get_default_dtype())
-            mean, std = standardization_of(stats_source, data.columns)
+            kept = len(plan.kept)  # argmax coordinates: already standard (q starts near N(0, 1))
+            mean, std = standardization_of(stats_source[:, :kept], [data.columns[j] for j in plan.kept])
+            extra = plan.model_features - kept
+            mean, std = np.concatenate([mean, np.zeros(extra)]), np.concatenate([std, np.ones(extra)])
         context = context_stats(data, config.data.standardize)
         torch.manual_seed(config.seed)
-        flow = build_flow(config.model, data.features, mean, std, context=context, support=support)
+        flow = build_flow(config.model, plan.model_features, mean, std, context=context, support=support)
+        kept_rows = rows[:, plan.kept]
+        flow = plan.wrap(flow, kept_rows.mean(axis=0), np.maximum(kept_rows.std(axis=0), 1e-12))
         record = model_record(
             config, data.features, data.columns, standardized=mean is not None, context=context, plan=plan
         )
@@ -172,7 +198,7 @@ class TabularTask(Task):
         return FlowModule(
             model,
             config.train,
-            dequantize=_plan(data).discrete,
+            dequantize=[bool(v) for v in _plan(data).mask],
             hparams=record,
             seed=config.seed,
             objective=objective,
@@ -200,7 +226,11 @@ class TabularTask(Task):
     def evaluate(self, fitted: Fitted, config: Config) -> dict[str, Any]:
         splits: DataSplits = fitted.info["data"]
         batch = config.train.eval_batch_size
-        log_prob = evaluate_log_prob(fitted.model, splits.test, batch, context=splits.test_context)
+        if any(_plan(splits).learned):  # learned dequantisation: the importance-weighted bound, as scored
+            no_noise = np.zeros(splits.features)  # (the uniform columns' fixed noise is on the split already)
+            log_prob = dequantized_log_prob(fitted.model, splits.test, no_noise, context=splits.test_context)
+        else:
+            log_prob = evaluate_log_prob(fitted.model, splits.test, batch, context=splits.test_context)
         metrics = log_likelihood_metrics(log_prob)
         metrics.update(entropy_metrics(splits, metrics["test_log_likelihood"]))
         best = fitted.best_val
@@ -233,7 +263,7 @@ class TabularTask(Task):
             samples = _plan(splits).decode(
                 draw_samples(fitted.model, config.output.samples, seed=config.seed)
             )
-            write_samples(run_dir / "samples.csv", samples, splits.columns)
+            write_samples(run_dir / "samples.csv", samples, splits.columns, _plan(splits).labels)
         metrics["samples_nonfinite_rows"] = int(np.sum(~np.isfinite(samples).all(axis=1)))
         if config.output.plots:
             metrics["plots"] = _plots(run_dir, fitted.model, splits, samples)
