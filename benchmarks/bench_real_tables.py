@@ -10,9 +10,11 @@ Every model sees the same split (80% train, 20% test, shuffled with `--seed`) an
 (the training mean and std), and is scored in those standardised units: the mean log density per test row
 (nats, higher is better) +- one standard error (std of the per-row values / sqrt(rows)).
 
-- `flows`: `flows.DensityEstimator()` with no arguments but `seed` (its own 10% validation split);
+- `flows`: `flows.DensityEstimator()` with no arguments but `seed` (its own 10% validation split; its
+  default base is a BIC-chosen Gaussian mixture fitted first, `base k` components);
 - `GMM-BIC`: `GaussianMixture` (full covariances) with the number of components minimising BIC on the
-  training rows (k on a doubling grid, stopped two steps after the minimum);
+  training rows (`flows.training.mixture_base.bic_mixture`: k = 1..4, then x1.5, stopped two steps after
+  the minimum);
 - `KDE-CV`: `KernelDensity` (Gaussian) with the bandwidth of best 5-fold log-likelihood over a log grid
   (chosen on at most 10,000 training rows, then fitted on all of them);
 - `Gaussian`: one full-covariance Gaussian;
@@ -105,22 +107,15 @@ def fit_flows(train: np.ndarray, seed: int) -> tuple[np.ndarray, dict[str, Any]]
     import flows
 
     est = flows.DensityEstimator(seed=seed).fit(train)
-    return est, {"epochs": est.n_epochs_, "steps": est.n_steps_, "batch": est.config_.train.batch_size}
+    info = {"epochs": est.n_epochs_, "steps": est.n_steps_, "batch": est.config_.train.batch_size}
+    components = getattr(est.flow_.base, "components", None)
+    return est, info if components is None else {**info, "base k": components}
 
 
 def fit_gmm(train: np.ndarray, seed: int) -> tuple[Any, dict[str, Any]]:
-    from sklearn.mixture import GaussianMixture
+    from flows.training.mixture_base import bic_mixture  # the grid that the flows' `base: gmm` uses too
 
-    best, best_bic, worse = None, math.inf, 0
-    k = 1
-    while k <= max(1, len(train) // 10) and worse < 2:
-        model = GaussianMixture(k, covariance_type="full", random_state=seed, n_init=1).fit(train)
-        bic = model.bic(train)
-        if bic < best_bic:
-            best, best_bic, worse = model, bic, 0
-        else:
-            worse += 1
-        k = k + 1 if k < 4 else int(k * 1.5)
+    best = bic_mixture(train, seed)
     return best, {"k": best.n_components}
 
 

@@ -35,7 +35,7 @@ from flows.training.data import splits_from_arrays
 from flows.training.evaluation import draw_samples, table_log_prob
 from flows.training.frames import code_labels, is_frame, label_codes, to_frame
 from flows.training.models import preprocessing_of
-from flows.training.registry import check_model_options
+from flows.training.registry import MODELS, check_model_options, model_parameters
 from flows.training.safety import TrainingDivergedError, read_checkpoint
 from flows.training.table_defaults import table_train_options
 from flows.training.tasks.tabular import fit_flow
@@ -44,6 +44,8 @@ from flows.training.trainer import quiet_lightning_logs, trainer_arguments
 __all__ = ["DensityEstimator"]
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+#: the base of `base=None`: a full-covariance Gaussian mixture (BIC-chosen size) fitted before the flow trains
+DEFAULT_BASE = "gmm"
 
 
 try:  # scikit-learn is optional: with it the estimator is a real one (clone, GridSearchCV, pipelines, tags)
@@ -59,7 +61,11 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
     """A normalizing-flow density estimator for tables `(n_samples, n_features)`.
 
     `model` names the architecture (`"nsf"`, `"maf"`, `"realnvp"`, `"gaussian"`); `model_options` are its
-    constructor's keyword arguments. Training options are those of the config's `train` section
+    constructor's keyword arguments. `base` is the flow's base distribution (`"gmm"`, `"normal"`, ... as
+    `flows.distributions.make_base` names them); `None` means `"gmm"`: a full-covariance Gaussian mixture
+    with a BIC-chosen number of components (`components=K` fixes it) fitted to the standardised training
+    rows, the flow's transforms starting at the identity, so the fit starts as that mixture and keeps it
+    if training never improves the validation NLL (`flows.training.mixture_base`). Training options are those of the config's `train` section
     (`max_epochs`, `max_steps`, `batch_size`, `lr`, `weight_decay`, `warmup_steps`, `gradient_clip`,
     `early_stopping_patience`, `noise_std`, ...); `trainer` holds `lightning.Trainer` keyword arguments
     (`accelerator`, `devices`, `precision`, ...). `batch_size="auto"` and `max_epochs="auto"` (the defaults)
@@ -87,6 +93,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         self,
         model: str = "nsf",
         *,
+        base: Optional[str] = None,
         max_epochs: Union[int, str, None] = "auto",
         batch_size: Union[int, str] = "auto",
         lr: float = 1e-3,
@@ -103,6 +110,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         **options: Any,
     ) -> None:
         self.model = model
+        self.base = base
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -137,7 +145,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
                 "discrete_columns": list(self.discrete_columns or []),
                 "categorical_columns": list(self.categorical_columns or []),
             },
-            "model": {"name": self.model, **self.model_options},
+            "model": {"name": self.model, **self._base_option(), **self.model_options},
             "train": train,
             "trainer": dict(self.trainer or {}),
             "output": {
@@ -154,10 +162,21 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         trainer_arguments(config.trainer)
         return config
 
+    def _base_option(self) -> dict[str, Any]:
+        """The model's `base`: as given, else `DEFAULT_BASE` for models that take one (the mixture needs
+        scikit-learn; without it the default is `"normal"`)."""
+        if self.base is not None:
+            return {"base": self.base}
+        known = isinstance(self.model, str) and "table" in MODELS.get(self.model, {})
+        if not known or "base" not in model_parameters(self.model):
+            return {}  # (an unknown model name is reported by the config check)
+        return {"base": DEFAULT_BASE if _SKLEARN_BASES else "normal"}
+
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Constructor arguments (scikit-learn convention)."""
         return {
             "model": self.model,
+            "base": self.base,
             "max_epochs": self.max_epochs,
             "batch_size": self.batch_size,
             "lr": self.lr,
@@ -469,7 +488,7 @@ class DensityEstimator(*_SKLEARN_BASES):  # type: ignore[misc]
         payload = {
             "format": ESTIMATOR_FORMAT,
             "record": self.record_,
-            "params": self.get_params(),
+            "params": {k: str(v) if isinstance(v, Path) else v for k, v in self.get_params().items()},
             "state_dict": self.flow_.state_dict(),
             "dtype": str(self._dtype()).removeprefix("torch."),
             "categories": dict(getattr(self, "categories_", {})),
