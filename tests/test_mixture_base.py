@@ -72,9 +72,17 @@ def test_the_mixture_survives_save_load_and_flows_fit_checkpoints(tmp_path) -> N
     assert k > 1 and est.record_["config"]["model"]["components"] == k
     loaded = flows.DensityEstimator.load(est.save(tmp_path / "model.pt"))
     np.testing.assert_allclose(loaded.score_samples(x[:50]), est.score_samples(x[:50]), rtol=1e-6)
-    # the Lightning checkpoint of the same fit rebuilds a mixture of the same size
+    # the Lightning checkpoints of the same fit rebuild a mixture of the same size; best.ckpt is the model
+    # the fit returned, also when that is the fitted start (lr 0.05: training only hurts it here)
     from_checkpoint = flows.DensityEstimator.load(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert from_checkpoint.flow_.base.components == k
+    kept = flows.DensityEstimator(
+        lr=0.05, max_steps=30, val_every_n_steps=10, output_dir=tmp_path / "kept", **SMALL
+    )
+    kept.fit(x[:400], X_val=x[400:])
+    best = flows.DensityEstimator.load(tmp_path / "kept" / "checkpoints" / "best.ckpt")
+    np.testing.assert_allclose(best.score_samples(x[400:]), kept.score_samples(x[400:]), rtol=1e-5)
+    assert kept.best_val_nll_ == pytest.approx(-kept.score(x[400:]), rel=1e-5)
 
 
 def test_a_normal_base_is_unchanged_and_the_option_is_checked() -> None:

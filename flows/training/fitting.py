@@ -91,6 +91,8 @@ def train(
     if start_state is not None and (best_score is None or start_score <= best_score):
         model.load_state_dict(start_state)  # training never beat the fitted start on validation: keep it
         best_score = start_score
+        if best_path is not None and best_path != last:  # best.ckpt holds what the run evaluates
+            trainer.save_checkpoint(best_path)
     model.eval()
     epochs, steps = int(trainer.current_epoch), int(trainer.global_step)
     if steps == 0 and last is not None and last.is_file():  # ddp_spawn: the counters stayed in the workers
