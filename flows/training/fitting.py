@@ -88,7 +88,7 @@ def train(
             best_score = float(checkpoint.best_model_score)
         if best_path is not None and best_path.is_file():
             module.load_state_dict(read_checkpoint(best_path, map_location=module.device)["state_dict"])
-    if start_state is not None and (best_score is None or start_score <= best_score):
+    if start_state is not None and best_score is not None and start_score <= best_score:
         model.load_state_dict(start_state)  # training never beat the fitted start on validation: keep it
         best_score = start_score
         if best_path is not None and best_path != last:  # best.ckpt holds what the run evaluates

@@ -71,8 +71,8 @@ class Task(ABC):
 
     def fit_base(self, model: Flow, data: Any, config: Config, record: dict[str, Any]) -> Optional[float]:
         """Fit a data-dependent base distribution once the model is initialised (the tables' `base: gmm`),
-        completing `record` so that it rebuilds it; returns the starting model's validation score, which
-        the fit keeps if training never beats it (None: nothing fitted, no such guarantee)."""
+        completing `record` so that it rebuilds it; returns the starting model's validation score: the fit
+        ends with the starting weights if no validation during training beats it (None: nothing fitted)."""
         return None
 
     @staticmethod
