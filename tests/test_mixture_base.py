@@ -39,6 +39,7 @@ def latents(est: flows.DensityEstimator, x: np.ndarray) -> tuple[np.ndarray, np.
     return z.numpy(), ladj.numpy()
 
 
+@pytest.mark.slow
 def test_the_untrained_flow_is_the_bic_mixture_of_the_standardised_rows() -> None:
     x, x_val = clusters(600, 0), clusters(150, 1)
     # lr 1e-9: the weights do not move, so the fit returns its start
@@ -54,6 +55,7 @@ def test_the_untrained_flow_is_the_bic_mixture_of_the_standardised_rows() -> Non
     np.testing.assert_allclose(est.score_samples(x_val), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_training_never_ends_worse_on_validation_than_the_fitted_start() -> None:
     x, x_val = clusters(400, 2), clusters(100, 3)
     # a large learning rate and a few steps: training can only hurt the fitted start here
@@ -65,6 +67,7 @@ def test_training_never_ends_worse_on_validation_than_the_fitted_start() -> None
     np.testing.assert_allclose(-est.score(x_val), est.best_val_nll_, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_mixture_survives_save_load_and_flows_fit_checkpoints(tmp_path) -> None:
     x = clusters(500, 4)
     est = flows.DensityEstimator(max_steps=20, output_dir=tmp_path / "run", **SMALL).fit(x)
@@ -85,6 +88,7 @@ def test_the_mixture_survives_save_load_and_flows_fit_checkpoints(tmp_path) -> N
     assert kept.best_val_nll_ == pytest.approx(-kept.score(x[400:]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_normal_base_is_unchanged_and_the_option_is_checked() -> None:
     x = clusters(300, 5)
     est = flows.DensityEstimator(base="normal", max_steps=2, **SMALL).fit(x)
@@ -100,11 +104,14 @@ def test_a_normal_base_is_unchanged_and_the_option_is_checked() -> None:
     assert config.model["base"] == "gmm"
 
 
+@pytest.mark.slow
 def test_a_fixed_number_of_components_and_a_conditional_fit() -> None:
     x = clusters(400, 6)
     est = flows.DensityEstimator(components=2, max_steps=2, **SMALL).fit(x)
     assert est.flow_.base.components == 2
     context = np.random.default_rng(7).normal(size=(400, 2))
     conditional = flows.DensityEstimator(max_steps=4, **SMALL).fit(x, context=context)
+    assert isinstance(conditional.flow_.base, StandardNormal)  # the default of conditional fits
+    conditional = flows.DensityEstimator(base="gmm", max_steps=4, **SMALL).fit(x, context=context)
     assert isinstance(conditional.flow_.base, FullGaussianMixture)
     assert np.isfinite(conditional.score_samples(x[:5], context=context[:5])).all()

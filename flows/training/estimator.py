@@ -52,7 +52,8 @@ class DensityEstimator(  # type: ignore[misc]
 
     `model` names the architecture (`"nsf"`, `"maf"`, `"realnvp"`, `"gaussian"`); `model_options` are its
     constructor's keyword arguments. `base` is the flow's base distribution (`"gmm"`, `"normal"`, ... as
-    `flows.distributions.make_base` names them); `None` means `"gmm"`: a full-covariance Gaussian mixture
+    `flows.distributions.make_base` names them); `None` means `"normal"` for conditional fits and otherwise
+    `"gmm"`: a full-covariance Gaussian mixture
     with a BIC-chosen number of components (`components=K` fixes it) fitted to the standardised training
     rows, the flow's transforms starting at the identity, so the fit starts as that mixture and keeps it
     if training never improves the validation NLL (`flows.training.mixture_base`). Training options are

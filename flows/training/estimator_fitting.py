@@ -30,8 +30,9 @@ DEFAULT_BASE = "gmm"
 class EstimatorFitting:
     """`DensityEstimator`'s configuration and `fit` (a mixin; the estimator's constructor sets the options)."""
 
-    def _config(self, rows: Optional[int] = None) -> Any:
-        """The run config for `rows` training rows (None: before `fit` knows them; validates the options)."""
+    def _config(self, rows: Optional[int] = None, conditional: bool = False) -> Any:
+        """The run config for `rows` training rows (None: before `fit` knows them; validates the options),
+        for a conditional fit when `conditional`."""
         train = table_train_options(
             rows, self.batch_size, self.max_epochs, {"lr": self.lr, **self.train_options}
         )
@@ -45,7 +46,7 @@ class EstimatorFitting:
                 "discrete_columns": list(self.discrete_columns or []),
                 "categorical_columns": list(self.categorical_columns or []),
             },
-            "model": {"name": self.model, **self._base_option(), **self.model_options},
+            "model": {"name": self.model, **self._base_option(conditional), **self.model_options},
             "train": train,
             "trainer": dict(self.trainer or {}),
             "output": {
@@ -62,15 +63,19 @@ class EstimatorFitting:
         trainer_arguments(config.trainer)
         return config
 
-    def _base_option(self) -> dict[str, Any]:
-        """The model's `base`: as given, else `DEFAULT_BASE` for models that take one (the mixture needs
-        scikit-learn; without it the default is `"normal"`)."""
+    def _base_option(self, conditional: bool = False) -> dict[str, Any]:
+        """The model's `base`: as given, else `DEFAULT_BASE` for unconditional fits of models that take one
+        (the mixture needs scikit-learn; without it the default is `"normal"`). Conditional fits default to
+        `"normal"`: the mixture would be fitted to the marginal of `X`, which the conditional transforms
+        would first have to undo (measured: a one-layer MAF that is exact for p(y | c) with a normal base
+        missed E[y | c] by 0.16 with the mixture base)."""
         if self.base is not None:
             return {"base": self.base}
         known = isinstance(self.model, str) and "table" in MODELS.get(self.model, {})
         if not known or "base" not in model_parameters(self.model):
             return {}  # (an unknown model name is reported by the config check)
-        return {"base": DEFAULT_BASE if importlib.util.find_spec("sklearn") is not None else "normal"}
+        sklearn = importlib.util.find_spec("sklearn") is not None
+        return {"base": DEFAULT_BASE if sklearn and not conditional else "normal"}
 
     def fit(
         self, X: Any, y: Any = None, X_val: Any = None, *, context: Any = None, context_val: Any = None
@@ -88,7 +93,7 @@ class EstimatorFitting:
             splits = conditional_splits_from_arrays(
                 X, X_val, context, context_val, self.val_fraction, self.seed
             )
-        config = self._config(rows=int(splits.train.shape[0]))
+        config = self._config(rows=int(splits.train.shape[0]), conditional=bool(splits.context_columns))
         self._check_range(splits)
         try:
             with quiet_lightning_logs(not self.verbose):
