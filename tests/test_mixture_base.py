@@ -50,6 +50,7 @@ def test_the_untrained_flow_is_the_bic_mixture_of_the_standardised_rows() -> Non
     np.testing.assert_allclose(z.std(0), 1, atol=1e-6)
     mixture = bic_mixture(z, seed=0)
     assert est.flow_.base.components == mixture.n_components == 3
+    assert bic_mixture(z, seed=0, max_components=2).n_components == 2  # the cap of large tables' search
     z_val, ladj_val = latents(est, x_val)
     expected = mixture.score_samples(z_val) + ladj_val
     np.testing.assert_allclose(est.score_samples(x_val), expected, rtol=1e-4, atol=1e-4)
