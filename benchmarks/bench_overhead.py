@@ -2,9 +2,11 @@
 
 A script that prints figures, never a timed test. In one process, interleaved round by round:
 
-- `estimator`: `flows.DensityEstimator(...).fit(X)` of S optimiser steps (validation each epoch included);
+- `estimator`: `flows.DensityEstimator(...).fit(X)` of S optimiser steps (validation each epoch included),
+  with its default base (a Gaussian mixture fitted first, BIC-chosen size); `est. normal`: with
+  `base="normal"` (the standard normal base, no mixture fit);
 - `plain flows`: a hand-written loop (shuffled mini-batches, Adam, `-log_prob(x).mean()`) over the same
-  `flows` model (same architecture, same standardisation layer) and the same training rows, S steps;
+  `flows` model with a standard normal base (same architecture, same standardisation layer) and the same training rows, S steps;
 - `plain zuko`: the same loop over zuko's NSF of the same size, when `import zuko` works (the `bench` extra).
 
 for S in `--steps` (default 20, 200, 2000). Ratios are per round (each case's time over the plain flows
@@ -51,9 +53,10 @@ def _data(rows: int, features: int, seed: int = 0) -> np.ndarray:
     return np.tanh(generator.normal(size=(rows, features))) @ mixing
 
 
-def _estimator(steps: int, batch: int) -> flows.DensityEstimator:
+def _estimator(steps: int, batch: int, base: Optional[str] = None) -> flows.DensityEstimator:
     return flows.DensityEstimator(
         "nsf",
+        base=base,
         max_epochs=None,
         max_steps=steps,
         batch_size=batch,
@@ -108,12 +111,13 @@ def _timed(function: Callable[[], object]) -> float:
 def bench_fits(steps_list: list[int], rounds: int, rows: int, features: int, batch: int) -> None:
     table = _data(rows, features)
     train_rows = torch.as_tensor(table[: int(rows * 0.9)], dtype=torch.float32)  # the estimator's split size
-    template = _estimator(1, batch).fit(table).flow_  # the same flows model (standardisation included)
+    template = _estimator(1, batch, "normal").fit(table).flow_  # the same model (standardisation included)
     print(f"\n## fits: {rows} rows x {features} features, batch {batch}, NSF {MODEL}, 1 thread")
     print("steps | case         | median s | x plain flows (median of per-round ratios)")
     for steps in steps_list:
         cases: dict[str, Callable[[], object]] = {
             "estimator": lambda steps=steps: _estimator(steps, batch).fit(table),
+            "est. normal": lambda steps=steps: _estimator(steps, batch, "normal").fit(table),
             "plain flows": lambda steps=steps: _plain_loop(copy.deepcopy(template), train_rows, steps, batch),
         }
         zuko_case = _zuko_loop(features, train_rows, steps, batch)

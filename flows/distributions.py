@@ -7,7 +7,7 @@ Contract: `log_prob(z, context=None) -> (batch)` for `z (batch + event)`;
 except that its batch shape enters the shape of samples.
 
 Families: `StandardNormal`, `DiagonalNormal`, `StudentT` (learnable degrees of freedom per dimension, for
-heavy tails), `GaussianMixture`. Each parametric family takes `context_features` (0 = unconditional): its raw
+heavy tails), `GaussianMixture` (diagonal), and `flows.full_mixture.FullGaussianMixture` (full covariances). Each parametric family takes `context_features` (0 = unconditional): its raw
 parameters then come from a small network of the context instead of free `nn.Parameter`s, through the same
 `RawParameters` source, so the density and sampling code is written once. `ConditionalDiagonalNormal`,
 `ConditionalStudentT` and `ConditionalGaussianMixture` are the same families with `context_features`
@@ -17,14 +17,15 @@ required. `make_base` builds any of them by name.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flows.distribution_base import LOG_SQRT_2PI, Distribution, Shape, as_shape
+from flows.full_mixture import FullGaussianMixture
 from flows.nn import MLP
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ConditionalStudentT",
     "DiagonalNormal",
     "Distribution",
+    "FullGaussianMixture",
     "GaussianMixture",
     "ParametricDistribution",
     "RawParameters",
@@ -44,69 +46,6 @@ __all__ = [
     "normal_log_density",
     "student_t_log_density",
 ]
-
-Shape = Union[int, Sequence[int], torch.Size]
-
-LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def as_shape(shape: Shape) -> tuple[int, ...]:
-    """An int or a sequence of ints (each >= 0) as a tuple of ints; anything else is a TypeError/ValueError."""
-    sizes = (shape,) if isinstance(shape, numbers.Integral) else shape
-    if isinstance(sizes, (str, bytes, Tensor)) or not isinstance(sizes, Sequence):
-        raise TypeError(f"a shape must be an int or a sequence of ints, got {type(shape).__name__} {shape!r}")
-    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in sizes):
-        raise TypeError(f"a shape must be an int or a sequence of ints, got {shape!r}")
-    if any(s < 0 for s in sizes):
-        raise ValueError(f"a shape must have sizes >= 0, got {tuple(int(s) for s in sizes)}")
-    return tuple(int(s) for s in sizes)
-
-
-class Distribution(nn.Module):
-    """Base class of base distributions over an event of shape `event_shape`."""
-
-    event_shape: tuple[int, ...]
-    context_features: int = 0
-
-    def log_prob(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        """`z (batch + event) -> (batch)`."""
-        raise NotImplementedError
-
-    def rsample(self, sample_shape: Shape = (), context: Optional[Tensor] = None) -> Tensor:
-        """Reparameterised samples of shape `sample_shape + context_batch + event`."""
-        raise NotImplementedError
-
-    def sample(self, sample_shape: Shape = (), context: Optional[Tensor] = None) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, context)
-
-    def rsample_and_log_prob(
-        self, sample_shape: Shape = (), context: Optional[Tensor] = None
-    ) -> tuple[Tensor, Tensor]:
-        z = self.rsample(sample_shape, context)
-        return z, self.log_prob(z, context)
-
-    def _batch_shape(self, context: Optional[Tensor]) -> tuple[int, ...]:
-        return () if context is None else tuple(context.shape[:-1])
-
-    def _reference(self) -> Tensor:
-        """A tensor that carries this distribution's device and dtype."""
-        for tensor in self.buffers():
-            return tensor
-        for tensor in self.parameters():
-            return tensor
-        raise RuntimeError(
-            f"{type(self).__name__} has no buffer or parameter to take a device and dtype from"
-        )
-
-    def _check_event(self, z: Tensor) -> None:
-        """Raise a ValueError when the trailing dims of `z` are not `event_shape`."""
-        event = tuple(self.event_shape)
-        if z.dim() < len(event) or tuple(z.shape[z.dim() - len(event) :]) != event:
-            raise ValueError(
-                f"{type(self).__name__} expected a tensor with event shape {event}, "
-                f"got a tensor of shape {tuple(z.shape)}"
-            )
 
 
 class StandardNormal(Distribution):
@@ -452,7 +391,7 @@ class ConditionalGaussianMixture(GaussianMixture):
         )
 
 
-BASE_DISTRIBUTIONS = ("normal", "diagonal_normal", "student_t", "gaussian_mixture")
+BASE_DISTRIBUTIONS = ("normal", "diagonal_normal", "student_t", "gaussian_mixture", "gmm")
 
 
 def make_base(
@@ -464,11 +403,13 @@ def make_base(
     learn_df: Optional[bool] = None,
     components: Optional[int] = None,
 ) -> Distribution:
-    """A base distribution by name: `"normal"`, `"diagonal_normal"`, `"student_t"`, `"gaussian_mixture"`.
+    """A base distribution by name: `"normal"`, `"diagonal_normal"`, `"student_t"`, `"gaussian_mixture"`
+    (diagonal covariances), `"gmm"` (`FullGaussianMixture`: full covariances, unconditional, `components`
+    default 1, every component `N(0, I)` until fitted; one component is `StandardNormal`).
 
     With `context_features > 0` the parametric families become conditional (their parameters are a network
     of the context with `hidden_features`); `"normal"` is `StandardNormal` and ignores the context. `df` and
-    `learn_df` apply to `"student_t"` only, `components` to `"gaussian_mixture"` only; passing them to
+    `learn_df` apply to `"student_t"` only, `components` to the mixtures only; passing them to
     another family is an error, so that a misplaced key in a config does not go unnoticed.
     """
     if name not in BASE_DISTRIBUTIONS:
@@ -476,7 +417,11 @@ def make_base(
     if not isinstance(context_features, int) or context_features < 0:
         raise ValueError(f"context_features must be an integer >= 0, got {context_features!r}")
     family_options = {"df": df, "learn_df": learn_df, "components": components}
-    allowed = {"student_t": {"df", "learn_df"}, "gaussian_mixture": {"components"}}.get(name, set())
+    allowed = {
+        "student_t": {"df", "learn_df"},
+        "gaussian_mixture": {"components"},
+        "gmm": {"components"},
+    }.get(name, set())
     wrong = sorted(key for key, value in family_options.items() if value is not None and key not in allowed)
     if wrong:
         raise ValueError(
@@ -484,6 +429,8 @@ def make_base(
         )
     if name == "normal":
         return StandardNormal(event_shape)
+    if name == "gmm":
+        return FullGaussianMixture(event_shape, 1 if components is None else int(components))
     if name == "diagonal_normal":
         return DiagonalNormal(event_shape, context_features, hidden_features)
     if name == "student_t":

@@ -4,13 +4,17 @@ the image presets of `flows.presets_image` (`Glow`, `RealNVPImage`, ...) are imp
 Every argument is a plain keyword with a type and a default (no `**kwargs`), so that a YAML config
 (LightningCLI, `jsonargparse`) can build a preset and a misspelt key is an error naming the key.
 Keyword names follow zuko where they overlap (`features`, `context_features`, `transforms`,
-`hidden_features`, `bins`, `randperm`). The base distribution is `make_base(base, features, context_features)`:
-`"normal"` (the default) is `StandardNormal(features)`; the other families become conditional with a context.
+`hidden_features`, `bins`, `randperm`). The base distribution is `make_base(base, features, context_features, components)`:
+`"normal"` (the default) is `StandardNormal(features)`; the other families become conditional with a context,
+except `"gmm"` (a full-covariance `FullGaussianMixture` of `components` Gaussians, which `flows fit` and
+`DensityEstimator` fit to the training data before the flow trains; `flows.training.mixture_base`).
+`components` applies to the mixture bases only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 from flows.bijectors.autoregressive import MaskedAutoregressive
 from flows.bijectors.coupling import Coupling
@@ -106,6 +110,7 @@ class MAF(Flow):
         dropout: float = 0.0,
         seed: int = 0,
         base: str = "normal",
+        components: Optional[int] = None,
     ) -> None:
         features, context_features, transforms, widths, residual_blocks, dropout = _check_common(
             features, 1, context_features, transforms, hidden_features, residual_blocks, dropout
@@ -129,7 +134,9 @@ class MAF(Flow):
             if batch_norm:
                 layers.append(BatchNorm(features))
         super().__init__(
-            Chain(layers), make_base(base, features, context_features), context_features=context_features
+            Chain(layers),
+            make_base(base, features, context_features, components=components),
+            context_features=context_features,
         )
 
 
@@ -166,6 +173,7 @@ class NSF(Flow):
         randperm: bool = True,
         seed: int = 0,
         base: str = "normal",
+        components: Optional[int] = None,
     ) -> None:
         features, context_features, transforms, widths, residual_blocks, dropout = _check_common(
             features,
@@ -219,7 +227,9 @@ class NSF(Flow):
                     )
                 )
         super().__init__(
-            Chain(layers), make_base(base, features, context_features), context_features=context_features
+            Chain(layers),
+            make_base(base, features, context_features, components=components),
+            context_features=context_features,
         )
 
 
@@ -244,6 +254,7 @@ class RealNVP(Flow):
         residual_blocks: int = 0,
         dropout: float = 0.0,
         base: str = "normal",
+        components: Optional[int] = None,
     ) -> None:
         features, context_features, transforms, widths, residual_blocks, dropout = _check_common(
             features, 1, context_features, transforms, hidden_features, residual_blocks, dropout
@@ -283,7 +294,9 @@ class RealNVP(Flow):
             if normalization == "batchnorm":
                 layers.append(BatchNorm(features))
         super().__init__(
-            Chain(layers), make_base(base, features, context_features), context_features=context_features
+            Chain(layers),
+            make_base(base, features, context_features, components=components),
+            context_features=context_features,
         )
 
 

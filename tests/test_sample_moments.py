@@ -3,7 +3,8 @@
 With the NSF preset's old spline bound of 3, the learned linear tail slopes (down to the minimum derivative)
 sent ~0.3% of the samples hundreds of standard deviations out (|x1| up to 283, variance 3.6 against 0.99)
 although the fit's log-likelihood was within 0.03 nats of the entropy. With the bound at 5 the tails hold
-~1e-6 of the base's mass.
+~1e-6 of the base's mass. The example decays its learning rate (cosine) over its 200 steps: at a constant
+rate the final iterate's variances were up to 16% off at 200 steps (seeds 0-4), within 4% with the decay.
 """
 
 from __future__ import annotations
@@ -35,11 +36,7 @@ def check_moments(flow: flows.Flow, x: torch.Tensor, tolerance: float) -> None:
 def test_readme_example_samples_match_the_data_variance() -> None:
     namespace: dict = {}
     exec(compile(python_blocks()[0], "README.md", "exec"), namespace)  # 200 steps, as printed
-    flow, x, optimizer = namespace["flow"], namespace["x"], namespace["optimizer"]
-    check_moments(flow, x, 0.2)  # measured: 1.15 and 1.10 times the data's variance
-    for _ in range(200):  # the same loop 200 steps further: within 10%
-        loss = -flow.log_prob(x[torch.randint(len(x), (256,))]).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    check_moments(flow, x, 0.1)
+    flow, x = namespace["flow"], namespace["x"]
+    check_moments(
+        flow, x, 0.1
+    )  # measured: 1.037 and 1.025 times the data's variance (constant lr: 1.16, 1.11)

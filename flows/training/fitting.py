@@ -62,6 +62,10 @@ def train(
     # wraps the model (so all ranks start from identical parameters).
     if config.train.actnorm_init:
         task.initialize(model, data, config, config.train.batch_size * trainer.world_size)
+    start_score = task.fit_base(model, data, config, record)  # e.g. a Gaussian mixture fitted as the base
+    start_state = (
+        None if start_score is None else {k: v.detach().clone() for k, v in model.state_dict().items()}
+    )
     module = task.module(model, config, data, record, objective)
     datamodule = task.datamodule(data, config)
     fit_start = time.perf_counter()
@@ -84,6 +88,11 @@ def train(
             best_score = float(checkpoint.best_model_score)
         if best_path is not None and best_path.is_file():
             module.load_state_dict(read_checkpoint(best_path, map_location=module.device)["state_dict"])
+    if start_state is not None and best_score is not None and start_score <= best_score:
+        model.load_state_dict(start_state)  # training never beat the fitted start on validation: keep it
+        best_score = start_score
+        if best_path is not None and best_path != last:  # best.ckpt holds what the run evaluates
+            trainer.save_checkpoint(best_path)
     model.eval()
     epochs, steps = int(trainer.current_epoch), int(trainer.global_step)
     if steps == 0 and last is not None and last.is_file():  # ddp_spawn: the counters stayed in the workers

@@ -69,6 +69,12 @@ class Task(ABC):
     def initialize(self, model: Flow, data: Any, config: Config, global_batch: int) -> None:
         """Data-dependent initialisation (ActNorm) on the first global training batch."""
 
+    def fit_base(self, model: Flow, data: Any, config: Config, record: dict[str, Any]) -> Optional[float]:
+        """Fit a data-dependent base distribution once the model is initialised (the tables' `base: gmm`),
+        completing `record` so that it rebuilds it; returns the starting model's validation score: the fit
+        ends with the starting weights if no validation during training beats it (None: nothing fitted)."""
+        return None
+
     @staticmethod
     def first_global_batch(rows: int, global_batch: int, config: Config) -> Any:
         """Row indices of the first global training batch of `rows` rows: the same rows on every rank."""

@@ -33,6 +33,7 @@ from flows.training.evaluation import (
     write_samples,
 )
 from flows.training.fitting import Fitted, train
+from flows.training.mixture_base import fit_mixture_base, uses_mixture_base
 from flows.training.models import build_flow, resolve_model, standardization_of
 from flows.training.module import FlowModule, TableDataModule
 from flows.training.objectives import Objective
@@ -186,6 +187,32 @@ class TabularTask(Task):
             None if data.train_context is None else torch.as_tensor(data.train_context[first], dtype=dtype)
         )
         model.initialize(torch.as_tensor(rows, dtype=dtype), context)
+
+    def fit_base(
+        self, model: Flow, data: DataSplits, config: Config, record: dict[str, Any]
+    ) -> Optional[float]:
+        """`model.base: gmm`: the mixture fitted to the training rows' latents (`fit_mixture_base`), its
+        number of components written into `record`; returns the validation NLL of the fitted start."""
+        if not uses_mixture_base(config.model):
+            return None
+        plan = _plan(data)
+        if any(plan.learned):
+            raise ConfigError(
+                "model.base: expected a base other than 'gmm' with learned dequantisation (argmax categorical "
+                "columns or data.dequantization: variational): the mixture is fitted to fixed training rows, "
+                "and these rows are drawn by a q that trains with the flow; got base 'gmm'"
+            )
+        rows = dequantize_fixed(data.train, config.seed, plan.mask) if plan.dequantized else data.train
+        components = fit_mixture_base(
+            model, rows, config.seed, config.model.get("components"), context=data.train_context
+        )
+        record["config"]["model"]["components"] = components
+        if data.val.shape[0] == 0:
+            return None
+        model.eval()
+        log_prob = evaluate_log_prob(model, data.val, config.train.eval_batch_size, context=data.val_context)
+        model.train()
+        return float(-np.mean(log_prob))
 
     def module(
         self,
