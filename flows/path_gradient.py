@@ -72,14 +72,16 @@ def _inverse_with_score(bijector: Bijector, x: Tensor, score: Tensor) -> tuple[T
     return y, ladj, _detached_vjp(bijector, y, score)
 
 
-def sample_with_score(flow: Flow, n: int) -> tuple[Tensor, Tensor, Tensor]:
+def sample_with_score(flow: Flow, n: int, z: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     """`n` reparameterised samples `x (n, D)` of an unconditional `flow` (differentiable in its parameters),
-    their `log q(x) (n,)` and the score `∇_x log q(x) (n, D)` (detached) from the one sampling pass."""
+    their `log q(x) (n,)` and the score `∇_x log q(x) (n, D)` (detached) from the one sampling pass.
+    `z (n, D)`: base samples to push through instead of fresh draws (`n` is then `z.shape[0]`)."""
     if flow.context_features:
         raise ValueError(
             "sample_with_score takes an unconditional flow (the sampling objectives have no context)"
         )
-    z = flow.base.rsample((n,))
+    if z is None:
+        z = flow.base.rsample((n,))
     if not z.requires_grad:  # a fixed base: make z a leaf that needs grad (the conditioners' inputs must)
         z.requires_grad_(True)
     z_leaf = z.detach().requires_grad_(True)

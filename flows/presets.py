@@ -94,7 +94,9 @@ class MAF(Flow):
     `transforms` `MaskedAutoregressive` layers with `hidden_features` MADE widths (`residual_blocks > 0`
     uses masked residual blocks of equal width), separated by reverse permutations or, with
     `randperm=True`, random ones (seeded by `seed + step`). `batch_norm=True` adds a `BatchNorm` after
-    each autoregressive layer, as in the MAF paper.
+    each autoregressive layer, as in the MAF paper. `scale_bound` bounds the log-scale of `tanh` scales to
+    `(-scale_bound, scale_bound)` (see `flows.ops.log_scale_from_raw`); a target whose scale varies over
+    many e-folds (Neal's funnel: `exp(x0 / 2)`, `x0` in [-9, 9]) needs a wider bound than the default 3.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class MAF(Flow):
         residual_blocks: int = 0,
         randperm: bool = False,
         scale_function: str = "tanh",
+        scale_bound: float = 3.0,
         batch_norm: bool = False,
         dropout: float = 0.0,
         seed: int = 0,
@@ -129,6 +132,7 @@ class MAF(Flow):
                     residual_blocks=residual_blocks,
                     dropout=dropout,
                     scale_function=scale_function,
+                    scale_bound=scale_bound,
                 )
             )
             if batch_norm:
@@ -240,7 +244,8 @@ class RealNVP(Flow):
     `flow.initialize(x)` on a first batch) or `"batchnorm"` (after
     each coupling, as in the paper). `residual_blocks=0` uses MLP conditioners with `hidden_features`
     widths; more uses residual networks of width `hidden_features[0]`. With `features=1` each coupling
-    becomes an element-wise affine map with learned (or context-dependent) shift and scale.
+    becomes an element-wise affine map with learned (or context-dependent) shift and scale. `scale_bound`
+    bounds the log-scale of `tanh` scales to `(-scale_bound, scale_bound)`.
     """
 
     def __init__(
@@ -250,6 +255,7 @@ class RealNVP(Flow):
         transforms: int = 5,
         hidden_features: Sequence[int] = (128, 128),
         scale_function: str = "tanh",
+        scale_bound: float = 3.0,
         normalization: str = "none",
         residual_blocks: int = 0,
         dropout: float = 0.0,
@@ -275,6 +281,7 @@ class RealNVP(Flow):
                         residual_blocks=residual_blocks,
                         dropout=dropout,
                         scale_function=scale_function,
+                        scale_bound=scale_bound,
                     )
                 )
             else:
@@ -289,6 +296,7 @@ class RealNVP(Flow):
                         residual_blocks=residual_blocks if residual_blocks else None,
                         dropout=dropout,
                         scale_function=scale_function,
+                        scale_bound=scale_bound,
                     )
                 )
             if normalization == "batchnorm":

@@ -1,8 +1,10 @@
-"""Shared test utilities: tolerances per dtype, parameter randomisation and Jacobian log-dets."""
+"""Shared test utilities: tolerances per dtype, parameter randomisation, Jacobian log-dets and the DDP tests' environment and state comparison."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -40,3 +42,40 @@ def sample_context(
         return None
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch + (features,), generator=generator, dtype=torch.float64).to(dtype)
+
+
+def ddp_environment(repo: Path) -> dict[str, str]:
+    """The environment of a DDP subprocess: this checkout first on PYTHONPATH, no inherited rank variables."""
+    env = {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for variable in (
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "NODE_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "FLOWS_RUN_DIR",
+    ):
+        env.pop(variable, None)
+    return env
+
+
+def last_state(run_dir: Path) -> dict[str, Tensor]:
+    """The state dict of a run's `checkpoints/last.ckpt`."""
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
+
+
+def assert_same_trained_state(
+    ddp: dict[str, Tensor], single: dict[str, Tensor], after_one_step: dict[str, Tensor]
+) -> None:
+    """`ddp` equals `single` (rtol 1e-4), and training moved some parameter away from `after_one_step`."""
+    assert ddp.keys() == single.keys()
+    moved = 0
+    for key, value in single.items():
+        torch.testing.assert_close(
+            ddp[key], value, rtol=1e-4, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}"
+        )
+        moved += int(value.is_floating_point() and not torch.allclose(value, after_one_step[key]))
+    assert moved > 0  # not a comparison between two initial states

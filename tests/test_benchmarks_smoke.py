@@ -163,3 +163,23 @@ def test_bench_streaming_entropy_is_that_of_its_gaussian(tmp_path: Path) -> None
     assert rows.shape == (20_000, features)
     np.testing.assert_allclose(rows.mean(0), mean, atol=5 * np.sqrt(np.diag(covariance) / 20_000).max())
     np.testing.assert_allclose(np.cov(rows.T), covariance, atol=0.1 * np.abs(covariance).max())
+
+
+@pytest.mark.slow
+def test_sampling_ais_benchmark_compares_is_and_ais(tmp_path: Path) -> None:
+    from flows.training import run
+
+    config = {
+        "target": {"name": "funnel", "features": 3, "validation_samples": 64, "evaluation_samples": 256},
+        "model": {"name": "maf", "transforms": 1, "hidden_features": [8]},
+        "train": {"objective": "reverse_kl", "batch_size": 32, "max_steps": 3, "num_threads": 1},
+        "output": {"dir": str(tmp_path), "name": "f", "samples": 0, "plots": False, "progress_bar": False},
+    }
+    checkpoint = run(config, verbose=False).checkpoint
+    command = [sys.executable, str(BENCHMARKS / "sampling_ais.py"), "--ckpt", str(checkpoint)]
+    command += ["--target", "funnel", "--features", "3", "-n", "200", "--steps", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("IS: n 200 log Z") and lines[1].startswith("AIS 2 x HMC")
+    assert float(lines[2].split(":")[1]) > 0

@@ -129,6 +129,19 @@ def test_signatures_are_explicit_and_typed(preset: type[Flow]) -> None:
         preset(4, hidden_feature=(8,))  # a misspelt key is an error
 
 
+@pytest.mark.parametrize(("preset", "transformed"), [(MAF, 2), (RealNVP, 1)])
+def test_scale_bound_bounds_each_log_scale(preset: type[Flow], transformed: int) -> None:
+    """Saturated conditioners drive the affine log-scales to +-`scale_bound`: one layer's |log det| reaches
+    past what the default bound 3 allows with `scale_bound=8`, and never past `transformed * scale_bound`."""
+    x = torch.randn(512, 2)
+    for bound in (3.0, 8.0):
+        options = {} if bound == 3.0 else {"scale_bound": bound}
+        flow = randomize(preset(2, transforms=1, hidden_features=(8,), **options), scale=50.0, seed=1)
+        _, ladj = flow.transform(x)
+        largest = ladj.abs().max().item()
+        assert bound - 0.5 < largest <= transformed * bound + 1e-4
+
+
 @pytest.mark.parametrize(
     "build, argument",
     [
@@ -146,6 +159,8 @@ def test_signatures_are_explicit_and_typed(preset: type[Flow]) -> None:
         (lambda: RealNVP(3, normalization="layernorm"), "normalization"),
         (lambda: RealNVP(3, scale_function="relu"), "scale_function"),
         (lambda: MAF(3, base="uniform"), "base"),
+        (lambda: MAF(3, scale_bound=0.0), "scale_bound"),
+        (lambda: RealNVP(3, scale_bound=-1.0), "scale_bound"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_the_argument(

@@ -150,3 +150,22 @@ def test_annealing_schedule_and_path_endpoints() -> None:
     torch.testing.assert_close(
         AnnealedTarget(target, 0.3, 3.0).log_prob(x), 0.3 * target.log_prob(x) + 0.7 * base
     )
+
+
+@pytest.mark.parametrize("gradient", ["reparam", "path"])
+def test_ranks_shards_average_to_the_one_process_gradient(gradient: str) -> None:
+    """Under one seed, the mean of `world` ranks' gradients on their shards equals one process's gradient
+    on the global batch (what DDP's averaging needs), and the ranks' samples are disjoint rows of it."""
+    flow = _tiny_nsf()
+    target = FunctionTarget(lambda x: -0.5 * (x**2).sum(-1) - x[:, 0] ** 4, 2)
+    torch.manual_seed(3)
+    single = reverse_kl_loss(flow, target, 96, gradient)
+    expected = _gradient(flow, single.loss)
+    shards = []
+    for rank in range(3):
+        torch.manual_seed(3)
+        shards.append(reverse_kl_loss(flow, target, 32, gradient, world=3, rank=rank))
+    averaged = sum(_gradient(flow, s.loss) for s in shards) / 3
+    torch.testing.assert_close(averaged, expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(torch.cat([s.log_w for s in shards]).sort().values, single.log_w.sort().values)
+    assert not torch.equal(shards[0].log_w, shards[1].log_w)

@@ -41,6 +41,19 @@ def test_a_gaussian_flow_fits_a_gaussian_target_and_its_estimates_are_exact(fitt
     assert torch.equal(same, fitted.sample(5, seed=3))
 
 
+def test_annealed_importance_log_normalizer(fitted) -> None:
+    """`method="ais"` estimates the same log Z (within 4 SE); one annealing step is plain IS on the same seed."""
+    estimate, error = fitted.log_normalizer(4000, seed=1, method="ais", steps=5, step_size=0.5)
+    assert abs(estimate - LOG_Z) < max(4 * error, 0.005) and error < 0.01
+    assert fitted.log_normalizer(500, seed=4, method="ais", steps=1, moves_per_step=0) == pytest.approx(
+        fitted.log_normalizer(500, seed=4), rel=1e-6
+    )
+    with pytest.raises(ValueError, match="method"):
+        fitted.log_normalizer(10, method="smc")
+    with pytest.raises(ValueError, match="ais"):
+        fitted.log_normalizer(10, steps=3)
+
+
 def test_metropolis_and_resampling_with_the_fitted_flow(fitted) -> None:
     chains, acceptance = fitted.metropolis(20, n_chains=2000, seed=0)
     assert chains.shape == (20, 2000, 2)

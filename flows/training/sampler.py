@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
+from flows.ais import annealed_importance_log_weights
 from flows.diagnostics import effective_sample_size, log_normalizer, weight_summary
 from flows.flow_mcmc import flow_mcmc
 from flows.io import atomic_save
@@ -190,9 +191,22 @@ class VariationalSampler:
         """Normalised Kish ESS in [0, 1] of `n` fresh samples."""
         return effective_sample_size(self._log_weights(n, seed))
 
-    def log_normalizer(self, n: int = 100_000, seed: Optional[int] = None) -> tuple[float, float]:
-        """`(log Z estimate, standard error)` from `n` fresh samples."""
-        return log_normalizer(self._log_weights(n, seed))
+    def log_normalizer(
+        self, n: int = 100_000, seed: Optional[int] = None, method: str = "is", **ais_options: Any
+    ) -> tuple[float, float]:
+        """`(log Z estimate, standard error)` from `n` fresh samples: `method="is"`, importance sampling with
+        the flow; `"ais"`, annealed importance sampling from the flow to the target (`flows.ais`; options
+        `steps`, `kernel`, `step_size`, `leapfrog_steps`, `moves_per_step`), the FAB papers' evaluation."""
+        if method == "is":
+            if ais_options:
+                raise ValueError(f"options {sorted(ais_options)} apply to method='ais' only")
+            return log_normalizer(self._log_weights(n, seed))
+        if method != "ais":
+            raise ValueError(f"method: expected 'is' or 'ais', got {method!r}")
+        self._check_fitted()
+        with seeded(seed, torch.device("cpu")) if seed is not None else contextlib.nullcontext():
+            log_w = annealed_importance_log_weights(self.flow_, self.target.log_prob, n, **ais_options)
+        return log_normalizer(log_w)
 
     def diagnostics(self, n: int = 100_000, seed: Optional[int] = None) -> dict[str, float]:
         """ESS, log Z ± SE, Pareto k-hat and zero-weight fraction of `n` fresh samples."""

@@ -50,13 +50,18 @@ class SamplingModule(FlowModule):
         self._log_weights: list[Tensor] = []
 
     def training_step(self, batch: Any, batch_index: int) -> Tensor:
-        """One step with the global RNG seeded by (seed, step, rank): the flow's samples of a step do not
-        depend on what ran before it, so a resumed run draws what the uninterrupted one drew (bit-identical
-        on CPU), and each rank of a multi-process run draws its own samples."""
-        _, rank = self._world_and_rank()
-        step_seed = ((self.seed * 1_000_003 + self.global_step) * 8 + SAMPLE_STREAM) * 4096 + rank
+        """One step with the global RNG seeded by (seed, step): the flow's samples of a step do not depend
+        on what ran before it, so a resumed run draws what the uninterrupted one drew (bit-identical on CPU).
+        Every rank draws the same global batch of `batch_size * world` base samples and keeps its rows
+        (`sampling_objectives.shard`), as the data runs do with their rows: `W` processes of batch `B` take
+        the steps of one process of batch `B * W` (DDP averages the ranks' gradients)."""
+        step_seed = (self.seed * 1_000_003 + self.global_step) * 8 + SAMPLE_STREAM
         with seeded(step_seed, self.device):
             return super().training_step(batch, batch_index)
+
+    def world_and_rank(self) -> tuple[int, int]:
+        """`(number of processes, this process's rank)`; `(1, 0)` outside a trainer."""
+        return self._world_and_rank()
 
     def log_training(self, loss: Tensor, rows: int) -> None:
         """Log a training step's loss as `train_loss`."""

@@ -39,6 +39,7 @@ __all__ = [
     "reverse_kl_loss",
     "sampling_objective",
     "seeded",
+    "shard",
     "validation_log_weights",
 ]
 
@@ -53,6 +54,7 @@ class TargetTrainingModule(Protocol):
     seed: int
 
     def progress(self) -> float: ...
+    def world_and_rank(self) -> tuple[int, int]: ...
     def log_training(self, loss: Tensor, rows: int) -> None: ...
     def log(self, name: str, value: Any, **kwargs: Any) -> None: ...
     def add_log_weights(self, log_w: Tensor) -> None: ...
@@ -75,14 +77,28 @@ def _zero_rows_of_gradient(x: Tensor, rows: Tensor) -> None:
         x.register_hook(lambda grad: grad.masked_fill(rows[:, None], 0.0))
 
 
-def reverse_kl_loss(flow: Flow, target: Target, n: int, gradient: Gradient = "reparam") -> SampledWeights:
-    """The reverse-KL loss of `n` fresh samples from `flow`, with the `"reparam"` or `"path"` gradient."""
-    if gradient == "reparam":
-        x, log_q = flow.sample_and_log_prob((n,))
-    elif gradient == "path":
-        x, log_q, score = sample_with_score(flow, n)
-    else:
+def shard(rows: Tensor, world: int, rank: int) -> Tensor:
+    """Rank `rank`'s rows `rank, rank + world, ...` of a global batch `rows (n * world, ...)` (as the data
+    runs' `GlobalBatchSampler` cuts its batches), so that the ranks together hold the one-process batch."""
+    return rows if world == 1 else rows[rank::world]
+
+
+def reverse_kl_loss(
+    flow: Flow, target: Target, n: int, gradient: Gradient = "reparam", world: int = 1, rank: int = 0
+) -> SampledWeights:
+    """The reverse-KL loss of `n` fresh samples from `flow`, with the `"reparam"` or `"path"` gradient.
+
+    With `world > 1` the base draws the global batch of `n * world` rows and this rank pushes its `shard`
+    through the flow: under a common seed, `world` ranks sample what one process drawing `n * world` does.
+    """
+    if gradient not in ("reparam", "path"):
         raise ValueError(f"gradient: expected 'reparam' or 'path', got {gradient!r}")
+    z = shard(flow.base.rsample((n * world,)), world, rank)
+    if gradient == "reparam":
+        x, ladj = flow.transform.inverse(z)
+        log_q = flow.base.log_prob(z) - ladj
+    else:
+        x, log_q, score = sample_with_score(flow, n, z)
     log_p = checked_log_prob(target, x, differentiable=True)
     # rows where the target is undefined (zero density), or where the flow's own density overflowed
     good = torch.isfinite(log_p) & torch.isfinite(log_q)
@@ -196,7 +212,8 @@ class ReverseKL(_TargetObjective):
             module.log("train_beta", beta, batch_size=n)
             if beta < 1:
                 target = AnnealedTarget(target, beta, self.scale)
-        result = reverse_kl_loss(module.flow, target, n, self.gradient)
+        world, rank = module.world_and_rank()
+        result = reverse_kl_loss(module.flow, target, n, self.gradient, world, rank)
         module.log_training(result.loss, n)
         module.log("train_zero_density", float(result.zero_density), reduce_fx="sum", batch_size=n)
         return result.loss
@@ -240,7 +257,8 @@ class ForwardKL(_TargetObjective):
                 "no sample(n) (use reverse_kl or reverse_kl_path)"
             )
         reference = next(module.flow.parameters())
-        x = sample(n).to(device=reference.device, dtype=reference.dtype)
+        world, rank = module.world_and_rank()
+        x = shard(sample(n * world), world, rank).to(device=reference.device, dtype=reference.dtype)
         if self.gradient == "path":
             loss = forward_kl_path_loss(module.flow, module.target, x)
         else:
