@@ -7,8 +7,10 @@ evaluates the trained model and writes its outputs. `flows.training.pipeline` ca
 
 from __future__ import annotations
 
+import sys
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -105,3 +107,17 @@ class Task(ABC):
     @abstractmethod
     def summary(self, metrics: Mapping[str, Any]) -> str:
         """What `flows fit` prints at the end."""
+
+
+def guarded_plots(write: Callable[[], Iterable[Union[str, Path]]]) -> list[str]:
+    """Run a task's plot writer and return the paths it wrote: a missing plotting dependency skips the plots
+    (a line on stderr), any other failure is a warning, so a plotting failure never loses a finished run."""
+    try:
+        written = write()
+    except ImportError as error:
+        print(f"plots skipped: {error}", file=sys.stderr)
+        return []
+    except Exception as error:  # a plotting failure must not lose a finished training run
+        warnings.warn(f"writing plots failed: {type(error).__name__}: {error}", stacklevel=2)
+        return []
+    return [str(p) for p in written]

@@ -9,8 +9,6 @@ target knows it), the Pareto k-hat of the weights and the fraction of zero-densi
 from __future__ import annotations
 
 import math
-import sys
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from flows.training.objectives import Objective
 from flows.training.registry import check_model_options
 from flows.training.sampling_module import SamplingDataModule, SamplingModule
 from flows.training.sampling_objectives import sampling_objective, seeded, validation_log_weights
-from flows.training.tasks.base import Task
+from flows.training.tasks.base import Task, guarded_plots
 from flows.training.trainer import trainer_arguments
 
 __all__ = ["SamplingData", "SamplingTask", "evaluate_sampler", "is_sampling_config"]
@@ -84,17 +82,12 @@ def evaluate_sampler(flow: Flow, target: Target, n: int, seed: int, batch: int =
 
 
 def _plots(run_dir: Path, flow: Flow, target: Target, x: torch.Tensor, seed: int) -> list[str]:
-    try:
+    def write() -> list[Path]:
         from flows.training.target_plots import write_target_plots
 
-        written = write_target_plots(run_dir, flow, target, x.cpu(), seed)
-    except ImportError as error:
-        print(f"plots skipped: {error}", file=sys.stderr)
-        return []
-    except Exception as error:  # a plotting failure must not lose a finished training run
-        warnings.warn(f"writing plots failed: {type(error).__name__}: {error}", stacklevel=2)
-        return []
-    return [str(p) for p in written]
+        return write_target_plots(run_dir, flow, target, x.cpu(), seed)
+
+    return guarded_plots(write)
 
 
 class SamplingTask(Task):

@@ -7,7 +7,6 @@ without a run directory of its own) and `evaluate_checkpoint`.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,7 +38,7 @@ from flows.training.module import FlowModule, TableDataModule
 from flows.training.objectives import Objective
 from flows.training.registry import check_model_options
 from flows.training.safety import warn_about_columns
-from flows.training.tasks.base import Task
+from flows.training.tasks.base import Task, guarded_plots
 from flows.training.trainer import torch_threads, trainer_arguments
 
 __all__ = ["TabularTask", "evaluate_checkpoint", "fit_flow", "format_summary", "prepare_splits"]
@@ -301,27 +300,18 @@ class TabularTask(Task):
 
 
 def _plots(run_dir: Path, flow: torch.nn.Module, splits: DataSplits, samples: np.ndarray) -> list[str]:
-    try:
+    def write() -> list[Path]:
         from flows.training.plots import write_plots
-    except ImportError as error:
-        print(f"plots skipped: {error}", file=sys.stderr)
-        return []
-    try:
+
         if splits.context_columns:
             from flows.training.conditional_plots import write_conditional_plots
 
-            written = write_conditional_plots(run_dir, flow, splits)
-        else:
-            plan = _plan(splits)  # the data as the samples show it: integers, category values
-            shown = {"train": plan.decode(splits.train), "test": plan.decode(splits.test)}
-            written = write_plots(run_dir, flow, shown, samples, columns=splits.columns)
-    except ImportError as error:
-        print(f"plots skipped: {error}", file=sys.stderr)
-        return []
-    except Exception as error:  # a plotting failure must not lose a finished training run
-        warnings.warn(f"writing plots failed: {type(error).__name__}: {error}", stacklevel=2)
-        return []
-    return [str(p) for p in written]
+            return write_conditional_plots(run_dir, flow, splits)
+        plan = _plan(splits)  # the data as the samples show it: integers, category values
+        shown = {"train": plan.decode(splits.train), "test": plan.decode(splits.test)}
+        return write_plots(run_dir, flow, shown, samples, columns=splits.columns)
+
+    return guarded_plots(write)
 
 
 def format_summary(metrics: Mapping[str, Any]) -> str:
