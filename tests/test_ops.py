@@ -161,6 +161,28 @@ def test_spline_is_monotonic_and_maps_the_bound_onto_itself() -> None:
     torch.testing.assert_close(ends.reshape(-1), torch.tensor([-BOUND, BOUND], dtype=torch.float64))
 
 
+def test_spline_knots_equal_the_cumulative_bin_sizes_and_survive_inference_mode() -> None:
+    """The knots come from cached affine constants: they equal -bound + 2 bound cumsum(bin sizes) with the
+    ends exact, and constants first built under `torch.inference_mode` still serve a later backward pass."""
+    bins, bound, minimum = 6, 2.5, 0.01
+    raw = torch.randn(4, 3, bins, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        spline_knots(raw.float(), raw.float(), torch.zeros(4, 3, bins + 1), bound, minimum, minimum, 1e-3)
+    sizes = minimum + (1.0 - minimum * bins) * torch.softmax(raw, dim=-1)
+    expected = torch.cat(
+        [torch.full((4, 3, 1), -bound, dtype=torch.float64), -bound + 2.0 * bound * sizes.cumsum(-1)], -1
+    )
+    knot_x, knot_y, _ = spline_knots(
+        raw, raw, torch.zeros(4, 3, bins + 1, dtype=torch.float64), bound, minimum, minimum, 1e-3
+    )
+    torch.testing.assert_close(knot_x, expected, rtol=0.0, atol=1e-12)
+    assert (knot_y[..., 0] == -bound).all() and (knot_y[..., -1] == bound).all()
+    raw32 = raw.float().requires_grad_()
+    widths_knots = spline_knots(raw32, raw32, torch.zeros(4, 3, bins + 1), bound, minimum, minimum, 1e-3)[0]
+    (widths_knots * torch.arange(bins + 1.0)).sum().backward()  # the constant cached under inference mode
+    assert raw32.grad is not None and torch.isfinite(raw32.grad).all() and raw32.grad.abs().sum() > 0
+
+
 def test_spline_rejects_bad_parameters() -> None:
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="K \\+ 1 derivatives"):

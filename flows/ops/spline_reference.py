@@ -20,6 +20,31 @@ def _softplus_inverse(value: float) -> float:
     return math.log(math.expm1(value))
 
 
+_KNOT_MAPS: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _knot_map(
+    bins: int, bound: float, minimum: float, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """`(offset, scale)`, each `(K + 1,)`: knot_j = offset_j + scale_j * (p_0 + ... + p_{j-1}) for the interior
+    knots, and exactly -bound and bound at the ends (scale 0). Cached per (bins, bound, minimum, dtype,
+    device) outside `torch.compile` (two fewer tensors to build per call); built afresh while tracing."""
+    key = (bins, bound, minimum, dtype, device)
+    cached = None if torch.compiler.is_compiling() else _KNOT_MAPS.get(key)
+    if cached is not None:
+        return cached
+    with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
+        positions = torch.arange(bins + 1, dtype=torch.float64)
+        offset = -bound + 2.0 * bound * minimum * positions
+        offset[-1] = bound
+        scale = torch.full((bins + 1,), 2.0 * bound * (1.0 - minimum * bins), dtype=torch.float64)
+        scale[0] = scale[-1] = 0.0
+        built = (offset.to(dtype=dtype, device=device), scale.to(dtype=dtype, device=device))
+    if not torch.compiler.is_compiling():
+        _KNOT_MAPS[key] = built
+    return built
+
+
 def spline_knots(
     unnormalized_widths: Tensor,
     unnormalized_heights: Tensor,
@@ -44,13 +69,15 @@ def spline_knots(
 
     def knots(unnormalized: Tensor, minimum: float) -> Tensor:
         # The softmax is written out: over a short last dimension torch.softmax is several times slower
-        # on CPUs than these three element-wise ops.
-        exponentials = torch.exp(unnormalized - unnormalized.amax(dim=-1, keepdim=True))
+        # on CPUs than these element-wise ops. The shift is detached (the softmax does not depend on it), so
+        # the backward pass has no max to differentiate.
+        exponentials = torch.exp(unnormalized - unnormalized.detach().amax(dim=-1, keepdim=True))
         probabilities = exponentials / exponentials.sum(dim=-1, keepdim=True)
-        sizes = minimum + (1.0 - minimum * bins) * probabilities
-        # Interior knots only; both ends are pinned exactly so that the tails join without a gap.
-        interior = 2.0 * bound * torch.cumsum(sizes[..., :-1], dim=-1) - bound
-        return F.pad(F.pad(interior, (1, 0), value=-bound), (0, 1), value=bound)
+        # knot_j = -bound + 2 bound sum_{i<j} (minimum + (1 - minimum K) p_i): an affine map of the cumulative
+        # probabilities, with both ends pinned exactly (zero scale there) so that the tails join without a gap.
+        cumulative = F.pad(torch.cumsum(probabilities[..., :-1], dim=-1), (1, 1))
+        offset, scale = _knot_map(bins, bound, minimum, cumulative.dtype, cumulative.device)
+        return torch.addcmul(offset, scale, cumulative)
 
     knot_x = knots(unnormalized_widths, min_bin_width)
     knot_y = knots(unnormalized_heights, min_bin_height)
@@ -68,10 +95,11 @@ def _clamp_unit(xi: Tensor) -> Tensor:
     return xi + (xi.clamp(0.0, 1.0) - xi).detach()
 
 
-def _gather_pair(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    """`values[..., index]` and `values[..., index + 1]` of knot values `(..., K + 1)`: one gather."""
-    first, second = torch.gather(values, -1, torch.stack((index, index + 1), dim=-1)).unbind(-1)
-    return first, second
+def _gather_bins(knot_x: Tensor, knot_y: Tensor, derivatives: Tensor, index: Tensor) -> list[Tensor]:
+    """`[x_k, x_k1, y_k, y_k1, d_k, d_k1]`: the knot values `(..., K + 1)` at `index` and `index + 1`, one gather."""
+    values = torch.stack((knot_x, knot_y, derivatives), dim=-2)  # (..., 3, K + 1)
+    pair = torch.stack((index, index + 1), dim=-1).unsqueeze(-2).expand(index.shape + (3, 2))
+    return list(torch.gather(values, -1, pair).flatten(-2).unbind(-1))
 
 
 def rational_quadratic_spline_reference(
@@ -112,17 +140,14 @@ def rational_quadratic_spline_reference(
     source_knots = knot_y if inverse else knot_x
 
     # Element-wise: bins for inputs inside, clamped inputs keep the unused branch finite.
-    inside = (x >= -bound) & (x <= bound)
+    inside = x.abs() <= bound
     clamped = x.clamp(-bound, bound)
     index = (clamped.unsqueeze(-1) >= source_knots[..., 1:-1]).sum(dim=-1)
-
-    x_k, x_k1 = _gather_pair(knot_x, index)
-    y_k, y_k1 = _gather_pair(knot_y, index)
-    d_k, d_k1 = _gather_pair(derivatives, index)
+    x_k, x_k1, y_k, y_k1, d_k, d_k1 = _gather_bins(knot_x, knot_y, derivatives, index)
     width = x_k1 - x_k
     height = y_k1 - y_k
     slope = height / width
-    curvature = d_k1 + d_k - 2.0 * slope
+    curvature = torch.add(d_k1 + d_k, slope, alpha=-2.0)  # d_k1 + d_k - 2 slope
 
     if inverse:
         offset = clamped - y_k
@@ -157,35 +182,34 @@ def rational_quadratic_spline_reference(
             return xi - residual / dy_dxi
 
         xi = _clamp_unit(newton_step(newton_step(xi_root)))
-        spline_out = x_k + xi * width
+        spline_out = torch.addcmul(x_k, xi, width)
+        xi_square = xi.square()
+        xi_1m = xi - xi_square  # xi (1 - xi)
+        denominator = torch.addcmul(slope, curvature, xi_1m)
     else:
         xi = _clamp_unit((clamped - x_k) / width)
-        xi_1m = xi * (1.0 - xi)
-        numerator = height * (slope * xi.square() + d_k * xi_1m)
-        denominator = slope + curvature * xi_1m
-        spline_out = y_k + numerator / denominator
+        xi_square = xi.square()
+        xi_1m = xi - xi_square  # xi (1 - xi)
+        denominator = torch.addcmul(slope, curvature, xi_1m)
+        numerator = height * torch.addcmul(slope * xi_square, d_k, xi_1m)
+        spline_out = torch.addcdiv(y_k, numerator, denominator)
 
-    xi_1m = xi * (1.0 - xi)
-    denominator = slope + curvature * xi_1m
-    log_derivative = (
-        2.0 * torch.log(slope)
-        + torch.log(d_k1 * xi.square() + 2.0 * slope * xi_1m + d_k * (1.0 - xi).square())
-        - 2.0 * torch.log(denominator)
+    # log dy/dxi / width = log[slope^2 (d_k1 xi^2 + 2 slope xi (1 - xi) + d_k (1 - xi)^2) / denominator^2]
+    derivative_numerator = torch.addcmul(
+        torch.addcmul(d_k1 * xi_square, slope, xi_1m, value=2.0), d_k, (1.0 - xi).square()
     )
+    log_derivative = torch.log(derivative_numerator * (slope / denominator).square())
 
-    left_slope = derivatives[..., 0]
-    right_slope = derivatives[..., -1]
     below = x < -bound
-    tail_slope = torch.where(below, left_slope, right_slope)
-    edge = clamped  # -bound below the interval and bound above it: the tails' anchor points
+    tail_slope = torch.where(below, derivatives[..., 0], derivatives[..., -1])
+    # anchored at the clamped input: -bound below the interval and bound above it
     if inverse:
-        tail_out = edge + (x - edge) / tail_slope
+        tail_out = torch.addcdiv(clamped, x - clamped, tail_slope)
     else:
-        tail_out = edge + (x - edge) * tail_slope
-    tail_log_derivative = torch.log(tail_slope)
+        tail_out = torch.addcmul(clamped, x - clamped, tail_slope)
 
     y = torch.where(inside, spline_out, tail_out)
-    log_derivative = torch.where(inside, log_derivative, tail_log_derivative)
+    log_derivative = torch.where(inside, log_derivative, torch.log(tail_slope))
     if inverse:
         log_derivative = -log_derivative
     return y, log_derivative.sum(dim=-1)
