@@ -17,7 +17,7 @@ interleaved with another checkout of the repository (e.g. the commit before a ch
 
     python benchmarks/bench_overhead.py                       # everything, 3 rounds
     python benchmarks/bench_overhead.py --steps 20 200 --rounds 5 --main-epochs 0   # no main job
-    python benchmarks/bench_overhead.py --baseline /tmp/old-checkout --main-epochs 3
+    python benchmarks/bench_overhead.py --baseline /tmp/old-checkout --baseline /tmp/older --main-epochs 3
 """
 
 from __future__ import annotations
@@ -149,8 +149,6 @@ def _main_job(tree: Path, epochs: int, out: Path, name: str) -> float:
         str(out),
         "--output.name",
         name,
-        "--output.progress_bar",
-        "false",
     ]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     start = time.perf_counter()
@@ -158,19 +156,26 @@ def _main_job(tree: Path, epochs: int, out: Path, name: str) -> float:
     return time.perf_counter() - start
 
 
-def bench_main_job(epochs: int, rounds: int, baseline: Optional[Path]) -> None:
-    trees = {"this tree": REPO} | ({"baseline": baseline} if baseline is not None else {})
+def bench_main_job(epochs: int, rounds: int, baselines: list[Path]) -> None:
+    trees = {"this tree": REPO} | {f"baseline {tree.name}": tree for tree in baselines}
     times: dict[str, list[float]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory(prefix="flows-bench-") as directory:
         for round_ in range(rounds):
             for name, tree in trees.items():
                 label = name.replace(" ", "-")
                 times[name].append(_main_job(tree, epochs, Path(directory), f"{label}-{round_}"))
-    print(f"\n## main job: flows fit --config configs/demo.yaml --train.max_epochs {epochs} (fresh process)")
-    print("tree      | median s | x this tree (median of per-round ratios)")
+    print(
+        f"\n## main job: flows fit --config configs/demo.yaml --train.max_epochs {epochs} "
+        f"(fresh process, progress bar on as in the README, {rounds} interleaved rounds)"
+    )
+    width = max(len(name) for name in times)
+    print(f"{'tree':{width}s} | median s | time / this tree's (median of per-round ratios)")
     for name, values in times.items():
         ratios = [a / b for a, b in zip(values, times["this tree"])]
-        print(f"{name:9s} | {statistics.median(values):8.2f} | {statistics.median(ratios):.2f}", flush=True)
+        print(
+            f"{name:{width}s} | {statistics.median(values):8.2f} | {statistics.median(ratios):.2f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -185,7 +190,11 @@ def main() -> None:
     parser.add_argument("--main-epochs", type=int, default=3, help="epochs of the main job (0: skip it)")
     parser.add_argument("--main-rounds", type=int, default=2)
     parser.add_argument(
-        "--baseline", type=Path, default=None, help="another checkout to time the main job of"
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkout to time the main job of (repeat for several)",
     )
     arguments = parser.parse_args()
     torch.set_num_threads(1)

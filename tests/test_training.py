@@ -345,7 +345,18 @@ def _tiny_config(tmp_path: Path, **sections: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_run_fits_a_gaussian_to_the_closed_form_and_writes_the_run_dir(tmp_path: Path) -> None:
+def test_run_fits_a_gaussian_to_the_closed_form_and_writes_the_run_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged_steps: list[int] = []
+    log = FlowModule.log
+
+    def counting_log(module: FlowModule, name: str, *args: object, **kwargs: object) -> None:
+        if name == "train_nll":
+            logged_steps.append(module.global_step)
+        log(module, name, *args, **kwargs)
+
+    monkeypatch.setattr(FlowModule, "log", counting_log)
     result = run(_tiny_config(tmp_path), verbose=False)
     metrics, run_dir = result.metrics, result.run_dir
     splits = load_splits(result.config.data, result.config.seed)
@@ -367,6 +378,13 @@ def test_run_fits_a_gaussian_to_the_closed_form_and_writes_the_run_dir(tmp_path:
         assert (run_dir / name).is_file(), name
     samples = np.loadtxt(run_dir / "samples.csv", delimiter=",", skiprows=1)
     assert samples.shape == (200, 3)
+    # The training loss is logged only on the steps the CSV logger writes (every 10th), and all of them are.
+    assert logged_steps == list(range(9, 120, 10))
+    header, *rows = (run_dir / "logs" / "metrics.csv").read_text().splitlines()
+    columns = header.split(",")
+    written = [row.split(",") for row in rows if row.split(",")[columns.index("train_nll")]]
+    assert [int(row[columns.index("step")]) for row in written] == logged_steps
+    assert all(math.isfinite(float(row[columns.index("train_nll")])) for row in written)
     assert load_config([run_dir / "config.yaml"]) == result.config
     # The checkpoint rebuilds the same model in a fresh object.
     loaded = load_model(result.checkpoint)

@@ -324,7 +324,8 @@ class ImageFlowModule(FlowModule):
 
     def log_training(self, loss: Tensor, rows: int) -> None:
         super().log_training(loss, rows)
-        self.log("train_bpd", bits_per_dim(loss.detach(), self.num_dims), batch_size=rows)
+        if self.training_log_due():
+            self.log("train_bpd", bits_per_dim(loss.detach(), self.num_dims), batch_size=rows)
 
     def validation_nll(self, x: Tensor, context: Optional[Tensor], batch_index: int) -> Tensor:
         # The same noise at every validation (common random numbers): val_nll changes only with the model.

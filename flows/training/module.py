@@ -180,16 +180,21 @@ class FlowModule(L.LightningModule):
             torch.manual_seed(self.seed * 1_000_003 + batch_index)
             return self.nll(x, context)
 
+    def training_log_due(self) -> bool:
+        """Whether this training step's metrics reach a logger or the progress bar. Lightning writes step metrics
+        every `trainer.log_every_n_steps` steps (and the progress bar shows the latest), so the other steps skip
+        `self.log`, which costs milliseconds (a small flow's whole step); so do runs with neither."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        if not trainer.loggers and trainer.progress_bar_callback is None:
+            return False
+        return bool(trainer._logger_connector.should_update_logs)
+
     def log_training(self, loss: Tensor, rows: int) -> None:
-        """Log a training batch's loss as `train_nll` (skipped when no logger or progress bar would show it:
-        Lightning's per-step logging costs milliseconds, a small flow's whole step)."""
-        if (
-            self._trainer is not None
-            and not self.trainer.loggers
-            and self.trainer.progress_bar_callback is None
-        ):
-            return
-        self.log("train_nll", loss, prog_bar=True, batch_size=rows)
+        """Log a training batch's loss as `train_nll` on the steps that are written (`training_log_due`)."""
+        if self.training_log_due():
+            self.log("train_nll", loss, prog_bar=True, batch_size=rows)
 
     def training_step(self, batch: Sequence[Tensor], batch_index: int) -> Tensor:
         return self.objective.training_loss(self, batch)

@@ -64,8 +64,9 @@ class SamplingModule(FlowModule):
         return self._world_and_rank()
 
     def log_training(self, loss: Tensor, rows: int) -> None:
-        """Log a training step's loss as `train_loss`."""
-        self.log("train_loss", loss, prog_bar=True, batch_size=rows)
+        """Log a training step's loss as `train_loss` on the steps that are written (`training_log_due`)."""
+        if self.training_log_due():
+            self.log("train_loss", loss, prog_bar=True, batch_size=rows)
 
     def add_log_weights(self, log_w: Tensor) -> None:
         """Keep a validation chunk's log weights `(n,)` for the ESS and log Z of the whole validation."""
