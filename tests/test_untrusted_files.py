@@ -473,3 +473,21 @@ def test_guard_accepts_models_with_empty_parameters() -> None:
     assert bool(_all_finite([torch.zeros(0), torch.ones(3)]))
     assert not bool(_all_finite([torch.zeros(0), torch.tensor([1.0, float("nan")])]))
     assert bool(_all_finite([torch.zeros(0, 4)]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_guard_finiteness_check_flags_nan_and_inf_but_not_large_values(dtype: torch.dtype) -> None:
+    """The fused check flags a NaN or ±inf in any tensor, accepts the largest finite values (a norm of them
+    would overflow) and leaves every value as it was."""
+    from flows.training.safety import _all_finite
+
+    largest = torch.finfo(dtype).max
+    tensors = [torch.full((3, 2), largest, dtype=dtype), torch.tensor([-largest, 1.0], dtype=dtype)]
+    copies = [t.clone() for t in tensors]
+    assert bool(_all_finite(tensors))
+    assert all(torch.equal(t, c) for t, c in zip(tensors, copies))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        poisoned = [t.clone() for t in tensors]
+        poisoned[1][1] = bad
+        assert not bool(_all_finite(poisoned)), bad
+        assert torch.equal(poisoned[0], copies[0])
