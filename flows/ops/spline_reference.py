@@ -75,7 +75,7 @@ def spline_knots(
         probabilities = exponentials / exponentials.sum(dim=-1, keepdim=True)
         # knot_j = -bound + 2 bound sum_{i<j} (minimum + (1 - minimum K) p_i): an affine map of the cumulative
         # probabilities, with both ends pinned exactly (zero scale there) so that the tails join without a gap.
-        cumulative = F.pad(torch.cumsum(probabilities[..., :-1], dim=-1), (1, 1))
+        cumulative = F.pad(torch.cumsum(probabilities, dim=-1), (1, 0))  # the last (about 1) gets scale 0
         offset, scale = _knot_map(bins, bound, minimum, cumulative.dtype, cumulative.device)
         return torch.addcmul(offset, scale, cumulative)
 
@@ -96,10 +96,17 @@ def _clamp_unit(xi: Tensor) -> Tensor:
 
 
 def _gather_bins(knot_x: Tensor, knot_y: Tensor, derivatives: Tensor, index: Tensor) -> list[Tensor]:
-    """`[x_k, x_k1, y_k, y_k1, d_k, d_k1]`: the knot values `(..., K + 1)` at `index` and `index + 1`, one gather."""
-    values = torch.stack((knot_x, knot_y, derivatives), dim=-2)  # (..., 3, K + 1)
-    pair = torch.stack((index, index + 1), dim=-1).unsqueeze(-2).expand(index.shape + (3, 2))
-    return list(torch.gather(values, -1, pair).flatten(-2).unbind(-1))
+    """`[x_k, x_k1, y_k, y_k1, d_k, d_k1]`: the knot values `(..., K + 1)` at `index` and `index + 1`.
+
+    One index pair for three gathers: stacking the three knot tensors for a single gather would copy all
+    `3 (K + 1)` values per element, which costs more than the two extra gathers on large batches.
+    """
+    pair = torch.stack((index, index + 1), dim=-1)
+    return [
+        value
+        for values in (knot_x, knot_y, derivatives)
+        for value in torch.gather(values, -1, pair).unbind(-1)
+    ]
 
 
 def rational_quadratic_spline_reference(
