@@ -7,6 +7,8 @@ A script that prints figures, never a timed test. In one process, interleaved ro
   `base="normal"` (the standard normal base, no mixture fit);
 - `plain flows`: a hand-written loop (shuffled mini-batches, Adam, `-log_prob(x).mean()`) over the same
   `flows` model with a standard normal base (same architecture, same standardisation layer) and the same training rows, S steps;
+- `plain (gmm)`: the same loop over the default estimator's model, its mixture base already fitted (so the
+  `estimator` row's time over this one is what the estimator adds to its own model's steps, the BIC search included);
 - `plain zuko`: the same loop over zuko's NSF of the same size, when `import zuko` works (the `bench` extra).
 
 for S in `--steps` (default 20, 200, 2000). Ratios are per round (each case's time over the plain flows
@@ -26,6 +28,7 @@ import argparse
 import copy
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -112,13 +115,20 @@ def bench_fits(steps_list: list[int], rounds: int, rows: int, features: int, bat
     table = _data(rows, features)
     train_rows = torch.as_tensor(table[: int(rows * 0.9)], dtype=torch.float32)  # the estimator's split size
     template = _estimator(1, batch, "normal").fit(table).flow_  # the same model (standardisation included)
+    mixture_template = _estimator(1, batch).fit(table).flow_  # the default model: its fitted mixture base
     print(f"\n## fits: {rows} rows x {features} features, batch {batch}, NSF {MODEL}, 1 thread")
-    print("steps | case         | median s | x plain flows (median of per-round ratios)")
+    print(
+        "steps | case         | median s | x plain flows | x same model's plain loop (medians of per-round ratios)"
+    )
+    same_model = {"estimator": "plain (gmm)", "est. normal": "plain flows"}
     for steps in steps_list:
         cases: dict[str, Callable[[], object]] = {
             "estimator": lambda steps=steps: _estimator(steps, batch).fit(table),
             "est. normal": lambda steps=steps: _estimator(steps, batch, "normal").fit(table),
             "plain flows": lambda steps=steps: _plain_loop(copy.deepcopy(template), train_rows, steps, batch),
+            "plain (gmm)": lambda steps=steps: _plain_loop(
+                copy.deepcopy(mixture_template), train_rows, steps, batch
+            ),
         }
         zuko_case = _zuko_loop(features, train_rows, steps, batch)
         if zuko_case is not None:
@@ -129,13 +139,18 @@ def bench_fits(steps_list: list[int], rounds: int, rows: int, features: int, bat
                 times[name].append(_timed(case))
         for name, values in times.items():
             ratios = [a / b for a, b in zip(values, times["plain flows"])]
+            own = ""
+            if name in same_model:
+                own = f"{statistics.median([a / b for a, b in zip(values, times[same_model[name]])]):.2f}"
             print(
-                f"{steps:5d} | {name:12s} | {statistics.median(values):8.3f} | {statistics.median(ratios):.2f}",
+                f"{steps:5d} | {name:12s} | {statistics.median(values):8.3f} | "
+                f"{statistics.median(ratios):13.2f} | {own}",
                 flush=True,
             )
 
 
-def _main_job(tree: Path, epochs: int, out: Path, name: str) -> float:
+def _main_job(tree: Path, epochs: int, out: Path, name: str) -> tuple[float, str]:
+    """Seconds of one main-job run in a fresh process, and what it reported (steps, test log-likelihood)."""
     command = [
         sys.executable,
         "-m",
@@ -152,28 +167,35 @@ def _main_job(tree: Path, epochs: int, out: Path, name: str) -> float:
     ]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     start = time.perf_counter()
-    subprocess.run(command, cwd=tree, env=env, check=True, capture_output=True, text=True)
-    return time.perf_counter() - start
+    result = subprocess.run(command, cwd=tree, env=env, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    report = re.search(r"test log-likelihood: (\S+)", result.stdout)
+    steps = re.search(r"steps: (\d+)", result.stdout)
+    return seconds, f"{steps.group(1) if steps else '?'} steps, test LL {report.group(1) if report else '?'}"
 
 
 def bench_main_job(epochs: int, rounds: int, baselines: list[Path]) -> None:
     trees = {"this tree": REPO} | {f"baseline {tree.name}": tree for tree in baselines}
     times: dict[str, list[float]] = {name: [] for name in trees}
+    reports: dict[str, list[str]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory(prefix="flows-bench-") as directory:
         for round_ in range(rounds):
             for name, tree in trees.items():
                 label = name.replace(" ", "-")
-                times[name].append(_main_job(tree, epochs, Path(directory), f"{label}-{round_}"))
+                seconds, report = _main_job(tree, epochs, Path(directory), f"{label}-{round_}")
+                times[name].append(seconds)
+                reports[name].append(report)
     print(
         f"\n## main job: flows fit --config configs/demo.yaml --train.max_epochs {epochs} "
         f"(fresh process, progress bar on as in the README, {rounds} interleaved rounds)"
     )
     width = max(len(name) for name in times)
-    print(f"{'tree':{width}s} | median s | time / this tree's (median of per-round ratios)")
+    print(f"{'tree':{width}s} | median s | time / this tree's (median of per-round ratios) | runs")
     for name, values in times.items():
         ratios = [a / b for a, b in zip(values, times["this tree"])]
+        runs = "; ".join(f"{t:.1f} s: {r}" for t, r in zip(values, reports[name]))
         print(
-            f"{name:{width}s} | {statistics.median(values):8.2f} | {statistics.median(ratios):.2f}",
+            f"{name:{width}s} | {statistics.median(values):8.2f} | {statistics.median(ratios):.2f} | {runs}",
             flush=True,
         )
 

@@ -90,6 +90,10 @@ def test_bench_overhead_prints_ratios_against_the_plain_loop() -> None:
     rows = [line.split("|") for line in result.stdout.splitlines() if line.strip().startswith("3 |")]
     cases = {cells[1].strip(): float(cells[3]) for cells in rows}
     assert cases["plain flows"] == 1.0 and cases["estimator"] > 0, result.stdout[-4000:]
+    # each estimator against the plain loop over its own model (the fitted mixture base, or the normal one)
+    same_model = {cells[1].strip(): cells[4].strip() for cells in rows}
+    assert "plain (gmm)" in cases and float(same_model["estimator"]) > 0, result.stdout[-4000:]
+    assert float(same_model["est. normal"]) == pytest.approx(cases["est. normal"]), result.stdout[-4000:]
 
 
 @pytest.mark.slow
