@@ -475,11 +475,21 @@ def test_guard_accepts_models_with_empty_parameters() -> None:
     assert bool(_all_finite([torch.zeros(0, 4)]))
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "fallback"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_guard_finiteness_check_flags_nan_and_inf_but_not_large_values(dtype: torch.dtype) -> None:
+def test_guard_finiteness_check_flags_nan_and_inf_but_not_large_values(
+    dtype: torch.dtype, fused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The fused check flags a NaN or ±inf in any tensor, accepts the largest finite values (a norm of them
-    would overflow) and leaves every value as it was."""
+    would overflow) and leaves every value as it was; so does the fallback where torch lacks the kernel."""
     from flows.training.safety import _all_finite
+
+    if not fused:
+
+        def missing_kernel(*args: object) -> None:
+            raise RuntimeError("no kernel for this device")
+
+        monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", missing_kernel)
 
     largest = torch.finfo(dtype).max
     tensors = [torch.full((3, 2), largest, dtype=dtype), torch.tensor([-largest, 1.0], dtype=dtype)]

@@ -229,7 +229,11 @@ def _all_finite(tensors: list[Tensor]) -> Tensor:
     flags = []
     for device, group in groups.items():
         found = torch.zeros(1, device=device)
-        torch._amp_foreach_non_finite_check_and_unscale_(group, found, torch.ones(1, device=device))
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(group, found, torch.ones(1, device=device))
+        except (AttributeError, NotImplementedError, RuntimeError):  # a torch without this kernel here
+            finite = torch.stack([torch.isfinite(norm) for norm in torch._foreach_norm(group, float("inf"))])
+            found = (~finite.all()).float().reshape(1)
         flags.append(found)
     first = flags[0].device
     return torch.cat([flag.to(first) for flag in flags]).eq(0).all()
