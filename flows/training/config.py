@@ -202,9 +202,11 @@ class TrainConfig:
     #: to thread synchronisation), an int = that many, null = torch's default (one per core). With DDP on CPU,
     #: cores / processes at most
     num_threads: Union[int, Literal["auto"], None] = "auto"
-    #: run the model's log_prob through torch.compile (Inductor) for training and validation: faster steps
-    #: (NSF 1.6-1.9x on CPU) after a compilation of tens of seconds; needs a C++ compiler on CPUs
-    compile: bool = False
+    #: the model's log_prob through torch.compile (Inductor): "auto" = training steps compiled when the run is
+    #: long enough to repay the compilation (flows.training.compile_policy: chosen from the first steps'
+    #: times and size, undone if the compiled step is not faster), true = training and validation always
+    #: compiled, false = never. Compiling takes tens of seconds; needs a C++ compiler on CPUs
+    compile: Union[bool, Literal["auto"]] = "auto"
     #: what training minimises: maximum_likelihood (data, or a target's exact samples); with a `target:`
     #: section also reverse_kl (reparameterised gradient) or reverse_kl_path (path gradient)
     objective: Literal["maximum_likelihood", "maximum_likelihood_path", "reverse_kl", "reverse_kl_path"] = (

@@ -123,6 +123,7 @@ class EstimatorFitting:
         self.best_val_nll_ = outcome.best_val
         self.n_epochs_ = outcome.info["epochs"]
         self.n_steps_ = outcome.info["steps"]
+        self.compile_ = outcome.info["compile"]
         self.config_ = config
         return self
 

@@ -69,8 +69,11 @@ def train(
     module = task.module(model, config, data, record, objective)
     datamodule = task.datamodule(data, config)
     fit_start = time.perf_counter()
-    with quiet_fit_warnings():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        with quiet_fit_warnings():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    finally:
+        module.stop_counting()  # (`train.compile: auto` counts one step's ATen calls)
     fit_seconds = time.perf_counter() - fit_start
 
     best_path, best_score, last = None, None, None
@@ -104,6 +107,7 @@ def train(
         "world_size": int(trainer.world_size),
         "fit_seconds": fit_seconds,
         "threads": torch.get_num_threads(),
+        "compile": module.compile_policy.summary(),
         "data": data,
     }
     return Fitted(model, module, trainer, best_path, best_score, record, info)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from flows.column_dequantization import ColumnDequantizedFlow
 from flows.dequantization import dequantize
 from flows.flow import Flow
+from flows.training.compile_policy import AtenCallCounter, CompilePolicy
 from flows.training.config import MollificationConfig, TrainConfig
 from flows.training.data import GlobalBatchSampler, ResumableBatches
 from flows.training.models import preprocessing_of
@@ -91,15 +92,39 @@ class FlowModule(L.LightningModule):
         self.record: dict[str, Any] = dict(hparams or {})
         self._val_sum: Optional[Tensor] = None
         self._val_count = 0
-        self._compiled_log_prob: Optional[Any] = None  # built on first use with train.compile (not saved)
+        #: eager or compiled log density (`train.compile`; compiled code is not saved)
+        self.compile_policy = CompilePolicy(train_config.compile)
+        self._call_counter: Optional[AtenCallCounter] = None
 
     def log_density(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        """`flow.log_prob(x, ...)`, through `torch.compile` when `train.compile` is set."""
-        if not self.train_config.compile:
-            return self.flow.log_prob(x, *args, **kwargs)
-        if self._compiled_log_prob is None:
-            self._compiled_log_prob = torch.compile(self.flow.log_prob)
-        return self._compiled_log_prob(x, *args, **kwargs)
+        """`flow.log_prob(x, ...)`, through `torch.compile` where `train.compile` (`CompilePolicy`) says so."""
+        return self.compile_policy.log_density(self.flow.log_prob, x, *args, **kwargs)
+
+    def on_train_batch_start(self, batch: Any, batch_index: int) -> None:
+        """Time the step for `train.compile: auto` (and count its ATen calls once, in a warm-up step)."""
+        if self.compile_policy.counting_due():
+            self._call_counter = AtenCallCounter().__enter__()
+        self.compile_policy.step_started()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_index: int) -> None:
+        policy = self.compile_policy
+        calls = self.stop_counting()
+        if calls is not None:
+            policy.record_calls(calls)
+        chose = policy.step_ended(max(0, self._total_steps() - self.global_step), self.device)
+        if chose and self._world_and_rank()[0] > 1:  # every rank takes rank 0's choice (timings differ)
+            policy.state = self.trainer.strategy.broadcast(policy.state, src=0)
+
+    def on_train_end(self) -> None:
+        self.stop_counting()
+
+    def stop_counting(self) -> Optional[int]:
+        """Leave the ATen call counter if a step entered it (also after a step that raised); its count."""
+        counter, self._call_counter = self._call_counter, None
+        if counter is None:
+            return None
+        counter.__exit__(None, None, None)
+        return counter.calls
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the model record (config, features, columns) so that the checkpoint rebuilds the flow."""

@@ -218,6 +218,7 @@ def _train_and_evaluate(
             "epochs": fitted.info["epochs"],
             "steps": fitted.info["steps"],
             "world_size": fitted.info["world_size"],
+            "compile": fitted.info["compile"],
             "seed": config.seed,
         }
     )
@@ -228,4 +229,6 @@ def _train_and_evaluate(
     write_json_atomic(metrics, run_dir / "metrics.json")
     if verbose:
         print(task.summary(metrics), flush=True)
+        if metrics["compile"]:  # what `train.compile: auto` chose
+            print(metrics["compile"], flush=True)
     return RunResult(metrics, run_dir, fitted.best_checkpoint, fitted.model, config)

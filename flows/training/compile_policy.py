@@ -1,0 +1,239 @@
+"""`train.compile`: whether a run's training steps go through `torch.compile`, and `auto`'s choice.
+
+Compiling pays when the steps it speeds up outweigh the compilation. Both are estimated from the run itself:
+`auto` trains the first `WARMUP_STEPS + PROBE_STEPS` steps eagerly, counts the ATen calls of one of them
+(`count_aten_calls`; Inductor's compile time grows with the graph it lowers) and times the others, then
+compiles when the remaining planned steps would save `MARGIN` times the estimated compilation at an assumed
+`ASSUMED_SPEEDUP` (`compile_pays`). The compiled steps are timed too: if they are not faster than the eager
+ones, training goes back to eager (the compilation is lost, the run is not slowed further). Only the
+training batch shape that was compiled runs compiled (a last, smaller batch and evaluation run eagerly),
+so no shape triggers a second compilation. A CPU without a C++ compiler (Inductor needs one) stays eager.
+
+Measured on the project's 2-core VM (`benchmarks/bench_compile.py`, README speed section): Inductor took
+25-32 ms per ATen call of the eager step (about a minute for a 4-layer NSF), and the compiled training step
+ranged from 2.3x faster (a small dispatch-bound NSF) to slower than eager (NSFs with wider conditioners);
+hence the check after compiling.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any, Literal, Optional, Union
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = [
+    "AtenCallCounter",
+    "ASSUMED_SPEEDUP",
+    "COMPILE_SECONDS_PER_CALL",
+    "CompilePolicy",
+    "MARGIN",
+    "PROBE_STEPS",
+    "WARMUP_STEPS",
+    "compile_pays",
+    "compiler_available",
+    "count_aten_calls",
+]
+
+#: estimated compile time per ATen call of one eager training step (forward and backward), seconds
+COMPILE_SECONDS_PER_CALL = 0.03
+#: the compiled step's speed-up `auto` assumes when deciding
+ASSUMED_SPEEDUP = 1.5
+#: the estimated saving must exceed the estimated compilation this many times
+MARGIN = 2.0
+#: eager steps before timing starts (first-call allocations, ActNorm's data initialisation)
+WARMUP_STEPS = 3
+#: timed eager steps `auto` decides on (and timed compiled steps it checks the decision on)
+PROBE_STEPS = 20
+
+Setting = Union[bool, Literal["auto"]]
+
+
+class AtenCallCounter(TorchDispatchMode):
+    """Counts the ATen operator calls dispatched while it is entered (`with AtenCallCounter() as c: ...`;
+    `c.calls`); the calls themselves run unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_aten_calls(function: Callable[[], Any]) -> int:
+    """The ATen operator calls `function()` dispatches (forward and any backward it runs)."""
+    with AtenCallCounter() as counter:
+        function()
+    return counter.calls
+
+
+def compile_pays(
+    eager_step_seconds: float,
+    remaining_steps: int,
+    aten_calls: int,
+    seconds_per_call: Optional[float] = None,
+    speedup: Optional[float] = None,
+    margin: Optional[float] = None,
+) -> bool:
+    """Whether `remaining_steps` steps of `eager_step_seconds` would save `margin` x the compilation estimated
+    at `seconds_per_call` per ATen call, if compiled steps took `1 / speedup` of the eager time (None: the
+    module's `COMPILE_SECONDS_PER_CALL`, `ASSUMED_SPEEDUP`, `MARGIN`)."""
+    seconds_per_call = COMPILE_SECONDS_PER_CALL if seconds_per_call is None else seconds_per_call
+    speedup = ASSUMED_SPEEDUP if speedup is None else speedup
+    margin = MARGIN if margin is None else margin
+    saving = remaining_steps * eager_step_seconds * (1.0 - 1.0 / speedup)
+    return saving > margin * aten_calls * seconds_per_call
+
+
+def compiler_available(device: torch.device) -> bool:
+    """Whether Inductor can compile for `device`: a C++ compiler on CPUs, Triton on CUDA."""
+    if device.type == "cpu":
+        return any(shutil.which(name) for name in ("c++", "g++", "clang++"))
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return False
+
+
+class CompilePolicy:
+    """Chooses between the eager and the compiled log density of one run's training steps.
+
+    `setting` is `train.compile`: False (always eager), True (always compiled, evaluation too), or "auto".
+    The training module calls `step_started` / `step_ended` around every training step (with the planned
+    steps still to run), `record_calls` with one step's ATen calls when `counting_due`, and `log_density`
+    for every log density it needs. `compiler` and `clock` are replaceable for tests.
+    """
+
+    def __init__(
+        self,
+        setting: Setting,
+        compiler: Optional[Callable[..., Callable[..., torch.Tensor]]] = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.setting = setting
+        self._compiler = compiler
+        self._clock = clock
+        self._compiled: Optional[Callable[..., torch.Tensor]] = None
+        self._compiled_shape: Optional[torch.Size] = None
+        self._steps = 0
+        self._started: Optional[float] = None
+        self._trained_through_log_density = False
+        self._eager_times: list[float] = []
+        self._compiled_times: list[float] = []
+        self.aten_calls: Optional[int] = None
+        #: "eager", "probing" (auto, before it chose), "compiled", or "reverted" (compiled, then not faster)
+        self.state = "compiled" if setting is True else ("probing" if setting == "auto" else "eager")
+        #: one line saying what `auto` chose and why (None before it chose, and for True / False)
+        self.decision: Optional[str] = None
+
+    def summary(self) -> Optional[str]:
+        """What `auto` chose and why, or None for a fixed setting."""
+        if self.setting != "auto":
+            return None
+        return self.decision or "train.compile auto: eager (the run ended before the choice)"
+
+    # ------------------------------------------------------------------ the log density
+
+    def log_density(
+        self, log_prob: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """`log_prob(x, ...)`, compiled where the policy says so (the first `log_prob` it compiles is kept)."""
+        if torch.is_grad_enabled():
+            self._trained_through_log_density = True
+        if self.state != "compiled":
+            return log_prob(x, *args, **kwargs)
+        compiler = torch.compile if self._compiler is None else self._compiler
+        if self.setting is True:
+            if self._compiled is None:
+                self._compiled = compiler(log_prob)
+            return self._compiled(x, *args, **kwargs)
+        if not torch.is_grad_enabled() or self._compiled_shape not in (None, x.shape):
+            return log_prob(x, *args, **kwargs)  # evaluation, or another batch shape: eager
+        if self._compiled is None:
+            self._compiled = compiler(log_prob, dynamic=False)
+            self._compiled_shape = x.shape
+        return self._compiled(x, *args, **kwargs)
+
+    # ------------------------------------------------------------------ timing and the choice
+
+    def counting_due(self) -> bool:
+        """Whether `auto` wants the next step's ATen calls counted (its last warm-up step, which is not timed)."""
+        return self.setting == "auto" and self.state == "probing" and self._steps == WARMUP_STEPS - 1
+
+    def record_calls(self, calls: int) -> None:
+        """The ATen calls counted in one training step (see `counting_due`)."""
+        self.aten_calls = int(calls)
+
+    def step_started(self) -> None:
+        """Called before each training step."""
+        self._started = self._clock()
+
+    def step_ended(self, remaining_steps: int, device: torch.device) -> bool:
+        """Called after each training step with the planned steps still to run. True on the steps where `auto`
+        chooses (or checks its choice): the same steps on every process of a run, so that they can agree."""
+        if self.setting != "auto" or self._started is None:
+            return False
+        elapsed = self._clock() - self._started
+        self._started = None
+        self._steps += 1
+        if self.state == "probing" and self._steps > WARMUP_STEPS:
+            self._eager_times.append(elapsed)
+            if len(self._eager_times) == PROBE_STEPS:
+                self._decide(remaining_steps, device)
+                return True
+        elif self.state == "compiled":
+            self._compiled_times.append(elapsed)  # the first is the compilation
+            if len(self._compiled_times) == 1 + WARMUP_STEPS + PROBE_STEPS:
+                self._check_speedup()
+                return True
+        return False
+
+    def _decide(self, remaining_steps: int, device: torch.device) -> None:
+        eager = statistics.median(self._eager_times)
+        calls = self.aten_calls or 0
+        estimate = calls * COMPILE_SECONDS_PER_CALL
+        prefix = "train.compile auto:"
+        if not self._trained_through_log_density:
+            self.state, reason = "eager", "the training loss does not go through the flow's log_prob"
+        elif not compiler_available(device):
+            self.state, reason = (
+                "eager",
+                f"no compiler for {device.type} (Inductor needs a C++ compiler on CPUs)",
+            )
+        elif calls and compile_pays(eager, remaining_steps, calls):
+            self.state = "compiled"
+            self.decision = (
+                f"{prefix} compiled ({remaining_steps} steps left at {1e3 * eager:.1f} ms eager; compilation "
+                f"estimated at {estimate:.0f} s from {calls} ATen calls per step)"
+            )
+            return
+        else:
+            self.state = "eager"
+            reason = (
+                f"{remaining_steps} steps left at {1e3 * eager:.1f} ms would not repay {MARGIN:g}x a compilation "
+                f"estimated at {estimate:.0f} s from {calls} ATen calls per step"
+            )
+        self.decision = f"{prefix} eager ({reason})"
+
+    def _check_speedup(self) -> None:
+        compiled = statistics.median(self._compiled_times[1 + WARMUP_STEPS :])
+        eager = statistics.median(self._eager_times)
+        compilation = self._compiled_times[0] - compiled
+        self.decision = f"{self.decision}; the compilation took {compilation:.0f} s"
+        if compiled < eager:
+            self.decision = f"{self.decision}, the compiled step {1e3 * compiled:.1f} ms"
+        else:
+            self.state = "reverted"
+            self.decision = (
+                f"{self.decision}; back to eager: the compiled step took {1e3 * compiled:.1f} ms, the eager one "
+                f"{1e3 * eager:.1f} ms"
+            )
