@@ -1,10 +1,10 @@
 """What `torch.compile` costs and saves per training step: the figures behind `train.compile: auto`.
 
 For each flow (one fresh process each, Inductor's on-disk caches off, so every graph really compiles) the
-script counts the ATen calls of one eager training step (forward, backward), times eager steps, then the
-first compiled step (the compilation) and the compiled steps, and prints the compile time per ATen call (the
-constant `flows.training.compile_policy` estimates compilation with), the speed-up, and after how many steps
-compiling pays. Run with one torch thread (`--threads`, default 1).
+script counts the ATen calls of one eager training step (forward, backward), times the first compiled step
+(the compilation), then eager and compiled steps in interleaved blocks of five (the machine's drift hits both
+alike), and prints the compile time per ATen call (`flows.training.compile_policy.estimated_compile_seconds`
+is fitted to these), the speed-up, and after how many steps compiling pays. One torch thread by default.
 
     python benchmarks/bench_compile.py
     python benchmarks/bench_compile.py --cases nsf-demo maf-8 --steps 50
@@ -54,22 +54,20 @@ def _one_case(name: str, steps: int) -> dict:
     calls = count_aten_calls(lambda: step(flow.log_prob))
     for _ in range(3):
         step(flow.log_prob)
-    eager = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step(flow.log_prob)
-        eager.append(time.perf_counter() - start)
     compiled_log_prob = torch.compile(flow.log_prob, dynamic=False)
     start = time.perf_counter()
     step(compiled_log_prob)
     first = time.perf_counter() - start
     for _ in range(3):
         step(compiled_log_prob)
-    compiled = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step(compiled_log_prob)
-        compiled.append(time.perf_counter() - start)
+    eager: list[float] = []
+    compiled: list[float] = []
+    for _ in range(max(1, steps // 5)):  # interleaved blocks of 5 steps: the machine's drift hits both alike
+        for times, log_prob in ((eager, flow.log_prob), (compiled, compiled_log_prob)):
+            for _ in range(5):
+                start = time.perf_counter()
+                step(log_prob)
+                times.append(time.perf_counter() - start)
     eager_s, compiled_s = statistics.median(eager), statistics.median(compiled)
     compile_s = first - compiled_s
     saved = eager_s - compiled_s

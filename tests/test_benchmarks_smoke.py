@@ -1,4 +1,5 @@
-"""Smoke test of `benchmarks/bench_peers.py --quick`: it runs and prints a table (no timing asserted).
+"""Smoke tests of the benchmark scripts: `bench_peers.py --quick` and `bench_compile.py` run and print their
+tables (no timing asserted).
 
 Peers that are not installed (they live in the optional `bench` extra) are skipped by the script itself.
 """
@@ -187,3 +188,18 @@ def test_sampling_ais_benchmark_compares_is_and_ais(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith("IS: n 200 log Z") and lines[1].startswith("AIS 2 x HMC")
     assert float(lines[2].split(":")[1]) > 0
+
+
+@pytest.mark.slow
+def test_bench_compile_prints_its_row() -> None:
+    """`bench_compile.py` compiles a MAF training step in a fresh process and prints calls, times, speed-up."""
+    script = SCRIPT.parent / "bench_compile.py"
+    command = [sys.executable, str(script), "--cases", "maf-8", "--steps", "5"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("maf-8"))
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[1] == "98,640" and int(cells[2].replace(",", "")) > 100, row  # parameters, ATen calls
+    eager_ms, compiled_ms, compile_s = float(cells[3]), float(cells[4]), float(cells[6])
+    assert eager_ms > 0 and compiled_ms > 0 and compile_s > 0, row
+    assert float(cells[5].rstrip("x")) == pytest.approx(eager_ms / compiled_ms, rel=0.02), row

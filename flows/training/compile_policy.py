@@ -2,7 +2,7 @@
 
 Compiling pays when the steps it speeds up outweigh the compilation. Both are estimated from the run itself:
 `auto` trains the first `WARMUP_STEPS + PROBE_STEPS` steps eagerly, counts the ATen calls of one of them
-(`count_aten_calls`; Inductor's compile time grows with the graph it lowers) and times the others, then
+(Inductor's compile time grows with the graph it lowers: `estimated_compile_seconds`) and times the others, then
 compiles when the remaining planned steps would save `MARGIN` times the estimated compilation at an assumed
 `ASSUMED_SPEEDUP` (`compile_pays`). The compiled steps are timed too: if they are not faster than the eager
 ones, training goes back to eager (the compilation is lost, the run is not slowed further). Only the
@@ -10,8 +10,8 @@ training batch shape that was compiled runs compiled (a last, smaller batch and 
 so no shape triggers a second compilation. A CPU without a C++ compiler (Inductor needs one) stays eager.
 
 Measured on the project's 2-core VM (`benchmarks/bench_compile.py`, README speed section): Inductor took
-25-32 ms per ATen call of the eager step (about a minute for a 4-layer NSF), and the compiled training step
-ranged from 2.3x faster (a small dispatch-bound NSF) to slower than eager (NSFs with wider conditioners);
+21-25 s for MAF / RealNVP steps of 588 ATen calls and 55-84 s for NSF steps of 1,886-2,344 calls, and the
+compiled training step was from 2.6x faster to slower than eager, varying between runs of the same model;
 hence the check after compiling.
 """
 
@@ -29,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 __all__ = [
     "AtenCallCounter",
     "ASSUMED_SPEEDUP",
+    "COMPILE_SECONDS_FIXED",
     "COMPILE_SECONDS_PER_CALL",
     "CompilePolicy",
     "MARGIN",
@@ -37,10 +38,13 @@ __all__ = [
     "compile_pays",
     "compiler_available",
     "count_aten_calls",
+    "estimated_compile_seconds",
 ]
 
-#: estimated compile time per ATen call of one eager training step (forward and backward), seconds
-COMPILE_SECONDS_PER_CALL = 0.03
+#: Inductor's compile time of a training step's graph (forward and backward): a fixed part, seconds, ...
+COMPILE_SECONDS_FIXED = 8.0
+#: ... and a part per ATen call of one eager training step, seconds (fitted to benchmarks/bench_compile.py)
+COMPILE_SECONDS_PER_CALL = 0.027
 #: the compiled step's speed-up `auto` assumes when deciding
 ASSUMED_SPEEDUP = 1.5
 #: the estimated saving must exceed the estimated compilation this many times
@@ -73,22 +77,24 @@ def count_aten_calls(function: Callable[[], Any]) -> int:
     return counter.calls
 
 
+def estimated_compile_seconds(aten_calls: int) -> float:
+    """Inductor's compile time estimated for a training step of `aten_calls` ATen calls (forward, backward)."""
+    return COMPILE_SECONDS_FIXED + COMPILE_SECONDS_PER_CALL * aten_calls
+
+
 def compile_pays(
     eager_step_seconds: float,
     remaining_steps: int,
-    aten_calls: int,
-    seconds_per_call: Optional[float] = None,
+    compile_seconds: float,
     speedup: Optional[float] = None,
     margin: Optional[float] = None,
 ) -> bool:
-    """Whether `remaining_steps` steps of `eager_step_seconds` would save `margin` x the compilation estimated
-    at `seconds_per_call` per ATen call, if compiled steps took `1 / speedup` of the eager time (None: the
-    module's `COMPILE_SECONDS_PER_CALL`, `ASSUMED_SPEEDUP`, `MARGIN`)."""
-    seconds_per_call = COMPILE_SECONDS_PER_CALL if seconds_per_call is None else seconds_per_call
+    """Whether `remaining_steps` steps of `eager_step_seconds` would save `margin` x `compile_seconds` if
+    compiled steps took `1 / speedup` of the eager time (None: the module's `ASSUMED_SPEEDUP`, `MARGIN`)."""
     speedup = ASSUMED_SPEEDUP if speedup is None else speedup
     margin = MARGIN if margin is None else margin
     saving = remaining_steps * eager_step_seconds * (1.0 - 1.0 / speedup)
-    return saving > margin * aten_calls * seconds_per_call
+    return saving > margin * compile_seconds
 
 
 def compiler_available(device: torch.device) -> bool:
@@ -200,7 +206,7 @@ class CompilePolicy:
     def _decide(self, remaining_steps: int, device: torch.device) -> None:
         eager = statistics.median(self._eager_times)
         calls = self.aten_calls or 0
-        estimate = calls * COMPILE_SECONDS_PER_CALL
+        estimate = estimated_compile_seconds(calls)
         prefix = "train.compile auto:"
         if not self._trained_through_log_density:
             self.state, reason = "eager", "the training loss does not go through the flow's log_prob"
@@ -209,7 +215,7 @@ class CompilePolicy:
                 "eager",
                 f"no compiler for {device.type} (Inductor needs a C++ compiler on CPUs)",
             )
-        elif calls and compile_pays(eager, remaining_steps, calls):
+        elif calls and compile_pays(eager, remaining_steps, estimate):
             self.state = "compiled"
             self.decision = (
                 f"{prefix} compiled ({remaining_steps} steps left at {1e3 * eager:.1f} ms eager; compilation "
