@@ -140,7 +140,7 @@ class FlowModule(L.LightningModule):
     def _total_steps(self) -> int:
         try:
             return int(self.trainer.estimated_stepping_batches)
-        except (RuntimeError, AttributeError):
+        except (RuntimeError, AttributeError, OverflowError):  # (OverflowError: a Trainer without a limit)
             return 0
 
     def _noise(self, x: Tensor, stream: int, kind: str) -> Tensor:
