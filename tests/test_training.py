@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 from pathlib import Path
 
 import numpy as np
@@ -585,3 +586,12 @@ def test_optimiser_is_fused_adamw_and_steps_like_the_per_parameter_one() -> None
     assert max(moved) > 1e-3  # the steps did move the parameters
     for fused, plain in zip(module.flow.parameters(), reference_flow.parameters()):
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_a_trainer_without_a_step_limit_counts_as_no_planned_steps() -> None:
+    """Lightning estimates `inf` stepping batches for a Trainer without limits: progress and the compile
+    policy's steps-left see 0 planned steps (no OverflowError from int(inf) on every step)."""
+    module = FlowModule(torch.nn.Identity(), TrainConfig())
+    for estimate, total, progress in ((float("inf"), 0, 1.0), (40, 40, 0.0)):
+        module._trainer = types.SimpleNamespace(estimated_stepping_batches=estimate, global_step=0)
+        assert module._total_steps() == total and module.progress() == progress
