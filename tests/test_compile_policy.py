@@ -217,3 +217,36 @@ def test_auto_compiles_a_real_fit_when_forced_and_trains_like_eager(monkeypatch:
     test = np.random.default_rng(2).normal(size=(500, 2)) @ np.array([[1.0, 0.6], [0.0, 0.8]])
     difference = compiled.score_samples(test) - eager.score_samples(test)
     assert np.abs(difference).max() < 1e-2  # rounding only: the trained models agree
+
+
+def test_every_rank_takes_rank_zeros_choice_at_the_choice_step() -> None:
+    """FlowModule's hooks broadcast the policy's state from rank 0 on the step where `auto` chooses (and only
+    then), whatever this rank's own timings chose."""
+    import types
+
+    from flows.training.config import TrainConfig
+    from flows.training.module import FlowModule
+
+    flow = flows.NSF(2, transforms=1, hidden_features=[8])
+    module = FlowModule(flow, TrainConfig(compile="auto"))
+    broadcasts: list[tuple[str, int]] = []
+
+    def broadcast(value: str, src: int) -> str:
+        broadcasts.append((value, src))
+        return "compiled"  # rank 0 chose to compile
+
+    module._trainer = types.SimpleNamespace(
+        world_size=2,
+        global_rank=1,
+        global_step=0,
+        estimated_stepping_batches=30,
+        strategy=types.SimpleNamespace(broadcast=broadcast),
+    )
+    x = torch.randn(16, 2)
+    for step in range(WARMUP_STEPS + PROBE_STEPS):
+        module.on_train_batch_start((x,), step)
+        module.nll(x).mean().backward()
+        module.on_train_batch_end(None, (x,), step)
+    assert broadcasts == [("eager", 0)]  # this rank chose eager (a 30-step run), rank 0's choice wins
+    assert module.compile_policy.state == "compiled" and module.compile_policy.aten_calls > 100
+    assert _get_current_dispatch_mode() is None

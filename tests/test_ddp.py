@@ -104,3 +104,20 @@ def test_two_process_target_run_matches_single_process(tmp_path: Path) -> None:
     """A target run's ranks push their rows of one global batch of base samples (seeded by seed and step)
     through the flow; before, each rank drew its own stream and the parameters depended on the process count."""
     _ddp_matches_single(tmp_path, _target_config(tmp_path, "reverse_kl_path"), "target funnel: ESS")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_agrees_on_the_compile_choice(tmp_path: Path) -> None:
+    """`train.compile: auto` chooses after 23 steps; the ranks take rank 0's choice through the strategy's
+    broadcast (a rank that broadcast alone would hang the run)."""
+    config = _config(tmp_path)
+    config["train"] = {**config["train"], "max_steps": 26, "compile": "auto"}
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "flows.training.cli", "fit", "--config", str(path)]
+    command += ["--output.name", "ddp", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    ddp = subprocess.run(
+        command, capture_output=True, text=True, env=ddp_environment(REPO), timeout=170, cwd=tmp_path
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "steps: 26" in ddp.stdout and "train.compile auto: eager (3 steps left" in ddp.stdout, ddp.stdout
