@@ -176,7 +176,7 @@ def test_fixed_settings_do_not_time_or_choose() -> None:
     assert never.state == "eager" and never.summary() is None and len(compiler.compilations) == 1
 
 
-def test_a_fit_with_auto_counts_one_step_chooses_and_leaves_no_dispatch_mode() -> None:
+def test_a_fit_with_auto_counts_one_step_chooses_and_leaves_no_dispatch_mode(tmp_path: Any) -> None:
     rows = np.random.default_rng(0).normal(size=(400, 2))
     options = {"max_epochs": None, "batch_size": 50, "early_stopping_patience": None, "base": "normal"}
     short = flows.DensityEstimator("nsf", max_steps=40, transforms=2, hidden_features=[16], **options).fit(
@@ -199,6 +199,7 @@ def test_a_fit_with_auto_counts_one_step_chooses_and_leaves_no_dispatch_mode() -
     assert int(re.search(r"(\d+) ATen calls", wider.compile_).group(1)) > 1.5 * calls
     fixed = flows.DensityEstimator("nsf", max_steps=40, transforms=2, compile=False, **options).fit(rows)
     assert fixed.compile_ is None
+    assert flows.DensityEstimator.load(short.save(tmp_path / "short.pt")).compile_ == short.compile_
 
 
 @pytest.mark.slow

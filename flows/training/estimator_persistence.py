@@ -35,6 +35,7 @@ class EstimatorPersistence:
                 "best_val_nll": self.best_val_nll_,
                 "epochs": self.n_epochs_,
                 "steps": self.n_steps_,
+                "compile": getattr(self, "compile_", None),
             },
         }
         atomic_save(payload, path)
@@ -74,5 +75,7 @@ class EstimatorPersistence:
         estimator.best_val_nll_ = info.get("best_val_nll")
         estimator.n_epochs_ = info.get("epochs")
         estimator.n_steps_ = info.get("steps")
+        compile_choice = info.get("compile")
+        estimator.compile_ = compile_choice if isinstance(compile_choice, str) else None
         estimator.config_ = loaded.config
         return estimator
