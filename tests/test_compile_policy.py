@@ -251,3 +251,27 @@ def test_every_rank_takes_rank_zeros_choice_at_the_choice_step() -> None:
     assert broadcasts == [("eager", 0)]  # this rank chose eager (a 30-step run), rank 0's choice wins
     assert module.compile_policy.state == "compiled" and module.compile_policy.aten_calls > 100
     assert _get_current_dispatch_mode() is None
+
+
+def test_auto_trains_eagerly_when_the_compilation_raises() -> None:
+    """A compiler error at the first compiled call (where auto compiles forward and backward) leaves the run
+    eager with the eager value, instead of ending it."""
+
+    def failing_compiler(
+        function: Callable[..., torch.Tensor], **options: Any
+    ) -> Callable[..., torch.Tensor]:
+        def compiled(*args: Any, **kwargs: Any) -> torch.Tensor:
+            raise RuntimeError("Inductor cannot lower op X\nlong traceback")
+
+        return compiled
+
+    policy = CompilePolicy("auto", compiler=failing_compiler, clock=FakeClock())
+    x = torch.randn(8, 2)
+    train_steps(policy, WARMUP_STEPS + PROBE_STEPS, 10**7, x)
+    assert policy.state == "compiled"
+    value = policy.log_density(log_prob, x.requires_grad_())
+    torch.testing.assert_close(value, log_prob(x))
+    assert policy.state == "failed"
+    assert "compiling failed (RuntimeError: Inductor cannot lower op X), back to eager" in policy.summary()
+    train_steps(policy, 30, 10**7, x)  # stays eager, no second attempt
+    assert policy.state == "failed"

@@ -5,7 +5,8 @@ Compiling pays when the steps it speeds up outweigh the compilation. Both are es
 (Inductor's compile time grows with the graph it lowers: `estimated_compile_seconds`) and times the others, then
 compiles when the remaining planned steps would save `MARGIN` times the estimated compilation at an assumed
 `ASSUMED_SPEEDUP` (`compile_pays`). The compiled steps are timed too: if they are not faster than the eager
-ones, training goes back to eager (the compilation is lost, the run is not slowed further). Only the
+ones, training goes back to eager (the compilation is lost, the run is not slowed further); so it does if
+the compilation raises (forward and backward compile together, in the first compiled call). Only the
 training batch shape that was compiled runs compiled (a last, smaller batch and evaluation run eagerly),
 so no shape triggers a second compilation. A CPU without a C++ compiler (Inductor needs one) stays eager.
 
@@ -17,6 +18,7 @@ hence the check after compiling.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import statistics
 import time
@@ -110,6 +112,18 @@ def compiler_available(device: torch.device) -> bool:
     return False
 
 
+def _backward_compiled_with_forward() -> Any:
+    """A context in which AOTAutograd compiles the backward graph with the forward (it is otherwise compiled
+    at the first backward, inside the training loop, where a failure could not fall back to eager)."""
+    try:
+        from torch._functorch import config
+    except ImportError:
+        return contextlib.nullcontext()
+    if not hasattr(config, "force_non_lazy_backward_lowering"):
+        return contextlib.nullcontext()
+    return config.patch(force_non_lazy_backward_lowering=True)
+
+
 class CompilePolicy:
     """Chooses between the eager and the compiled log density of one run's training steps.
 
@@ -136,7 +150,8 @@ class CompilePolicy:
         self._eager_times: list[float] = []
         self._compiled_times: list[float] = []
         self.aten_calls: Optional[int] = None
-        #: "eager", "probing" (auto, before it chose), "compiled", or "reverted" (compiled, then not faster)
+        #: "eager", "probing" (auto, before it chose), "compiled", "reverted" (compiled, then not faster), or
+        #: "failed" (the compilation raised; eager)
         self.state = "compiled" if setting is True else ("probing" if setting == "auto" else "eager")
         #: one line saying what `auto` chose and why (None before it chose, and for True / False)
         self.decision: Optional[str] = None
@@ -164,10 +179,20 @@ class CompilePolicy:
             return self._compiled(x, *args, **kwargs)
         if not torch.is_grad_enabled() or self._compiled_shape not in (None, x.shape):
             return log_prob(x, *args, **kwargs)  # evaluation, or another batch shape: eager
-        if self._compiled is None:
-            self._compiled = compiler(log_prob, dynamic=False)
-            self._compiled_shape = x.shape
-        return self._compiled(x, *args, **kwargs)
+        if self._compiled is not None:
+            return self._compiled(x, *args, **kwargs)
+        self._compiled = compiler(log_prob, dynamic=False)
+        self._compiled_shape = x.shape
+        try:  # the first call compiles: the forward, and (forced here) the backward too
+            with _backward_compiled_with_forward():
+                return self._compiled(x, *args, **kwargs)
+        except Exception as error:  # an op Inductor cannot compile must not end a run that trains eagerly
+            self.state, self._compiled = "failed", None
+            message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            self.decision = (
+                f"{self.decision}; compiling failed ({type(error).__name__}: {message}), back to eager"
+            )
+            return log_prob(x, *args, **kwargs)
 
     # ------------------------------------------------------------------ timing and the choice
 
