@@ -275,3 +275,18 @@ def test_auto_trains_eagerly_when_the_compilation_raises() -> None:
     assert "compiling failed (RuntimeError: Inductor cannot lower op X), back to eager" in policy.summary()
     train_steps(policy, 30, 10**7, x)  # stays eager, no second attempt
     assert policy.state == "failed"
+
+
+def test_auto_compiles_the_full_batch_shape_even_if_a_partial_batch_comes_first() -> None:
+    """The compiled shape is the commonest training shape of the probe, so a last, smaller batch right after
+    the choice neither compiles nor keeps the full batches eager."""
+    compiler = FakeCompiler()
+    policy = CompilePolicy("auto", compiler=compiler, clock=FakeClock())
+    full, partial = torch.randn(8, 2), torch.randn(3, 2)
+    for step in range(WARMUP_STEPS + PROBE_STEPS):
+        train_steps(policy, 1, 10**7, partial if step % 5 == 4 else full)
+    assert policy.state == "compiled"
+    policy.log_density(log_prob, partial.requires_grad_())
+    assert not compiler.compilations
+    policy.log_density(log_prob, full.requires_grad_())
+    assert compiler.compilations == [{"dynamic": False}] and compiler.compiled_calls == 1

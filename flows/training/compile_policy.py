@@ -18,6 +18,7 @@ hence the check after compiling.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import shutil
 import statistics
@@ -146,7 +147,8 @@ class CompilePolicy:
         self._compiled_shape: Optional[torch.Size] = None
         self._steps = 0
         self._started: Optional[float] = None
-        self._trained_through_log_density = False
+        #: how often each input shape went through the log density in training while probing
+        self._training_shapes: collections.Counter[torch.Size] = collections.Counter()
         self._eager_times: list[float] = []
         self._compiled_times: list[float] = []
         self.aten_calls: Optional[int] = None
@@ -168,8 +170,8 @@ class CompilePolicy:
         self, log_prob: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any, **kwargs: Any
     ) -> torch.Tensor:
         """`log_prob(x, ...)`, compiled where the policy says so (the first `log_prob` it compiles is kept)."""
-        if torch.is_grad_enabled():
-            self._trained_through_log_density = True
+        if torch.is_grad_enabled() and self.state == "probing":
+            self._training_shapes[x.shape] += 1
         if self.state != "compiled":
             return log_prob(x, *args, **kwargs)
         compiler = torch.compile if self._compiler is None else self._compiler
@@ -177,12 +179,11 @@ class CompilePolicy:
             if self._compiled is None:
                 self._compiled = compiler(log_prob)
             return self._compiled(x, *args, **kwargs)
-        if not torch.is_grad_enabled() or self._compiled_shape not in (None, x.shape):
+        if not torch.is_grad_enabled() or x.shape != self._compiled_shape:
             return log_prob(x, *args, **kwargs)  # evaluation, or another batch shape: eager
         if self._compiled is not None:
             return self._compiled(x, *args, **kwargs)
         self._compiled = compiler(log_prob, dynamic=False)
-        self._compiled_shape = x.shape
         try:  # the first call compiles: the forward, and (forced here) the backward too
             with _backward_compiled_with_forward():
                 return self._compiled(x, *args, **kwargs)
@@ -233,7 +234,7 @@ class CompilePolicy:
         calls = self.aten_calls or 0
         estimate = estimated_compile_seconds(calls)
         prefix = "train.compile auto:"
-        if not self._trained_through_log_density:
+        if not self._training_shapes:
             self.state, reason = "eager", "the training loss does not go through the flow's log_prob"
         elif not compiler_available(device):
             self.state, reason = (
@@ -242,6 +243,7 @@ class CompilePolicy:
             )
         elif calls and compile_pays(eager, remaining_steps, estimate):
             self.state = "compiled"
+            self._compiled_shape = self._training_shapes.most_common(1)[0][0]  # the full batch
             self.decision = (
                 f"{prefix} compiled ({remaining_steps} steps left at {1e3 * eager:.1f} ms eager; compilation "
                 f"estimated at {estimate:.0f} s from {calls} ATen calls per step)"
