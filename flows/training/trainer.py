@@ -107,6 +107,8 @@ def quiet_fit_warnings() -> Iterator[None]:
             ".*resuming from a checkpoint that ended before the epoch ended.*",
             # streamed tables (flows.training.streaming): each worker reads its own shards, len is exact
             ".*`IterableDataset` has `__len__` defined.*",
+            # torch's own Inductor lowering calls its deprecated helper when train.compile compiles (torch 2.13)
+            ".*`torch._prims_common.check` is deprecated.*",
         ):
             warnings.filterwarnings("ignore", message=message)
         yield
