@@ -213,10 +213,13 @@ def test_auto_compiles_a_real_fit_when_forced_and_trains_like_eager(monkeypatch:
     eager = flows.DensityEstimator("nsf", compile=False, **options).fit(rows)
     import torch._inductor.config
 
-    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # really lower (and warn)
     monkeypatch.setattr(policy_module, "COMPILE_SECONDS_FIXED", 0.0)
     monkeypatch.setattr(policy_module, "COMPILE_SECONDS_PER_CALL", 0.0)
-    with warnings.catch_warnings(record=True) as caught:
+    # Inductor's caches off, so that it really lowers (and warns); its own patch restores the setting
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        torch._inductor.config.patch(force_disable_caches=True),
+    ):
         warnings.simplefilter("always")
         compiled = flows.DensityEstimator("nsf", **options).fit(rows)
     assert not [w for w in caught if "_prims_common" in str(w.message)]  # torch's own deprecation, silenced
