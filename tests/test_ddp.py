@@ -65,15 +65,20 @@ def _target_config(directory: Path, objective: str) -> dict:
     return config
 
 
-def _ddp_matches_single(tmp_path: Path, config: dict, expect: str) -> None:
-    """Train `config` on 2 processes (batch B) and on one (batch 2B): the same parameters after 6 steps."""
+def _run_two_processes(tmp_path: Path, config: dict) -> subprocess.CompletedProcess:
+    """`flows fit` of `config` with Lightning's `ddp` on 2 CPU processes (run directory `tmp_path / "ddp"`)."""
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "flows.training.cli", "fit", "--config", str(path)]
     command += ["--output.name", "ddp", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
-    ddp = subprocess.run(
+    return subprocess.run(
         command, capture_output=True, text=True, env=ddp_environment(REPO), timeout=170, cwd=tmp_path
     )
+
+
+def _ddp_matches_single(tmp_path: Path, config: dict, expect: str) -> None:
+    """Train `config` on 2 processes (batch B) and on one (batch 2B): the same parameters after 6 steps."""
+    ddp = _run_two_processes(tmp_path, config)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert expect in ddp.stdout
 
@@ -112,12 +117,6 @@ def test_two_process_ddp_agrees_on_the_compile_choice(tmp_path: Path) -> None:
     broadcast (a rank that broadcast alone would hang the run)."""
     config = _config(tmp_path)
     config["train"] = {**config["train"], "max_steps": 26, "compile": "auto"}
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "flows.training.cli", "fit", "--config", str(path)]
-    command += ["--output.name", "ddp", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
-    ddp = subprocess.run(
-        command, capture_output=True, text=True, env=ddp_environment(REPO), timeout=170, cwd=tmp_path
-    )
+    ddp = _run_two_processes(tmp_path, config)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "steps: 26" in ddp.stdout and "train.compile auto: eager (3 steps left" in ddp.stdout, ddp.stdout

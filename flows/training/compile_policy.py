@@ -116,10 +116,8 @@ def compiler_available(device: torch.device) -> bool:
 def _backward_compiled_with_forward() -> Any:
     """A context in which AOTAutograd compiles the backward graph with the forward (it is otherwise compiled
     at the first backward, inside the training loop, where a failure could not fall back to eager)."""
-    try:
-        from torch._functorch import config
-    except ImportError:
-        return contextlib.nullcontext()
+    from torch._functorch import config  # (torch >= 2.0; a torch without the flag compiles it lazily)
+
     if not hasattr(config, "force_non_lazy_backward_lowering"):
         return contextlib.nullcontext()
     return config.patch(force_non_lazy_backward_lowering=True)
@@ -199,7 +197,7 @@ class CompilePolicy:
 
     def counting_due(self) -> bool:
         """Whether `auto` wants the next step's ATen calls counted (its last warm-up step, which is not timed)."""
-        return self.setting == "auto" and self.state == "probing" and self._steps == WARMUP_STEPS - 1
+        return self.state == "probing" and self._steps == WARMUP_STEPS - 1
 
     def record_calls(self, calls: int) -> None:
         """The ATen calls counted in one training step (see `counting_due`)."""

@@ -35,7 +35,7 @@ class EstimatorPersistence:
                 "best_val_nll": self.best_val_nll_,
                 "epochs": self.n_epochs_,
                 "steps": self.n_steps_,
-                "compile": getattr(self, "compile_", None),
+                "compile": self.compile_,
             },
         }
         atomic_save(payload, path)
