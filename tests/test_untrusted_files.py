@@ -466,6 +466,46 @@ def test_guard_restores_the_parameters_before_the_step() -> None:
     assert np.isfinite(sum(float(p.detach().sum()) for p in module.parameters()))
 
 
+def test_guard_snapshot_follows_parameters_resized_or_recast_in_place() -> None:
+    """The snapshot buffers are reused while the optimiser holds the same parameters. A parameter resized in
+    place, or recast to float64 in place (both keep the Parameter object), gets a fresh snapshot, so the
+    restore after a diverged step gives the values before it bit for bit (a float32 buffer would round the
+    float64 values). Parameters that require grad are checked as they are (no detached views)."""
+    from flows.training.safety import NonFiniteGuard, _all_finite
+
+    class Trainer:
+        current_epoch, global_step, checkpoint_callback = 0, 3, None
+        precision_plugin = None
+
+    module = torch.nn.ParameterList([torch.randn(3), torch.randn(2)])
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    guard = NonFiniteGuard()
+
+    def step() -> None:
+        optimizer.zero_grad()
+        sum((p.square() + p).sum() for p in module).backward()
+        guard.on_before_optimizer_step(Trainer(), module, optimizer)
+        optimizer.step()
+        guard.on_train_batch_end(Trainer(), module, None, None, 0)
+
+    step()
+    step()  # reuses the buffers
+    assert bool(_all_finite(list(module.parameters())))  # requires_grad leaves, no error
+    for change in ("recast", "resize"):
+        optimizer.param_groups[0]["lr"] = 0.1
+        step()  # builds the snapshot, as in an ordinary run
+        if change == "recast":
+            module[1].data = torch.randn(2, dtype=torch.float64)  # same shape, new dtype
+        else:
+            module[0].data = torch.randn(5)  # new shape
+        before = [p.detach().clone() for p in module.parameters()]
+        optimizer.param_groups[0]["lr"] = float("inf")
+        with pytest.raises(TrainingDivergedError, match="optimiser step 3"):
+            step()
+        assert all(torch.equal(p, b) for p, b in zip(module.parameters(), before)), change
+    assert [p.dtype for p in module.parameters()] == [torch.float32, torch.float64]
+
+
 def test_guard_accepts_models_with_empty_parameters() -> None:
     """A zero-size parameter (e.g. an unused context projection) is neither finite nor infinite: skipped."""
     from flows.training.safety import _all_finite
