@@ -2,7 +2,8 @@
 
 A script that prints figures, never a timed test. In one process, interleaved round by round:
 
-- `estimator`: `flows.DensityEstimator(...).fit(X)` of S optimiser steps (validation each epoch included),
+- `estimator`: `flows.DensityEstimator(max_steps=S, batch_size=64).fit(X)`, its other options at their defaults:
+  validation every 50 steps (`table_defaults`) with its best-weights bookkeeping included,
   with its default base (a Gaussian mixture fitted first, BIC-chosen size); `est. normal`: with
   `base="normal"` (the standard normal base, no mixture fit);
 - `plain flows`: a hand-written loop (shuffled mini-batches, Adam, `-log_prob(x).mean()`) over the same
@@ -60,8 +61,7 @@ def _estimator(steps: int, batch: int, base: Optional[str] = None) -> flows.Dens
     return flows.DensityEstimator(
         "nsf",
         base=base,
-        max_epochs=None,
-        max_steps=steps,
+        max_steps=steps,  # max_epochs stays "auto": validation every max(50, steps per epoch) steps
         batch_size=batch,
         lr=1e-3,
         num_threads=1,
