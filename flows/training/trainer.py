@@ -36,6 +36,17 @@ __all__ = [
     "trainer_arguments",
 ]
 
+
+class _NoAdvertisement(logging.Filter):
+    """Drops Lightning's "Tip: ... try installing litlogger" line, printed by every Trainer without a LitLogger:
+    an advertisement for a hosted service, not a fact about the run, and noise at the top of every CLI run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
+
 #: Trainer arguments that other config sections own.
 RESERVED_TRAINER_KEYS = {
     "max_epochs": "train.max_epochs",
