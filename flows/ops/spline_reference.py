@@ -208,7 +208,9 @@ def rational_quadratic_spline_reference(
     log_derivative = torch.log(derivative_numerator * (slope / denominator).square())
 
     below = x < -bound
-    tail_slope = torch.where(below, derivatives[..., 0], derivatives[..., -1])
+    # The boundary derivatives are already gathered: below the bound the bin is the first (d_k = d_0), above
+    # it the last (d_k1 = d_K); no separate selects (and their zero-filled gradients) are needed.
+    tail_slope = torch.where(below, d_k, d_k1)
     # anchored at the clamped input: -bound below the interval and bound above it
     if inverse:
         tail_out = torch.addcdiv(clamped, x - clamped, tail_slope)
