@@ -48,6 +48,8 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flows.training.compile_policy import count_aten_calls  # noqa: E402 (torch only, no Lightning)
+
 ARCHITECTURES = ("maf", "nsf-coupling", "nsf-ar", "realnvp")
 FLOOR = "floor"
 LIBRARIES = ("flows", "zuko", "nflows", "normflows")
@@ -441,6 +443,8 @@ class Result:
     peak_mb: float
     note: str
     same_direction: bool = True
+    #: ATen operator calls of one training step (forward, backward, AdamW)
+    train_calls: int = 0
     #: every timed call, per metric ("log_prob_s", "train_s", "sample_s"), for paired ratios
     times: dict[str, list[float]] = field(default_factory=dict)
 
@@ -484,6 +488,7 @@ def measure_all(
         )
     log_prob_s = interleaved_times(log_prob, args.repeats, args.warmup, device, args.budget)
     train_s = interleaved_times(train, args.repeats, args.warmup, device, args.budget)
+    calls = {library: count_aten_calls(step) for library, step in train.items()}
     if "flows" in models and args.fit_steps > 0:
         # The fixed-point sampler's cost depends on how strongly features depend on each other, which is
         # nil at the identity initialisation: fit flows' model first (the peers' samplers do a fixed
@@ -503,6 +508,7 @@ def measure_all(
             peak_mb=memory[library],
             note=model.note,
             same_direction=model.same_direction,
+            train_calls=calls[library],
             times={
                 "log_prob_s": log_prob_s[library],
                 "train_s": train_s[library],
@@ -576,6 +582,30 @@ def fast_sampling_report(model: Model, batch: int, device: torch.device, repeats
     )
 
 
+def training_budget(results: list[Result], target: float = 1.5) -> str:
+    """What a training step `target` x faster than the fastest peer would need: flows' time beyond the matmul
+    floor (its conditioners' products alone) against the time that target leaves, and the ATen calls per step."""
+    by_library = {r.library: r for r in results}
+    peers = [r for r in results if r.library not in ("flows", FLOOR)]
+    calls = ", ".join(f"{r.library} {r.train_calls:,d}" for r in results if r.library != FLOOR)
+    line = f"ATen calls per training step: {calls}"
+    if "flows" not in by_library or FLOOR not in by_library or not peers:
+        return line
+    fastest = min(peers, key=lambda r: r.train_s)
+    floor, flows_s = by_library[FLOOR].train_s, by_library["flows"].train_s
+    allowed = fastest.train_s / target - floor
+    return (
+        f"{line}\ntraining {target:g}x the fastest peer ({fastest.library}, {1e3 * fastest.train_s:.2f} ms) needs "
+        f"flows <= {1e3 * fastest.train_s / target:.2f} ms: its time beyond the matmul floor ({1e3 * floor:.2f} ms) "
+        f"is {1e3 * (flows_s - floor):.2f} ms and may be {1e3 * allowed:.2f} ms "
+        + (
+            f"({100 * (1 - allowed / (flows_s - floor)):.0f}% less)"
+            if allowed > 0
+            else "(the floor forbids it)"
+        )
+    )
+
+
 def print_table(spec: Spec, results: list[Result], batch: int) -> None:
     peers = [r for r in results if r.library not in ("flows", FLOOR)]
     fastest: dict[str, Optional[Result]] = {}
@@ -604,6 +634,7 @@ def print_table(spec: Spec, results: list[Result], batch: int) -> None:
             f"{1e3 * r.sample_s:>10.2f} {batch / r.sample_s / 1e3:>7.1f} {ratio('sample_s')} | "
             f"{r.peak_mb:>8.1f} | {r.note}"
         )
+    print(training_budget(results))
     if any(not r.same_direction for r in results):
         print(
             "* IAF direction: this peer's layer samples in one pass and evaluates the density in `features` "

@@ -31,6 +31,7 @@ def test_bench_peers_quick_prints_a_table() -> None:
     assert "flows fast sampling: fixed point" in output
     floors = [line for line in output.splitlines() if line.startswith("floor ") and " | " in line]
     assert len(floors) == 4, output[-4000:]
+    assert output.count("ATen calls per training step: flows ") == 4, output[-4000:]
 
 
 def test_matmul_floor_holds_every_linear_layer_of_the_flow() -> None:
@@ -55,6 +56,26 @@ def test_matmul_floor_holds_every_linear_layer_of_the_flow() -> None:
         assert out.shape == (5,) and torch.isfinite(out).all()
         out.sum().backward()
         assert all(w.grad is not None for w in floor.weights)
+
+
+def test_training_budget_is_the_time_a_target_leaves_beyond_the_floor() -> None:
+    """fastest peer 30 ms, floor 10 ms: 1.5x needs flows <= 20 ms, so 10 ms beyond the floor against 15 now
+    (33% less); a floor above the target's time forbids it."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_peers
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+    def result(library: str, seconds: float, calls: int) -> object:
+        return bench_peers.Result(library, 1, 1, 1.0, seconds, 1.0, 0.0, "", train_calls=calls)
+
+    results = [result("flows", 0.025, 1800), result("zuko", 0.030, 2100), result("floor", 0.010, 90)]
+    line = bench_peers.training_budget(results)
+    assert "ATen calls per training step: flows 1,800, zuko 2,100" in line and "floor 90" not in line
+    assert "needs flows <= 20.00 ms" in line and "is 15.00 ms and may be 10.00 ms (33% less)" in line
+    results[2] = result("floor", 0.021, 90)
+    assert "(the floor forbids it)" in bench_peers.training_budget(results)
 
 
 def test_paired_ratio_cancels_load_changes_between_rounds() -> None:
