@@ -594,15 +594,17 @@ def training_budget(results: list[Result], target: float = 1.5) -> str:
     fastest = min(peers, key=lambda r: r.train_s)
     floor, flows_s = by_library[FLOOR].train_s, by_library["flows"].train_s
     allowed = fastest.train_s / target - floor
+    beyond = flows_s - floor
+    if allowed <= 0:
+        verdict = "(the floor forbids it)"
+    elif allowed >= beyond:
+        verdict = "(met, by the medians)"
+    else:
+        verdict = f"({100 * (1 - allowed / beyond):.0f}% less)"
     return (
         f"{line}\ntraining {target:g}x the fastest peer ({fastest.library}, {1e3 * fastest.train_s:.2f} ms) needs "
         f"flows <= {1e3 * fastest.train_s / target:.2f} ms: its time beyond the matmul floor ({1e3 * floor:.2f} ms) "
-        f"is {1e3 * (flows_s - floor):.2f} ms and may be {1e3 * allowed:.2f} ms "
-        + (
-            f"({100 * (1 - allowed / (flows_s - floor)):.0f}% less)"
-            if allowed > 0
-            else "(the floor forbids it)"
-        )
+        f"is {1e3 * beyond:.2f} ms and may be {1e3 * max(allowed, 0.0):.2f} ms {verdict}"
     )
 
 
