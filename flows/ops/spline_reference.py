@@ -146,7 +146,8 @@ def rational_quadratic_spline_reference(
     derivatives = derivatives.to(x.dtype)
     source_knots = knot_y if inverse else knot_x
 
-    # Element-wise: the bin of the input clamped into [-bound, bound] (the tails are handled below).
+    # Element-wise: bins for inputs inside, clamped inputs keep the unused branch finite.
+    inside = x.abs() <= bound
     clamped = x.clamp(-bound, bound)
     index = (clamped.unsqueeze(-1) >= source_knots[..., 1:-1]).sum(dim=-1)
     x_k, x_k1, y_k, y_k1, d_k, d_k1 = _gather_bins(knot_x, knot_y, derivatives, index)
@@ -204,23 +205,18 @@ def rational_quadratic_spline_reference(
     derivative_numerator = torch.addcmul(
         torch.addcmul(d_k1 * xi_square, slope, xi_1m, value=2.0), d_k, (1.0 - xi).square()
     )
-    derivative = derivative_numerator * (slope / denominator).square()
-    if not inverse:
-        # Outside [-bound, bound] the map is the linear tail through the end knot, with the boundary derivative
-        # as its slope. At the clamped input the spline is exactly that knot with exactly that derivative (xi is
-        # exactly 0 or 1 there, and the spline is C1), so one formula serves both sides without a branch (and
-        # without the branches' gradients): y = spline(clamped) + (x - clamped) dy/dx(clamped), where
-        # x - clamped is 0 inside, and log dy/dx is the spline's at the clamped input.
-        return torch.addcmul(spline_out, x - clamped, derivative), torch.log(derivative).sum(dim=-1)
+    log_derivative = torch.log(derivative_numerator * (slope / denominator).square())
 
-    # The inverse keeps explicit tails: its bin coordinate at +-bound comes from root finding, not exactly 1.
-    inside = x.abs() <= bound
     below = x < -bound
-    # The boundary derivatives are already gathered: below the bound the bin is the first (d_k = d_0), above
-    # it the last (d_k1 = d_K); no separate selects (and their zero-filled gradients) are needed.
-    tail_slope = torch.where(below, d_k, d_k1)
+    tail_slope = torch.where(below, derivatives[..., 0], derivatives[..., -1])
     # anchored at the clamped input: -bound below the interval and bound above it
-    tail_out = torch.addcdiv(clamped, x - clamped, tail_slope)
+    if inverse:
+        tail_out = torch.addcdiv(clamped, x - clamped, tail_slope)
+    else:
+        tail_out = torch.addcmul(clamped, x - clamped, tail_slope)
+
     y = torch.where(inside, spline_out, tail_out)
-    log_derivative = torch.where(inside, torch.log(derivative), torch.log(tail_slope))
-    return y, -log_derivative.sum(dim=-1)  # the inverse map's log-derivative
+    log_derivative = torch.where(inside, log_derivative, torch.log(tail_slope))
+    if inverse:
+        log_derivative = -log_derivative
+    return y, log_derivative.sum(dim=-1)
