@@ -467,10 +467,11 @@ def test_guard_restores_the_parameters_before_the_step() -> None:
 
 
 def test_guard_snapshot_follows_parameters_resized_or_recast_in_place() -> None:
-    """The snapshot buffers are reused while the optimiser holds the same parameters. A parameter resized in
-    place, or recast to float64 in place (both keep the Parameter object), gets a fresh snapshot, so the
-    restore after a diverged step gives the values before it bit for bit (a float32 buffer would round the
-    float64 values). Parameters that require grad are checked as they are (no detached views)."""
+    """The snapshot buffers are reused while the optimiser holds the same parameters. A parameter recast to
+    float64, grown or shrunk in place (all keep the Parameter object) gets a fresh snapshot, so the restore
+    after a diverged step gives the values before it bit for bit (a float32 buffer would round the float64
+    values; a larger buffer would take the shrunk values by broadcasting, and the restore would then fail).
+    Parameters that require grad are checked as they are (no detached views)."""
     from flows.training.safety import NonFiniteGuard, _all_finite
 
     class Trainer:
@@ -491,13 +492,15 @@ def test_guard_snapshot_follows_parameters_resized_or_recast_in_place() -> None:
     step()
     step()  # reuses the buffers
     assert bool(_all_finite(list(module.parameters())))  # requires_grad leaves, no error
-    for change in ("recast", "resize"):
+    for change in ("recast", "grow", "shrink"):
         optimizer.param_groups[0]["lr"] = 0.1
         step()  # builds the snapshot, as in an ordinary run
         if change == "recast":
             module[1].data = torch.randn(2, dtype=torch.float64)  # same shape, new dtype
+        elif change == "grow":
+            module[0].data = torch.randn(5)
         else:
-            module[0].data = torch.randn(5)  # new shape
+            module[0].data = torch.randn(1)  # broadcasts into the old (5,) buffer
         before = [p.detach().clone() for p in module.parameters()]
         optimizer.param_groups[0]["lr"] = float("inf")
         with pytest.raises(TrainingDivergedError, match="optimiser step 3"):

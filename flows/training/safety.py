@@ -105,7 +105,7 @@ class NonFiniteGuard(Callback):
         self._losses_finite: Optional[Tensor] = None  # all losses since the last step were finite
         self._parameters: list[Tensor] = []  # the parameters the optimiser is about to update
         self._before_step: list[Tensor] = []  # their values before the step
-        self._snapshot_of: tuple[tuple, tuple] = ((), ())  # ids and dtypes of the parameters it was built for
+        self._snapshot_of: tuple[tuple, ...] = ()  # ids, dtypes and shapes of the parameters it was built for
 
     def _fail(self, trainer: L.Trainer, what: str) -> None:
         epoch, step = trainer.current_epoch, trainer.global_step
@@ -145,17 +145,19 @@ class NonFiniteGuard(Callback):
         self._fail(trainer, f"non-finite gradients in {len(bad)} parameters (first: {bad[:3]})")
 
     def _snapshot(self, parameters: list[Tensor]) -> None:
-        # Rebuilt only when the optimiser's parameters change (by identity and dtype: comparing every shape in
-        # Python cost more than the copy), or when one was resized in place (the copy then raises).
-        identities = (tuple(map(id, parameters)), tuple(p.dtype for p in parameters))
-        if identities != self._snapshot_of:
+        # Rebuilt only when the optimiser's parameters change: by identity, dtype or shape (a parameter can be
+        # recast or resized in place, and a copy into a stale buffer would cast or broadcast silently). Three
+        # C-level tuples: comparing lists of per-parameter tuples in Python cost more than the copy.
+        key = (
+            tuple(map(id, parameters)),
+            tuple(p.dtype for p in parameters),
+            tuple(p.shape for p in parameters),
+        )
+        if key != self._snapshot_of:
             self._before_step = [torch.empty_like(p, memory_format=torch.preserve_format) for p in parameters]
-            self._snapshot_of = identities
+            self._snapshot_of = key
         with torch.no_grad():
-            try:
-                torch._foreach_copy_(self._before_step, parameters)
-            except RuntimeError:  # a parameter was resized in place since the last step
-                self._before_step = [p.detach().clone() for p in parameters]
+            torch._foreach_copy_(self._before_step, parameters)
         self._parameters = parameters
 
     def on_train_batch_end(

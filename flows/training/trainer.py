@@ -39,7 +39,8 @@ __all__ = [
 
 class _NoAdvertisement(logging.Filter):
     """Drops Lightning's "Tip: ... try installing litlogger" line, printed by every Trainer without a LitLogger:
-    an advertisement for a hosted service, not a fact about the run, and noise at the top of every CLI run."""
+    an advertisement for a hosted service, not a fact about the run, and noise at the top of every CLI run.
+    Installed when this module is first imported, so it holds for every Trainer in the process after that."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "litlogger" not in str(record.msg)
