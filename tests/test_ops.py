@@ -302,3 +302,31 @@ def test_spline_gradient_at_the_bound_and_knots_equals_the_reported_jacobian(
         tolerance = (1e-2 if dtype == torch.float32 else 1e-9) * ladj.exp()
         mismatches += int(((gradient.reshape(-1) - ladj.exp()).abs() > tolerance).sum())
     assert mismatches == 0, f"{mismatches} knots where autograd disagrees with the reported Jacobian"
+
+
+def test_spline_tails_give_the_knots_no_gradient_and_use_the_boundary_derivatives() -> None:
+    """Outside the bound the map is `edge + (x - edge) * slope`: in float32, with steep boundary slopes and far
+    inputs, widths and heights get exactly zero gradient (a branch-free formulation leaked rounding there,
+    scaled by (x - bound) slope^2), and with a degenerate end bin (min_bin_width 0, its softmax weight
+    underflowing, so a knot sits on the bound) the tails still take derivatives[0] and [-1]."""
+    x = torch.tensor([[-1e4, -4.0, 4.0, 1e4]]).requires_grad_()
+    widths = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(9)).requires_grad_()
+    heights = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(10)).requires_grad_()
+    derivatives = torch.full((1, 4, 9), 9.0).requires_grad_()  # boundary slopes of about 9
+    y, ladj = rational_quadratic_spline_reference(x, widths, heights, derivatives, bound=BOUND)
+    (y.sum() + ladj.sum()).backward()
+    assert widths.grad is not None and heights.grad is not None
+    assert torch.equal(widths.grad, torch.zeros_like(widths)) and torch.equal(
+        heights.grad, torch.zeros_like(heights)
+    )
+
+    degenerate = torch.zeros(1, 1, 4, dtype=torch.float64)
+    degenerate[..., 0] = -1e4  # the first bin's weight underflows to 0: knot 1 is exactly -bound
+    raw_derivatives = torch.tensor([[[1.0, -2.0, 0.0, 0.0, 0.0]]], dtype=torch.float64)
+    _, _, slopes = spline_knots(degenerate, degenerate, raw_derivatives, BOUND, 0.0, 0.0, 1e-3)
+    below = torch.tensor([[-5.0]], dtype=torch.float64)
+    y, ladj = rational_quadratic_spline_reference(
+        below, degenerate, degenerate, raw_derivatives, bound=BOUND, min_bin_width=0.0, min_bin_height=0.0
+    )
+    torch.testing.assert_close(y, -BOUND + (below + BOUND) * slopes[..., 0])
+    torch.testing.assert_close(ladj, slopes[..., 0].log().reshape(1))
