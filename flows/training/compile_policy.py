@@ -195,6 +195,16 @@ class CompilePolicy:
 
     # ------------------------------------------------------------------ timing and the choice
 
+    @property
+    def timing(self) -> bool:
+        """Whether `auto` still times steps: before its choice, and while it checks a compilation (after that,
+        the training module's per-step hooks have nothing to do)."""
+        return (
+            self.setting == "auto"
+            and self.state in ("probing", "compiled")
+            and len(self._compiled_times) < 1 + WARMUP_STEPS + PROBE_STEPS
+        )
+
     def counting_due(self) -> bool:
         """Whether `auto` wants the next step's ATen calls counted (its last warm-up step, which is not timed)."""
         return self.state == "probing" and self._steps == WARMUP_STEPS - 1

@@ -102,6 +102,8 @@ class FlowModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_index: int) -> None:
         """Time the step for `train.compile: auto` (and count its ATen calls once, in a warm-up step)."""
+        if not self.compile_policy.timing:
+            return
         if self.compile_policy.counting_due():
             self._call_counter = AtenCallCounter().__enter__()
         self.compile_policy.step_started()
@@ -111,6 +113,8 @@ class FlowModule(L.LightningModule):
         calls = self.stop_counting()
         if calls is not None:
             policy.record_calls(calls)
+        if not policy.timing:  # (the planned steps left are needed only while `auto` times)
+            return
         chose = policy.step_ended(max(0, self._total_steps() - self.global_step), self.device)
         if chose and self._world_and_rank()[0] > 1:  # every rank takes rank 0's choice (timings differ)
             policy.state = self.trainer.strategy.broadcast(policy.state, src=0)

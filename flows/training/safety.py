@@ -230,16 +230,15 @@ def _all_finite(tensors: list[Tensor]) -> Tensor:
     and like them it cannot overflow on large finite values. Parameters are passed as they are: the check
     runs under `torch.no_grad`, so no detached views are needed.
     """
-    tensors = [tensor for tensor in tensors if tensor.numel() > 0]
-    if not tensors:
-        return torch.tensor(True)
-    device = tensors[0].device
-    if all(tensor.device == device for tensor in tensors):
-        return _non_finite_flag(device, tensors).eq(0).all()
     groups: dict[torch.device, list[Tensor]] = {}
     for tensor in tensors:
-        groups.setdefault(tensor.device, []).append(tensor)
+        if tensor.numel() > 0:
+            groups.setdefault(tensor.device, []).append(tensor)
+    if not groups:
+        return torch.tensor(True)
     flags = [_non_finite_flag(device, group) for device, group in groups.items()]
+    if len(flags) == 1:
+        return flags[0].eq(0).all()
     first = flags[0].device
     return torch.cat([flag.to(first) for flag in flags]).eq(0).all()
 
