@@ -61,7 +61,8 @@ class DensityEstimator(  # type: ignore[misc]
     `early_stopping_patience`, `noise_std`, ...); `trainer` holds `lightning.Trainer` keyword arguments
     (`accelerator`, `devices`, `precision`, ...). `batch_size="auto"` and `max_epochs="auto"` (the defaults)
     adapt to the training rows (`flows.training.table_defaults`): a batch of about rows / 8 within [32, 256],
-    training for max(2,000 steps, 100 epochs), validation (early stopping) every max(50 steps, one epoch).
+    training for max(2,000 steps, 100 epochs), validation (early stopping) every max(50 steps, one epoch)
+    and after the last step.
     `val_fraction` of the rows is held out for early stopping
     when `fit` gets no `X_val`. `standardize=True` folds the training mean/std into the model, so
     scores and samples are in the units of `X` (extreme outliers get a warning naming their columns; see

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 from flows.training.best_weights import BestWeights
 from flows.training.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
 from flows.training.config import Config, ConfigError, check_value, unknown_key_error
+from flows.training.last_validation import ValidateLastStep
 from flows.training.loggers import make_loggers
 from flows.training.safety import read_checkpoint, safety_callbacks
 
@@ -138,7 +139,7 @@ def make_trainer(
 
     Best and last checkpoints on `monitor` (the objective's metric, minimised) in `run_dir/checkpoints`,
     the non-finite guard on it, early stopping on it,
-    the loggers, the validation interval, and the config's `trainer` arguments (deterministic by default on
+    the loggers, the validation interval (and a validation after the last step, `ValidateLastStep`), and the config's `trainer` arguments (deterministic by default on
     CPU). `print_callback` reports validations when the progress bar is off. `resume`: the checkpoint the run
     continues from (the CSV log keeps its rows up to that checkpoint's step). `checkpoints=False` (in-memory
     estimator fits): no checkpoint files, the best weights kept in memory by a `BestWeights` callback instead.
@@ -161,7 +162,7 @@ def make_trainer(
             save_last=True,
             enable_version_counter=False,
         )
-    callbacks: list[Callback] = [best, *safety_callbacks(monitor)]
+    callbacks: list[Callback] = [best, *safety_callbacks(monitor), ValidateLastStep()]
     if train.early_stopping_patience is not None:
         callbacks.append(
             EarlyStopping(
