@@ -3,7 +3,7 @@
 A script that prints figures, never a timed test. In one process, interleaved round by round:
 
 - `estimator`: `flows.DensityEstimator(max_steps=S, batch_size=64).fit(X)`, its other options at their defaults:
-  validation every 50 steps (`table_defaults`) with its best-weights bookkeeping included,
+  validation every 50 steps (`table_defaults`) and after the last step, with its best-weights bookkeeping,
   with its default base (a Gaussian mixture fitted first, BIC-chosen size); `est. normal`: with
   `base="normal"` (the standard normal base, no mixture fit);
 - `plain flows`: a hand-written loop (shuffled mini-batches, Adam, `-log_prob(x).mean()`) over the same
