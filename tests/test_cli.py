@@ -161,15 +161,28 @@ def test_console_script_module_runs_in_a_fresh_process(tmp_path: Path) -> None:
     # Lightning's own information lines stay; its advertisement for a hosted logger does not
     assert "GPU available" in fit.stderr + fit.stdout and "litlogger" not in fit.stderr + fit.stdout
     checkpoint = tmp_path / "runs" / "fresh" / "checkpoints" / "best.ckpt"
-    sample = subprocess.run(
-        [*command, "sample", "--ckpt", str(checkpoint), "-n", "7", "--out", str(tmp_path / "fresh.csv")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    # The commands that only read a checkpoint do not import Lightning (about 3 s of start-up here)
+    table = tmp_path / "table.csv"
+    np.savetxt(
+        table, np.random.default_rng(0).normal(size=(9, 2)), delimiter=",", header="x0,x1", comments=""
     )
-    assert sample.returncode == 0, sample.stderr[-2000:]
+    for arguments in (
+        ["sample", "--ckpt", str(checkpoint), "-n", "7", "--out", str(tmp_path / "fresh.csv")],
+        ["test", "--ckpt", str(checkpoint)],
+        ["score", "--ckpt", str(checkpoint), "--data", str(table), "--out", str(tmp_path / "scores.csv")],
+    ):
+        probe = subprocess.run(
+            [sys.executable, "-c", _IMPORT_PROBE, *arguments],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=120,
+        )
+        line = next((line for line in probe.stdout.splitlines() if line.startswith("HEAVY")), "")
+        assert line == "HEAVY ['numpy', 'torch'] 0", (arguments[0], line, probe.stderr[-2000:])
     assert np.loadtxt(tmp_path / "fresh.csv", delimiter=",", skiprows=1).shape == (7, 2)
+    assert np.loadtxt(tmp_path / "scores.csv", delimiter=",", skiprows=1).shape == (9,)
 
 
 #: runs the CLI in a fresh interpreter, then prints which heavy modules it imported (on exit or SystemExit)

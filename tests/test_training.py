@@ -471,7 +471,7 @@ def test_run_initialises_actnorm_layers_before_training(tmp_path: Path) -> None:
 
 
 def test_integer_data_are_dequantised_with_uniform_noise() -> None:
-    from flows.training.tasks.tabular import prepare_splits
+    from flows.training.table_splits import prepare_splits
 
     rng = np.random.default_rng(0)
     table = rng.integers(0, 5, size=(300, 2)).astype(float)

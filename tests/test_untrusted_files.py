@@ -445,7 +445,7 @@ def test_a_step_that_makes_parameters_non_finite_is_undone(
 
 def test_guard_restores_the_parameters_before_the_step() -> None:
     """The guard on its own: the parameters after a failed step equal those before it, bit for bit."""
-    from flows.training.safety import NonFiniteGuard
+    from flows.training.guard import NonFiniteGuard
 
     module = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(module.parameters(), lr=float("inf"))
@@ -472,7 +472,7 @@ def test_guard_snapshot_follows_parameters_resized_or_recast_in_place() -> None:
     after a diverged step gives the values before it bit for bit (a float32 buffer would round the float64
     values; a larger buffer would take the shrunk values by broadcasting, and the restore would then fail).
     Parameters that require grad are checked as they are (no detached views)."""
-    from flows.training.safety import NonFiniteGuard, _all_finite
+    from flows.training.guard import NonFiniteGuard, _all_finite
 
     class Trainer:
         current_epoch, global_step, checkpoint_callback = 0, 3, None
@@ -511,7 +511,7 @@ def test_guard_snapshot_follows_parameters_resized_or_recast_in_place() -> None:
 
 def test_guard_accepts_models_with_empty_parameters() -> None:
     """A zero-size parameter (e.g. an unused context projection) is neither finite nor infinite: skipped."""
-    from flows.training.safety import _all_finite
+    from flows.training.guard import _all_finite
 
     assert bool(_all_finite([torch.zeros(0), torch.ones(3)]))
     assert not bool(_all_finite([torch.zeros(0), torch.tensor([1.0, float("nan")])]))
@@ -525,7 +525,7 @@ def test_guard_finiteness_check_flags_nan_and_inf_but_not_large_values(
 ) -> None:
     """The fused check flags a NaN or ±inf in any tensor, accepts the largest finite values (a norm of them
     would overflow) and leaves every value as it was; so does the fallback where torch lacks the kernel."""
-    from flows.training.safety import _all_finite
+    from flows.training.guard import _all_finite
 
     if not fused:
 

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 from flows._lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from flows.training.checkpoint_evaluation import evaluate_checkpoint
     from flows.training.config import Config, ConfigError, load_config, parse_config
     from flows.training.estimator import DensityEstimator
     from flows.training.pipeline import RunResult, run, validate
-    from flows.training.tasks.tabular import evaluate_checkpoint
 
 __all__ = [
     "Config",
@@ -38,7 +38,7 @@ _LAZY = {
     "RunResult": "flows.training.pipeline",
     "run": "flows.training.pipeline",
     "validate": "flows.training.pipeline",
-    "evaluate_checkpoint": "flows.training.tasks.tabular",
+    "evaluate_checkpoint": "flows.training.checkpoint_evaluation",
 }
 
 

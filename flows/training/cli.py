@@ -156,8 +156,8 @@ def _is_image_checkpoint(path: str) -> bool:
 
 
 def _test(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int:
+    from flows.training.checkpoint_evaluation import evaluate_checkpoint
     from flows.training.checkpoints import load_model
-    from flows.training.tasks.tabular import evaluate_checkpoint
 
     if _is_image_checkpoint(arguments.ckpt):
         from flows.training.tasks.image import evaluate_image_checkpoint

@@ -23,9 +23,10 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 from flows.training.best_weights import BestWeights
 from flows.training.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
 from flows.training.config import Config, ConfigError, check_value, unknown_key_error
+from flows.training.guard import safety_callbacks
 from flows.training.last_validation import ValidateLastStep
 from flows.training.loggers import make_loggers
-from flows.training.safety import read_checkpoint, safety_callbacks
+from flows.training.safety import read_checkpoint
 
 __all__ = [
     "RESERVED_TRAINER_KEYS",

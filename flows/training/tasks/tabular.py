@@ -1,13 +1,12 @@
 """The tabular task: a flow fitted to the rows of a table (nats per row), with samples and plots.
 
-Also the pieces that `DensityEstimator` and `flows test` share with it: `fit_flow` (training on given splits,
-without a run directory of its own) and `evaluate_checkpoint`.
+Also what `DensityEstimator` shares with it: `fit_flow` (training on given splits, without a run directory of
+its own). The rows are prepared by `flows.training.table_splits`, which `flows test`
+(`flows.training.checkpoint_evaluation`) uses too, without Lightning.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -19,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 
 from flows.flow import Flow
 from flows.training.checkpoints import model_record
-from flows.training.columns import ColumnPlan, resolve_columns
+from flows.training.columns import ColumnPlan
 from flows.training.config import Config, ConfigError, parse_config
 from flows.training.context import context_stats, sample_at_contexts, with_context
 from flows.training.data import DataSplits, dequantize_fixed, load_splits
@@ -38,10 +37,11 @@ from flows.training.module import FlowModule, TableDataModule
 from flows.training.objectives import Objective
 from flows.training.registry import check_model_options
 from flows.training.safety import warn_about_columns
+from flows.training.table_splits import prepare_splits
 from flows.training.tasks.base import Task, guarded_plots
 from flows.training.trainer import torch_threads, trainer_arguments
 
-__all__ = ["TabularTask", "evaluate_checkpoint", "fit_flow", "format_summary", "prepare_splits"]
+__all__ = ["TabularTask", "fit_flow", "format_summary"]
 
 
 class _PrintValidation(Callback):
@@ -53,60 +53,6 @@ class _PrintValidation(Callback):
             print(
                 f"epoch {trainer.current_epoch} step {trainer.global_step}: val_nll {float(value):.4f}",
                 flush=True,
-            )
-
-
-def prepare_splits(splits: DataSplits, config: Config, seed: int) -> DataSplits:
-    """Resolve the per-column handling (`data.bounds`, `data.discrete_columns`, `data.categorical_columns`,
-    and `data.dequantize` for every column, automatic for integer data) into a `ColumnPlan`: categorical
-    values become codes, values outside the bounds are a ValueError, and the fixed dequantisation noise of
-    the dequantised columns goes onto the validation and test splits. `info["columns_plan"]` holds the plan
-    and `info["dequantized"]` whether any column is dequantised."""
-    data = config.data
-    dequantize = data.dequantize
-    if dequantize is None and not (data.discrete_columns or data.categorical_columns):
-        dequantize = splits.discrete or bool(np.all(splits.train == np.round(splits.train)))
-        if dequantize:
-            warnings.warn(
-                f"every training value of {splits.name} is an integer: adding U[0, 1) dequantisation noise "
-                "(set data.dequantize: false to fit the values as they are, or declare data.discrete_columns / "
-                "data.categorical_columns per column; data.dequantization: variational learns the noise)",
-                stacklevel=2,
-            )
-    tables = (splits.train, splits.val, splits.test)
-    plan = resolve_columns(
-        splits.columns,
-        tables,
-        data.bounds,
-        data.discrete_columns,
-        data.categorical_columns,
-        bool(dequantize),
-        data.dequantization,
-        splits.info.get("labels"),
-    )
-    train, val, test = (
-        plan.encode(t, splits.columns, name) for t, name in zip(tables, ("train", "val", "test"))
-    )
-    distinct = {id(t): t for t in (train, val, test)}.values()  # the test split may be the validation one
-    plan.check(np.concatenate(list(distinct)), splits.columns, "the data (train, validation and test rows)")
-    if not dequantize:  # declared columns must hold integers (the all-column shortcut keeps its old meaning)
-        _check_discrete(train, plan, splits.columns)
-    if plan.dequantized:
-        val, test = (dequantize_fixed(t, seed + k, plan.mask) for k, t in ((1, val), (2, test)))
-    plan.fit_scales(dequantize_fixed(train, seed, plan.mask) if plan.dequantized else train)
-    info = dict(splits.info, dequantized=plan.dequantized, columns_plan=plan)
-    return dataclasses.replace(splits, train=train, val=val, test=test, info=info)
-
-
-def _check_discrete(train: np.ndarray, plan: ColumnPlan, columns: list[str]) -> None:
-    """A ValueError naming a declared discrete column that holds non-integer values."""
-    for j in np.flatnonzero(plan.discrete):
-        fractional = train[:, j] != np.round(train[:, j])
-        if fractional.any():
-            raise ValueError(
-                f"discrete column {columns[j]!r} holds {int(fractional.sum())} non-integer values (e.g. "
-                f"{train[fractional, j][0]:g}); dequantisation adds U[0, 1) noise to integers: round or "
-                "rescale the column, or leave it continuous"
             )
 
 
@@ -346,34 +292,3 @@ def fit_flow(
     config = resolve_model(config)
     with torch_threads(config.train.num_threads):
         return train(task, config, splits, run_dir, resume, quiet=quiet)
-
-
-def evaluate_checkpoint(config: Config, checkpoint: Union[str, Path], verbose: bool = True) -> dict[str, Any]:
-    """Evaluate a checkpoint on the test split of `config`'s data (`flows test`)."""
-    from flows.training.checkpoints import load_model
-
-    loaded = load_model(checkpoint)
-    splits = with_context(load_splits(config.data, config.seed), config.data.context_columns)
-    splits = prepare_splits(splits, config, config.seed)
-    if splits.features != loaded.features:
-        raise ValueError(f"the checkpoint models {loaded.features} features, the data has {splits.features}")
-    if splits.context_columns != loaded.context_columns:
-        raise ValueError(
-            f"the checkpoint conditions on the columns {loaded.context_columns}, the data's "
-            f"data.context_columns give {splits.context_columns}"
-        )
-    log_prob = evaluate_log_prob(
-        loaded.flow, splits.test, config.train.eval_batch_size, context=splits.test_context
-    )
-    metrics: dict[str, Any] = {"dataset": config.data.dataset, "checkpoint": str(checkpoint)}
-    metrics.update(log_likelihood_metrics(log_prob))
-    metrics.update(entropy_metrics(splits, metrics["test_log_likelihood"]))
-    if verbose:
-        line = (
-            f"test log-likelihood: {metrics['test_log_likelihood']:.4f} +- {metrics['test_log_likelihood_2se']:.4f} "
-            f"nats (2 standard errors, {metrics['test_rows']} rows)"
-        )
-        if "gap" in metrics:
-            line += f"\ntrue entropy: {metrics['entropy']:.4f} nats; gap: {metrics['gap']:.4f} nats"
-        print(line, flush=True)
-    return metrics
