@@ -21,7 +21,7 @@ from flows.training.context import ContextStats
 from flows.training.models import build_flow
 from flows.training.pipeline import run
 from flows.training.registry import check_model_options, model_parameters
-from flows.training.trainer import trainer_arguments
+from flows.training.trainer_options import trainer_arguments
 
 try:
     from data_fixtures import write_bsds300, write_gas, write_hepmass, write_miniboone, write_power

@@ -30,15 +30,42 @@ def fitted() -> flows.DensityEstimator:
     )
 
 
+_LOAD_AND_SCORE = """
+import sys, numpy as np, flows
+assert 'lightning' not in sys.modules, 'import flows'
+estimator = flows.DensityEstimator.load(sys.argv[1])
+scores = estimator.score_samples(np.load(sys.argv[2]))
+assert 'lightning' not in sys.modules, 'load and score'
+np.save(sys.argv[3], scores)
+flows.DensityEstimator(max_steps=2, batch_size=8, num_threads=1).fit(np.load(sys.argv[2]))
+assert 'lightning' in sys.modules, 'fit'
+"""
+
+
 @pytest.mark.slow
-def test_import_flows_does_not_import_lightning() -> None:
-    code = "import sys, flows; assert 'lightning' not in sys.modules; flows.DensityEstimator; assert 'lightning' in sys.modules"
+def test_building_loading_and_scoring_an_estimator_do_not_import_lightning(
+    fitted: flows.DensityEstimator, tmp_path: Path
+) -> None:
+    """Lightning (seconds of start-up) is imported by the first fit only, not by `import flows`, building
+    an estimator, loading a saved one or scoring rows with it."""
     import subprocess
 
+    rows = _data(40, 1)
+    np.save(tmp_path / "rows.npy", rows)
+    fitted.save(tmp_path / "model.pt")
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
+        [
+            sys.executable,
+            "-c",
+            _LOAD_AND_SCORE,
+            *(str(tmp_path / n) for n in ("model.pt", "rows.npy", "s.npy")),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), fitted.score_samples(rows), rtol=1e-6)
 
 
 def test_options_are_validated_when_the_estimator_is_built() -> None:

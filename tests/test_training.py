@@ -29,7 +29,7 @@ from flows.training.models import build_flow, standardization_of, standardizer_o
 from flows.training.module import FlowModule, mollification_sigma, warmup_cosine_factor
 from flows.training.pipeline import run
 from flows.training.registry import check_model_options
-from flows.training.trainer import trainer_arguments
+from flows.training.trainer_options import trainer_arguments
 
 # ------------------------------------------------------------------------------------------ config
 

@@ -18,8 +18,7 @@ from flows.training.frames import is_frame, label_codes
 from flows.training.registry import MODELS, check_model_options, model_parameters
 from flows.training.safety import TrainingDivergedError
 from flows.training.table_defaults import table_train_options
-from flows.training.tasks.tabular import fit_flow
-from flows.training.trainer import quiet_lightning_logs, trainer_arguments
+from flows.training.trainer_options import trainer_arguments
 
 __all__ = ["DEFAULT_BASE", "EstimatorFitting"]
 
@@ -99,6 +98,10 @@ class EstimatorFitting:
             )
         config = self._config(rows=int(splits.train.shape[0]), conditional=bool(splits.context_columns))
         self._check_range(splits)
+        # Lightning is imported here, on the first fit: building or loading an estimator does not need it
+        from flows.training.tasks.tabular import fit_flow
+        from flows.training.trainer import quiet_lightning_logs
+
         try:
             with quiet_lightning_logs(not self.verbose):
                 if self.output_dir is None:  # in memory: no checkpoint files, no logger

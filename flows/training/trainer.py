@@ -1,16 +1,15 @@
 """The Lightning Trainer of a run: its arguments from the config, checkpoints, safety callbacks, loggers.
 
 `make_trainer` is the one place where a run's Trainer is built (tabular and image runs, the estimator);
-`trainer_arguments` checks the config's `trainer` section against `lightning.Trainer`'s signature.
+`flows.training.trainer_options.trainer_arguments` checks the config's `trainer` section against
+`lightning.Trainer`'s signature.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
-import typing
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,20 +21,19 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, TQDMProgressBar
 
 from flows.training.best_weights import BestWeights
 from flows.training.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
-from flows.training.config import Config, ConfigError, check_value, unknown_key_error
+from flows.training.config import Config
 from flows.training.guard import safety_callbacks
 from flows.training.last_validation import ValidateLastStep
 from flows.training.loggers import make_loggers
 from flows.training.safety import read_checkpoint
+from flows.training.trainer_options import trainer_arguments
 
 __all__ = [
-    "RESERVED_TRAINER_KEYS",
     "launched_worker",
     "make_trainer",
     "quiet_fit_warnings",
     "quiet_lightning_logs",
     "torch_threads",
-    "trainer_arguments",
 ]
 
 
@@ -49,41 +47,6 @@ class _NoAdvertisement(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
-
-#: Trainer arguments that other config sections own.
-RESERVED_TRAINER_KEYS = {
-    "max_epochs": "train.max_epochs",
-    "max_steps": "train.max_steps",
-    "gradient_clip_val": "train.gradient_clip",
-    "val_check_interval": "train.val_every_n_steps",
-    "check_val_every_n_epoch": "train.val_every_n_steps",
-    "callbacks": "(built by flows)",
-    "logger": "output.logger",
-    "default_root_dir": "output.dir",
-    "enable_checkpointing": "(always on)",
-    "enable_progress_bar": "output.progress_bar",
-    "use_distributed_sampler": "(flows shards batches itself)",
-}
-
-
-def trainer_arguments(trainer_config: dict[str, Any]) -> dict[str, Any]:
-    """Check the `trainer` section against `lightning.Trainer`'s signature; returns the keyword arguments."""
-    parameters = inspect.signature(L.Trainer.__init__).parameters
-    try:
-        hints = typing.get_type_hints(L.Trainer.__init__)
-    except Exception:
-        hints = {}
-    valid = [name for name in parameters if name != "self" and name not in RESERVED_TRAINER_KEYS]
-    out: dict[str, Any] = {}
-    for key, value in trainer_config.items():
-        if key in RESERVED_TRAINER_KEYS:
-            raise ConfigError(
-                f"config key 'trainer.{key}' is set by flows; use {RESERVED_TRAINER_KEYS[key]} instead"
-            )
-        if key not in parameters or key == "self":
-            raise unknown_key_error(f"trainer.{key}", valid, "trainer (lightning.Trainer arguments)")
-        out[key] = check_value(f"trainer.{key}", value, hints.get(key, Any))
-    return out
 
 
 def _is_cpu_run(trainer_kwargs: dict[str, Any]) -> bool:

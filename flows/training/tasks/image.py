@@ -43,7 +43,7 @@ from flows.training.objectives import Objective
 from flows.training.registry import check_model_options, with_model_defaults
 from flows.training.safety import read_checkpoint
 from flows.training.tasks.base import Task
-from flows.training.trainer import trainer_arguments
+from flows.training.trainer_options import trainer_arguments
 
 __all__ = [
     "LoadedImageModel",

@@ -31,7 +31,7 @@ from flows.training.registry import check_model_options
 from flows.training.sampling_module import SamplingDataModule, SamplingModule
 from flows.training.sampling_objectives import sampling_objective, seeded, validation_log_weights
 from flows.training.tasks.base import Task, guarded_plots
-from flows.training.trainer import trainer_arguments
+from flows.training.trainer_options import trainer_arguments
 
 __all__ = ["SamplingData", "SamplingTask", "evaluate_sampler", "is_sampling_config"]
 

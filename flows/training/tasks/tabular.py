@@ -39,7 +39,8 @@ from flows.training.registry import check_model_options
 from flows.training.safety import warn_about_columns
 from flows.training.table_splits import prepare_splits
 from flows.training.tasks.base import Task, guarded_plots
-from flows.training.trainer import torch_threads, trainer_arguments
+from flows.training.trainer import torch_threads
+from flows.training.trainer_options import trainer_arguments
 
 __all__ = ["TabularTask", "fit_flow", "format_summary"]
 

@@ -1,0 +1,55 @@
+"""The config's `trainer` section: keyword arguments of `lightning.Trainer`, checked against its signature.
+
+Separate from `trainer.py` so that building a `DensityEstimator` (or loading one to score rows) with an empty
+section does not import Lightning."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any
+
+from flows.training.config import ConfigError, check_value, unknown_key_error
+
+__all__ = ["RESERVED_TRAINER_KEYS", "trainer_arguments"]
+
+#: Trainer arguments that other config sections own.
+RESERVED_TRAINER_KEYS = {
+    "max_epochs": "train.max_epochs",
+    "max_steps": "train.max_steps",
+    "gradient_clip_val": "train.gradient_clip",
+    "val_check_interval": "train.val_every_n_steps",
+    "check_val_every_n_epoch": "train.val_every_n_steps",
+    "callbacks": "(built by flows)",
+    "logger": "output.logger",
+    "default_root_dir": "output.dir",
+    "enable_checkpointing": "(always on)",
+    "enable_progress_bar": "output.progress_bar",
+    "use_distributed_sampler": "(flows shards batches itself)",
+}
+
+
+def trainer_arguments(trainer_config: dict[str, Any]) -> dict[str, Any]:
+    """Check the `trainer` section against `lightning.Trainer`'s signature; returns the keyword arguments.
+
+    Lightning is imported only to check a non-empty section."""
+    if not trainer_config:
+        return {}
+    import lightning as L
+
+    parameters = inspect.signature(L.Trainer.__init__).parameters
+    try:
+        hints = typing.get_type_hints(L.Trainer.__init__)
+    except Exception:
+        hints = {}
+    valid = [name for name in parameters if name != "self" and name not in RESERVED_TRAINER_KEYS]
+    out: dict[str, Any] = {}
+    for key, value in trainer_config.items():
+        if key in RESERVED_TRAINER_KEYS:
+            raise ConfigError(
+                f"config key 'trainer.{key}' is set by flows; use {RESERVED_TRAINER_KEYS[key]} instead"
+            )
+        if key not in parameters or key == "self":
+            raise unknown_key_error(f"trainer.{key}", valid, "trainer (lightning.Trainer arguments)")
+        out[key] = check_value(f"trainer.{key}", value, hints.get(key, Any))
+    return out
