@@ -89,4 +89,8 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
-        self._keep_last_current(trainer)
+        # Rewritten even when a validation after the last step already wrote it (`ValidateLastStep`): that
+        # copy holds the loops in the middle of their last batch, this one holds them finished, so that a
+        # resume with larger limits continues from the end of the run rather than replaying its last batch.
+        if self._writes_now(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
