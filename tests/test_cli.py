@@ -185,6 +185,31 @@ def test_console_script_module_runs_in_a_fresh_process(tmp_path: Path) -> None:
     assert np.loadtxt(tmp_path / "scores.csv", delimiter=",", skiprows=1).shape == (9,)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["test", "sample"])
+def test_reading_an_image_checkpoint_does_not_import_lightning(command: str, tmp_path: Path) -> None:
+    """`flows test` / `flows sample` on a Glow run's checkpoint (digits, kept in tests/data) in a fresh
+    process: the image checkpoint is rebuilt without the image task's Lightning modules."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    arguments = [command, "--ckpt", str(REPO / "tests" / "data" / "glow_run_before_issue11.pt")]
+    if command == "sample":
+        arguments += ["-n", "2", "--out", str(tmp_path / "drawn.npy")]
+    probe = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+    line = next((line for line in probe.stdout.splitlines() if line.startswith("HEAVY")), "")
+    assert line == "HEAVY ['numpy', 'torch'] 0", (line, probe.stderr[-2000:])
+    if command == "sample":
+        assert np.load(tmp_path / "drawn.npy").shape[0] == 2
+    else:
+        assert "test bits/dim" in probe.stdout
+
+
 #: runs the CLI in a fresh interpreter, then prints which heavy modules it imported (on exit or SystemExit)
 _IMPORT_PROBE = """
 import sys

@@ -287,9 +287,9 @@ def small_overrides(config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_image_config_runs_a_few_steps(path: Path, tmp_path: Path) -> None:
     from flows.training.config import read_yaml
+    from flows.training.image_checkpoints import evaluate_image_checkpoint, sample_images
     from flows.training.pipeline import run as run_image
     from flows.training.registry import with_model_defaults
-    from flows.training.tasks.image import evaluate_image_checkpoint, sample_images
 
     assert len(CONFIGS) >= 7
     config = small_overrides(read_yaml(path), tmp_path)

@@ -22,10 +22,11 @@ from flows.presets_image import Glow
 from flows.training.checkpoints import build_from_record
 from flows.training.config import TrainConfig
 from flows.training.data import dequantize_fixed
-from flows.training.image_data import ImageFlowModule, build_image_model
+from flows.training.image_checkpoints import load_image_model
+from flows.training.image_data import build_image_model
+from flows.training.image_modules import ImageFlowModule
 from flows.training.models import build_flow, standardization_of, standardizer_of
 from flows.training.module import FlowModule
-from flows.training.tasks.image import load_image_model
 
 DATA = Path(__file__).parent / "data"
 DOUBLE = torch.float64

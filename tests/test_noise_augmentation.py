@@ -75,7 +75,7 @@ def test_the_noise_augmented_objective_is_the_bound_at_noisy_inputs() -> None:
 
 
 def _image_module(noise_std: float = 0.0, class_dropout: float = 0.0, num_classes: int = 0):
-    from flows.training.image_data import ImageFlowModule
+    from flows.training.image_modules import ImageFlowModule
 
     model = gaussian_model(0.5, 0.25)
     module = ImageFlowModule(
@@ -135,8 +135,8 @@ def test_image_options_check_class_dropout_and_guidance() -> None:
 
 @pytest.mark.slow
 def test_a_noise_augmented_conditional_run_trains_samples_and_reloads(tmp_path: Path) -> None:
+    from flows.training.image_checkpoints import load_image_model, sample_images
     from flows.training.pipeline import run
-    from flows.training.tasks.image import load_image_model, sample_images
 
     config = {
         "seed": 0,

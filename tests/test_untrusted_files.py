@@ -33,11 +33,11 @@ from flows.training.checkpoints import load_model
 from flows.training.cli import main
 from flows.training.config import ConfigError, load_config, parse_config
 from flows.training.estimator import DensityEstimator
+from flows.training.image_checkpoints import load_image_model
 from flows.training.module import FlowModule
 from flows.training.pipeline import run
 from flows.training.rundir import RunDirectoryLocked, run_lock
 from flows.training.safety import TrainingDivergedError, read_checkpoint
-from flows.training.tasks.image import load_image_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_NSF = {"name": "nsf", "transforms": 2, "hidden_features": [8, 8], "residual_blocks": 0, "bins": 4}

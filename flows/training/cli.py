@@ -160,7 +160,7 @@ def _test(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> in
     from flows.training.checkpoints import load_model
 
     if _is_image_checkpoint(arguments.ckpt):
-        from flows.training.tasks.image import evaluate_image_checkpoint
+        from flows.training.image_checkpoints import evaluate_image_checkpoint
 
         values: dict = {}
         for path in arguments.config:
@@ -184,7 +184,7 @@ def _sample(arguments: argparse.Namespace) -> int:
     if arguments.num_samples < 1:
         raise ConfigError(f"-n must be a positive integer, got {arguments.num_samples}")
     if _is_image_checkpoint(arguments.ckpt):
-        from flows.training.tasks.image import sample_images
+        from flows.training.image_checkpoints import sample_images
 
         path = sample_images(
             arguments.ckpt,
