@@ -10,7 +10,7 @@ the compilation raises (forward and backward compile together, in the first comp
 training batch shape that was compiled runs compiled (a last, smaller batch and evaluation run eagerly),
 so no shape triggers a second compilation. A CPU without a C++ compiler (Inductor needs one) stays eager.
 
-Measured on the project's 2-core VM (`benchmarks/bench_compile.py`, README speed section): Inductor took
+Measured on the project's 2-core VM (`benchmarks/bench_compile.py`, docs/speed.md): Inductor took
 21-25 s for MAF / RealNVP steps of 588 ATen calls and 55-84 s for NSF steps of 1,886-2,344 calls, and the
 compiled training step was from 2.6x faster to slower than eager, varying between runs of the same model;
 hence the check after compiling.

@@ -2,7 +2,7 @@
 
 `auto` picks the count from the work of one training step (parameters x batch rows) and the cores this
 process may run on (`os.sched_getaffinity`). Small flows lose most of their time to thread synchronisation:
-measured on 2 shared cores (the README's speed section), 2 threads were 4.6-6.1x *slower* than 1 for NSF
+measured on 2 shared cores (docs/speed.md), 2 threads were 4.6-6.1x *slower* than 1 for NSF
 steps from 9e4 parameters x 256 rows to 6.7e6 parameters x 1,024 rows. So `auto` keeps one thread up to
 `WORK_PER_THREAD` (parameters x rows) and adds one thread per further multiple of it, up to the cores.
 The choice depends only on the model, the batch and the machine (not on its momentary load), so a resumed
