@@ -145,6 +145,32 @@ def test_fit_test_sample_score_in_process(tmp_path: Path, capsys: pytest.Capture
     assert not (tmp_path / "bad.csv").exists()
 
 
+#: runs the CLI in a fresh interpreter, then prints which heavy modules it imported (on exit or SystemExit)
+_IMPORT_PROBE = """
+import sys
+from flows.training.cli import main
+try:
+    status = main(sys.argv[1:])
+except SystemExit as exit:
+    status = exit.code
+print("HEAVY", sorted(m for m in ("torch", "lightning", "numpy") if m in sys.modules), status)
+"""
+
+
+def _heavy_imports(arguments: list[str]) -> tuple[str, subprocess.CompletedProcess]:
+    """The probe's `HEAVY [modules] status` line for `flows <arguments>` run in a fresh interpreter, and the run."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    probe = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+    return next((line for line in probe.stdout.splitlines() if line.startswith("HEAVY")), ""), probe
+
+
 @pytest.mark.slow
 def test_console_script_module_runs_in_a_fresh_process(tmp_path: Path) -> None:
     path = _write_tiny_config(tmp_path)
@@ -171,15 +197,7 @@ def test_console_script_module_runs_in_a_fresh_process(tmp_path: Path) -> None:
         ["test", "--ckpt", str(checkpoint)],
         ["score", "--ckpt", str(checkpoint), "--data", str(table), "--out", str(tmp_path / "scores.csv")],
     ):
-        probe = subprocess.run(
-            [sys.executable, "-c", _IMPORT_PROBE, *arguments],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO,
-            timeout=120,
-        )
-        line = next((line for line in probe.stdout.splitlines() if line.startswith("HEAVY")), "")
+        line, probe = _heavy_imports(arguments)
         assert line == "HEAVY ['numpy', 'torch'] 0", (arguments[0], line, probe.stderr[-2000:])
     assert np.loadtxt(tmp_path / "fresh.csv", delimiter=",", skiprows=1).shape == (7, 2)
     assert np.loadtxt(tmp_path / "scores.csv", delimiter=",", skiprows=1).shape == (9,)
@@ -190,36 +208,15 @@ def test_console_script_module_runs_in_a_fresh_process(tmp_path: Path) -> None:
 def test_reading_an_image_checkpoint_does_not_import_lightning(command: str, tmp_path: Path) -> None:
     """`flows test` / `flows sample` on a Glow run's checkpoint (digits, kept in tests/data) in a fresh
     process: the image checkpoint is rebuilt without the image task's Lightning modules."""
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     arguments = [command, "--ckpt", str(REPO / "tests" / "data" / "glow_run_before_issue11.pt")]
     if command == "sample":
         arguments += ["-n", "2", "--out", str(tmp_path / "drawn.npy")]
-    probe = subprocess.run(
-        [sys.executable, "-c", _IMPORT_PROBE, *arguments],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
-    )
-    line = next((line for line in probe.stdout.splitlines() if line.startswith("HEAVY")), "")
+    line, probe = _heavy_imports(arguments)
     assert line == "HEAVY ['numpy', 'torch'] 0", (line, probe.stderr[-2000:])
     if command == "sample":
         assert np.load(tmp_path / "drawn.npy").shape[0] == 2
     else:
         assert "test bits/dim" in probe.stdout
-
-
-#: runs the CLI in a fresh interpreter, then prints which heavy modules it imported (on exit or SystemExit)
-_IMPORT_PROBE = """
-import sys
-from flows.training.cli import main
-try:
-    status = main(sys.argv[1:])
-except SystemExit as exit:
-    status = exit.code
-print("HEAVY", sorted(m for m in ("torch", "lightning", "numpy") if m in sys.modules), status)
-"""
 
 
 @pytest.mark.parametrize(
@@ -233,14 +230,5 @@ print("HEAVY", sorted(m for m in ("torch", "lightning", "numpy") if m in sys.mod
     ],
 )
 def test_help_and_config_errors_import_neither_torch_nor_lightning(arguments: list[str], status: int) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    probe = subprocess.run(
-        [sys.executable, "-c", _IMPORT_PROBE, *arguments],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
-    )
-    line = next(line for line in probe.stdout.splitlines() if line.startswith("HEAVY"))
+    line, probe = _heavy_imports(arguments)
     assert line == f"HEAVY [] {status}", (line, probe.stderr[-2000:])
