@@ -189,7 +189,7 @@ class TrainConfig:
     noise_std: float = 0.0
     #: stop after this many validations without improvement of val_nll (null disables)
     early_stopping_patience: Optional[int] = 10
-    #: validate every n optimiser steps (null = at the end of every epoch)
+    #: validate every n optimiser steps (null = at the end of every epoch); every run also validates its last step
     val_every_n_steps: Optional[int] = None
     #: batch size of validation, test and scoring passes
     eval_batch_size: int = 4096
