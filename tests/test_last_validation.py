@@ -54,7 +54,7 @@ def test_the_last_step_is_validated_once_whatever_the_interval(
     assert est.n_steps_ == expected[-1]
 
 
-def _run_config(tmp_path: Path, **train: Any) -> dict[str, Any]:
+def _run_config(directory: Path, **train: Any) -> dict[str, Any]:
     return {
         "seed": 1,
         "data": {"dataset": "toy:moons", "n_train": 256, "n_val": 64, "n_test": 64},
@@ -71,7 +71,7 @@ def _run_config(tmp_path: Path, **train: Any) -> dict[str, Any]:
             **train,
         },
         "output": {
-            "dir": str(tmp_path),
+            "dir": str(directory),
             "name": "r",
             "samples": 0,
             "plots": False,
@@ -82,35 +82,36 @@ def _run_config(tmp_path: Path, **train: Any) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "ending", ["finished", "killed_after_the_last_validation", "resumed_with_more_epochs"]
-)
+@pytest.mark.parametrize("killed", [False, True], ids=["finished", "killed_after_the_last_validation"])
+@pytest.mark.parametrize("more_epochs", [False, True], ids=["same_limits", "one_more_epoch"])
 def test_a_resume_after_the_last_steps_validation_does_not_train_that_step_again(
-    tmp_path: Path, ending: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, killed: bool, more_epochs: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The validation after the last step writes `last.ckpt` with the loops inside that step; Lightning does not
-    save `should_stop`, so without `ValidateLastStep`'s state (and `RunCheckpoint` rewriting `last.ckpt` when
-    training ends) a resumed run replayed the last batch as a fifth batch of a 4-batch epoch."""
+    """The validation after the last step runs with the loops inside that step, and Lightning does not save
+    `should_stop`: a `last.ckpt` written there made a resumed run train the last batch again, as a fifth batch
+    of a 4-batch epoch. `RunCheckpoint` writes it when training ends instead; a kill in between resumes from
+    the previous validation's checkpoint and ends like an uninterrupted run."""
     from flows.training.checkpoint_io import RunCheckpoint
     from flows.training.pipeline import run
     from flows.training.safety import read_checkpoint
 
-    config = _run_config(tmp_path)
-    if ending == "killed_after_the_last_validation":  # the run dies before training's end rewrites last.ckpt
+    full = run(_run_config(tmp_path / "full"), verbose=False)
+    config = _run_config(tmp_path / "cut")
+    if killed:  # dies after the last validation, before training's end
         monkeypatch.setattr(RunCheckpoint, "on_train_end", lambda self, trainer, module: None)
-    full = run(config, verbose=False)
+    run(config, verbose=False)
     monkeypatch.undo()
-    run_dir = tmp_path / "r"
-    assert full.metrics["steps"] == 8 and _validated_steps(run_dir) == [3, 6, 8]
-    before = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    run_dir = tmp_path / "cut" / "r"
     (run_dir / "metrics.json").unlink()  # as if killed before the outputs: `--resume` continues the run
-    if ending == "resumed_with_more_epochs":
+    if more_epochs:
         config["train"]["max_epochs"] = 3
     resumed = run(config, verbose=False, resume=True)
-    if ending == "resumed_with_more_epochs":
-        assert resumed.metrics["steps"] == 12 and _validated_steps(run_dir) == [3, 6, 8, 9, 12]
+    if more_epochs:  # killed: from step 6's checkpoint, whose log ends there; step 8 no longer ends the run
+        assert resumed.metrics["steps"] == 12
+        assert _validated_steps(run_dir) == ([3, 6, 9, 12] if killed else [3, 6, 8, 9, 12])
         return
     assert resumed.metrics["steps"] == 8 and _validated_steps(run_dir) == [3, 6, 8]
+    expected = read_checkpoint(tmp_path / "full" / "r" / "checkpoints" / "last.ckpt")["state_dict"]
     after = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
-    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert all(torch.equal(expected[name], after[name]) for name in expected)
     assert resumed.metrics["test_log_likelihood"] == full.metrics["test_log_likelihood"]

@@ -6,7 +6,8 @@
   through fsspec and then copies it into place). It reads with `read_checkpoint`: tensors and plain data only,
   never code, Lightning's resume included.
 - `RunCheckpoint` keeps `best.ckpt` on the monitored metric and writes `last.ckpt` at every validation and at
-  the end of training (Lightning 2.6 writes `last` only when `best` improves).
+  the end of training (Lightning 2.6 writes `last` only when `best` improves); at a validation after which the
+  run ends, `last.ckpt` waits for the end of training, which follows at once.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class RunCheckpoint(ModelCheckpoint):
         )
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if _run_ends_after_this_validation(trainer):
+            return  # written by `on_train_end` instead, with the loops finished
         super()._save_last_checkpoint(trainer, monitor_candidates)
         self._last_step_of_last = trainer.global_step
 
@@ -89,8 +92,14 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
-        # Rewritten even when a validation after the last step already wrote it (`ValidateLastStep`): that
-        # copy holds the loops in the middle of their last batch, this one holds them finished, so that a
-        # resume with larger limits continues from the end of the run rather than replaying its last batch.
-        if self._writes_now(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._keep_last_current(trainer)
+
+
+def _run_ends_after_this_validation(trainer: L.Trainer) -> bool:
+    """Whether the validation running now is the run's last: one after the last step (`ValidateLastStep`) or one
+    that stops the run early. Its `last` checkpoint would hold the loops inside their last batch, and Lightning
+    does not save `should_stop`: resumed from it, a run would train that batch again (or go on past its early
+    stop). A kill before training's end then resumes from the previous `last` checkpoint instead."""
+    if trainer.min_steps or trainer.min_epochs:  # Lightning may train on past `should_stop`: keep writing
+        return False
+    return bool(trainer.validating and trainer.should_stop)

@@ -7,15 +7,14 @@ the fit), and a run shorter than one interval (`DensityEstimator(max_steps=20)`,
 never validated at all, so it had no best validation score. Lightning validates after any step at which
 `trainer.should_stop` is set, so this callback sets it on the step that ends the run anyway.
 
-The checkpoint that this validation writes holds the loops in the middle of the last batch, and Lightning does
-not save `should_stop`: resumed from it, Lightning would not know the batch had been validated and would train
-one more. So the callback keeps the step it stopped at (and the limits) in the checkpoint, and a run resumed
-from there with the same limits stops at once. (`RunCheckpoint` also rewrites `last.ckpt` when training ends.)
+`RunCheckpoint` does not write `last.ckpt` at a validation after which the run ends (its loops would be
+inside the last batch, and Lightning does not save `should_stop`, so a resume would train that batch again):
+it writes it when training ends, with the loops finished.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -37,31 +36,8 @@ def is_last_step(trainer: L.Trainer, batch_idx: int) -> bool:
 class ValidateLastStep(Callback):
     """Makes Lightning validate after the run's last training step (once: it is never validated twice)."""
 
-    def __init__(self) -> None:
-        #: `{"step", "max_steps", "max_epochs"}` where this run stopped after its last step, else None
-        self.stopped: Optional[dict[str, Any]] = None
-
-    @staticmethod
-    def _limits(trainer: L.Trainer) -> dict[str, Any]:
-        return {
-            "step": int(trainer.global_step),
-            "max_steps": trainer.max_steps,
-            "max_epochs": trainer.max_epochs,
-        }
-
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if not trainer.sanity_checking and is_last_step(trainer, batch_idx):
             trainer.should_stop = True
-            self.stopped = self._limits(trainer)
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.stopped is not None and self.stopped == self._limits(trainer):
-            trainer.should_stop = True  # resumed from the last step's validation: the run had ended
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"stopped": self.stopped}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.stopped = state_dict.get("stopped")
