@@ -3,8 +3,8 @@
 - `AtomicCheckpointIO` writes every checkpoint like every other file of a run (`flows.io.atomic_open`: a
   temporary file in the destination directory, fsync, rename), so a kill at any moment leaves the previous
   complete checkpoint in place, whatever filesystem `$TMPDIR` is on (Lightning's own writer stages the file
-  through fsspec and then copies it into place). It reads with `read_checkpoint`: tensors and plain data only,
-  never code, Lightning's resume included.
+  through fsspec and then copies it into place). It reads with `read_tensor_file`: tensors and plain data
+  only, never code, Lightning's resume and the weights a `ddp_spawn` worker hands back included.
 - `RunCheckpoint` keeps `best.ckpt` on the monitored metric and writes `last.ckpt` at every validation and at
   the end of training (Lightning 2.6 writes `last` only when `best` improves); at a validation after which the
   run ends, `last.ckpt` waits for the end of training, which follows at once.
@@ -22,7 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
 from flows.io import atomic_save
-from flows.training.safety import read_checkpoint
+from flows.training.safety import read_tensor_file
 
 __all__ = ["AtomicCheckpointIO", "RunCheckpoint"]
 
@@ -50,7 +50,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         if not _is_local(path):
             return super().load_checkpoint(path, map_location, weights_only=True)
-        return read_checkpoint(path, map_location if map_location is not None else "cpu")
+        # Lightning reads two kinds of file here: a run's checkpoint to resume (which `flows fit --resume` has
+        # already checked with `read_checkpoint`) and the bare state_dict a `ddp_spawn` worker hands back
+        return read_tensor_file(path, map_location if map_location is not None else "cpu")
 
 
 class RunCheckpoint(ModelCheckpoint):

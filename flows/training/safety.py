@@ -23,6 +23,7 @@ __all__ = [
     "TrainingDivergedError",
     "column_warnings",
     "read_checkpoint",
+    "read_tensor_file",
     "resume_checkpoint",
     "warn_about_columns",
 ]
@@ -121,6 +122,20 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     The file must hold a mapping with a `state_dict` (a Lightning checkpoint or a `DensityEstimator` file).
     """
     path = Path(path)
+    payload = read_tensor_file(path, map_location)
+    if not isinstance(payload, Mapping) or "state_dict" not in payload:
+        kind = type(payload).__name__
+        raise ValueError(
+            f"{path} is not a flows checkpoint: expected a mapping with a state_dict, got {kind}"
+        )
+    return dict(payload)
+
+
+def read_tensor_file(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Any:
+    """Load a torch file of tensors and plain data only (never code); ValueError for a missing, truncated,
+    corrupt or code-carrying file. `read_checkpoint` checks, on top, that it is a checkpoint; Lightning's own
+    files (the weights a `ddp_spawn` worker hands back) are read with this directly."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not path.is_file():
@@ -150,12 +165,7 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
             f"{path} ({size} bytes) is not a readable checkpoint: truncated or corrupted "
             f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else 'no detail'})"
         ) from error
-    if not isinstance(payload, Mapping) or "state_dict" not in payload:
-        kind = type(payload).__name__
-        raise ValueError(
-            f"{path} is not a flows checkpoint: expected a mapping with a state_dict, got {kind}"
-        )
-    return dict(payload)
+    return payload
 
 
 def resume_checkpoint(run_dir: Path, model: Mapping[str, Any]) -> Optional[Path]:
