@@ -101,7 +101,7 @@ class NonFiniteGuard(Callback):
         self._snapshot(parameters)
         gradients = [p.grad for p in parameters if p.grad is not None]
         checks = [] if losses_finite is None else [losses_finite]
-        if gradients and not scaled:  # a NaN or inf anywhere makes the norm of the norms non-finite
+        if gradients and not scaled:  # one fused finiteness pass over every gradient
             checks.append(_all_finite(gradients))
         if not checks or bool(torch.stack(checks).all()):
             return

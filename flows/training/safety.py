@@ -1,7 +1,8 @@
 """Checks of untrusted inputs that need no Lightning: checkpoint files, training columns, and the error a
 diverged run raises.
 
-- `read_checkpoint` loads a checkpoint file with a clear error for a missing, truncated or foreign file;
+- `read_tensor_file` loads a torch file of tensors and plain data only (never code), with a clear error for a
+  missing, truncated or code-carrying file; `read_checkpoint` also checks that it is a checkpoint, and
   `resume_checkpoint` finds and checks the checkpoint that `flows fit --resume` continues from.
 - `column_warnings` finds constant and discrete (heavily repeated) columns before training.
 - `TrainingDivergedError` is what `flows.training.guard.NonFiniteGuard` raises on a non-finite value.

@@ -102,9 +102,9 @@ def make_trainer(
     """The Lightning Trainer of a run (every task and objective).
 
     Best and last checkpoints on `monitor` (the objective's metric, minimised) in `run_dir/checkpoints`,
-    the non-finite guard on it, early stopping on it,
-    the loggers, the validation interval (and a validation after the last step, `ValidateLastStep`), and the config's `trainer` arguments (deterministic by default on
-    CPU). `print_callback` reports validations when the progress bar is off. `resume`: the checkpoint the run
+    the non-finite guard on it, early stopping on it, the loggers, the validation interval (and a validation
+    after the last step, `ValidateLastStep`), and the config's `trainer` arguments (deterministic by default
+    on CPU). `print_callback` reports validations when the progress bar is off. `resume`: the checkpoint the run
     continues from (the CSV log keeps its rows up to that checkpoint's step). `checkpoints=False` (in-memory
     estimator fits): no checkpoint files, the best weights kept in memory by a `BestWeights` callback instead.
     """
