@@ -15,8 +15,9 @@ A script that prints figures, never a timed test. In one process, interleaved ro
 for S in `--steps` (default 20, 200, 2000). Ratios are per round (each case's time over the plain flows
 loop's time in the same round), then their median: on a shared machine the medians move by tens of percent
 between rounds, the paired ratio much less. Then the main job, `flows fit --config configs/demo.yaml`
-(with `--main-epochs` epochs), in a fresh process per run, timed for this tree and, with `--baseline TREE`,
-interleaved with another checkout of the repository (e.g. the commit before a change). Usage::
+(each tree's own config as it stands, or `--main-epochs N` epochs of it), in a fresh process per run, timed
+for this tree and, with `--baseline TREE`, interleaved with another checkout of the repository (e.g. the commit
+before a change). Usage::
 
     python benchmarks/bench_overhead.py                       # everything, 3 rounds
     python benchmarks/bench_overhead.py --steps 20 200 --rounds 5 --main-epochs 0   # no main job
@@ -149,22 +150,13 @@ def bench_fits(steps_list: list[int], rounds: int, rows: int, features: int, bat
             )
 
 
-def _main_job(tree: Path, epochs: int, out: Path, name: str) -> tuple[float, str]:
-    """Seconds of one main-job run in a fresh process, and what it reported (steps, test log-likelihood)."""
-    command = [
-        sys.executable,
-        "-m",
-        "flows.training.cli",
-        "fit",
-        "--config",
-        "configs/demo.yaml",
-        "--train.max_epochs",
-        str(epochs),
-        "--output.dir",
-        str(out),
-        "--output.name",
-        name,
-    ]
+def _main_job(tree: Path, epochs: Optional[int], out: Path, name: str) -> tuple[float, str]:
+    """Seconds of one main-job run in a fresh process (`epochs` None: as `tree` configures it), and what it
+    reported (steps, test log-likelihood)."""
+    command = [sys.executable, "-m", "flows.training.cli", "fit", "--config", "configs/demo.yaml"]
+    if epochs is not None:
+        command += ["--train.max_epochs", str(epochs)]
+    command += ["--output.dir", str(out), "--output.name", name]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     start = time.perf_counter()
     result = subprocess.run(command, cwd=tree, env=env, check=True, capture_output=True, text=True)
@@ -174,7 +166,7 @@ def _main_job(tree: Path, epochs: int, out: Path, name: str) -> tuple[float, str
     return seconds, f"{steps.group(1) if steps else '?'} steps, test LL {report.group(1) if report else '?'}"
 
 
-def bench_main_job(epochs: int, rounds: int, baselines: list[Path]) -> None:
+def bench_main_job(epochs: Optional[int], rounds: int, baselines: list[Path]) -> None:
     trees = {"this tree": REPO} | {f"baseline {tree.name}": tree for tree in baselines}
     times: dict[str, list[float]] = {name: [] for name in trees}
     reports: dict[str, list[str]] = {name: [] for name in trees}
@@ -189,9 +181,10 @@ def bench_main_job(epochs: int, rounds: int, baselines: list[Path]) -> None:
                 seconds, report = _main_job(tree, epochs, Path(directory), f"{label}-{round_}")
                 times[name].append(seconds)
                 reports[name].append(report)
+    override = "" if epochs is None else f" --train.max_epochs {epochs}"
     print(
-        f"\n## main job: flows fit --config configs/demo.yaml --train.max_epochs {epochs} "
-        f"(fresh process, progress bar on as in the README, {rounds} interleaved rounds, each starting with another tree)"
+        f"\n## main job: flows fit --config configs/demo.yaml{override} (each tree's own configs/demo.yaml; "
+        f"fresh process, progress bar on as in the README, {rounds} interleaved rounds, each starting with another tree)"
     )
     width = max(len(name) for name in times)
     print(f"{'tree':{width}s} | median s | time / this tree's (median of per-round ratios) | runs")
@@ -213,7 +206,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=500)
     parser.add_argument("--features", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--main-epochs", type=int, default=3, help="epochs of the main job (0: skip it)")
+    parser.add_argument(
+        "--main-epochs",
+        type=int,
+        default=None,
+        help="epochs of the main job (default: as each tree's configs/demo.yaml says; 0: skip it)",
+    )
     parser.add_argument("--main-rounds", type=int, default=2)
     parser.add_argument(
         "--baseline",
@@ -229,7 +227,7 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}"
     )
     bench_fits(arguments.steps, arguments.rounds, arguments.rows, arguments.features, arguments.batch)
-    if arguments.main_epochs > 0:
+    if arguments.main_epochs is None or arguments.main_epochs > 0:
         bench_main_job(arguments.main_epochs, arguments.main_rounds, arguments.baseline)
 
 
