@@ -115,3 +115,30 @@ def test_a_resume_after_the_last_steps_validation_does_not_train_that_step_again
     after = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
     assert all(torch.equal(expected[name], after[name]) for name in expected)
     assert resumed.metrics["test_log_likelihood"] == full.metrics["test_log_likelihood"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("longer", [False, True], ids=["same_limits", "more_epochs"])
+def test_a_resumed_run_that_early_stopping_ended_stays_ended(tmp_path: Path, longer: bool) -> None:
+    """Lightning does not save `should_stop`: resumed, an early-stopped run trained on to the next validation
+    (and past it, had that one improved). `KeepEarlyStop` stops it again before its first step."""
+    from flows.training.pipeline import run
+    from flows.training.safety import read_checkpoint
+
+    # a learning rate too small to move float32 weights: the validation loss never improves after the first,
+    # so patience 1 stops the run at its second validation (step 6), in the middle of its 5 epochs
+    config = _run_config(tmp_path, lr=1e-12, max_epochs=5, early_stopping_patience=1)
+    finished = run(config, verbose=False)
+    assert finished.metrics["steps"] == 6
+    run_dir = tmp_path / "r"
+    before = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert before["global_step"] == 6
+    (run_dir / "metrics.json").unlink()  # as if killed before the outputs: `--resume` continues the run
+    if longer:
+        config["train"]["max_epochs"] = 6  # resumed with a longer budget: the stopping rule still holds
+    resumed = run(config, verbose=False, resume=True)
+    assert resumed.metrics["steps"] == 6
+    assert _validated_steps(run_dir) == [3, 6]
+    after = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert after["global_step"] == 6
+    assert resumed.metrics["test_log_likelihood"] == finished.metrics["test_log_likelihood"]

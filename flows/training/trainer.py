@@ -25,6 +25,7 @@ from flows.training.config import Config
 from flows.training.guard import safety_callbacks
 from flows.training.last_validation import ValidateLastStep
 from flows.training.loggers import make_loggers
+from flows.training.resumed_stop import KeepEarlyStop
 from flows.training.safety import read_checkpoint
 from flows.training.trainer_options import trainer_arguments
 
@@ -102,9 +103,9 @@ def make_trainer(
     """The Lightning Trainer of a run (every task and objective).
 
     Best and last checkpoints on `monitor` (the objective's metric, minimised) in `run_dir/checkpoints`,
-    the non-finite guard on it, early stopping on it, the loggers, the validation interval (and a validation
-    after the last step, `ValidateLastStep`), and the config's `trainer` arguments (deterministic by default
-    on CPU). `print_callback` reports validations when the progress bar is off. `resume`: the checkpoint the run
+    the non-finite guard on it, early stopping on it (still stopped when resumed: `KeepEarlyStop`), the
+    loggers, the validation interval (and a validation after the last step, `ValidateLastStep`), and the
+    config's `trainer` arguments (deterministic by default on CPU). `print_callback` reports validations when the progress bar is off. `resume`: the checkpoint the run
     continues from (the CSV log keeps its rows up to that checkpoint's step). `checkpoints=False` (in-memory
     estimator fits): no checkpoint files, the best weights kept in memory by a `BestWeights` callback instead.
     """
@@ -137,6 +138,7 @@ def make_trainer(
                 check_on_train_epoch_end=False,  # decide after validations only
             )
         )
+        callbacks.append(KeepEarlyStop())
     if config.output.progress_bar:
         # Redrawn every `log_every_n_steps` steps, when the loss it shows is logged (FlowModule.training_log_due):
         # a redraw each step costs a millisecond, a sizeable part of a small flow's step.
