@@ -31,11 +31,12 @@ def fitted() -> flows.DensityEstimator:
 
 
 _LOAD_AND_SCORE = """
-import sys, numpy as np, flows
+import ast, sys, numpy as np, flows
 assert 'lightning' not in sys.modules, 'import flows'
 estimator = flows.DensityEstimator.load(sys.argv[1])
 scores = estimator.score_samples(np.load(sys.argv[2]))
 assert 'lightning' not in sys.modules, 'load and score'
+assert estimator.get_params()['trainer'] == ast.literal_eval(sys.argv[4]), estimator.get_params()['trainer']
 np.save(sys.argv[3], scores)
 flows.DensityEstimator(max_steps=2, batch_size=8, num_threads=1).fit(np.load(sys.argv[2]))
 assert 'lightning' in sys.modules, 'fit'
@@ -43,22 +44,30 @@ assert 'lightning' in sys.modules, 'fit'
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "trainer", [None, {"enable_model_summary": True}], ids=["no_trainer", "trainer_section"]
+)
 def test_building_loading_and_scoring_an_estimator_do_not_import_lightning(
-    fitted: flows.DensityEstimator, tmp_path: Path
+    fitted: flows.DensityEstimator, tmp_path: Path, trainer: dict | None
 ) -> None:
     """Lightning (seconds of start-up) is imported by the first fit only, not by `import flows`, building
-    an estimator, loading a saved one or scoring rows with it."""
+    an estimator, loading a saved one (with a `trainer` section too, which only `fit` needs, and which the
+    loaded estimator keeps) or scoring rows with it."""
+    import copy
     import subprocess
 
     rows = _data(40, 1)
     np.save(tmp_path / "rows.npy", rows)
-    fitted.save(tmp_path / "model.pt")
+    saved = copy.copy(fitted)
+    saved.trainer = trainer
+    saved.save(tmp_path / "model.pt")
     result = subprocess.run(
         [
             sys.executable,
             "-c",
             _LOAD_AND_SCORE,
             *(str(tmp_path / n) for n in ("model.pt", "rows.npy", "s.npy")),
+            repr(trainer),
         ],
         capture_output=True,
         text=True,

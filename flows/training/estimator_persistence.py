@@ -54,10 +54,14 @@ class EstimatorPersistence:
                 **{k: v for k, v in config.model.items() if k != "name"},
                 "seed": config.seed,
             }
+        # Built without its `trainer` section, which is checked against `lightning.Trainer` (importing
+        # Lightning: seconds) and matters only to `fit`, which checks it again; scoring and sampling need neither.
         try:
-            estimator = cls(**params)
+            estimator = cls(**{**params, "trainer": None})
         except (ConfigError, TypeError):
             estimator = cls(model=loaded.config.model["name"])
+        else:
+            estimator.trainer = params.get("trainer")
         dtype = getattr(torch, str(payload.get("dtype", "")), None)
         estimator.flow_ = loaded.flow.to(dtype) if isinstance(dtype, torch.dtype) else loaded.flow
         estimator.record_ = payload.get("record") or payload.get("hyper_parameters")
