@@ -118,27 +118,35 @@ def test_a_resume_after_the_last_steps_validation_does_not_train_that_step_again
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("longer", [False, True], ids=["same_limits", "more_epochs"])
-def test_a_resumed_run_that_early_stopping_ended_stays_ended(tmp_path: Path, longer: bool) -> None:
+@pytest.mark.parametrize("case", ["same_limits", "more_epochs", "checkpoint_without_reason"])
+def test_a_resumed_run_that_early_stopping_ended_stays_ended(
+    tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Lightning does not save `should_stop`: resumed, an early-stopped run trained on to the next validation
-    (and past it, had that one improved). `KeepEarlyStop` stops it again before its first step."""
+    (and past it, had that one improved). `KeepEarlyStop` stops it again before its first step, from the
+    saved stopping reason, or from the patience spent in a checkpoint without one (Lightning before 2.6)."""
     from flows.training.pipeline import run
     from flows.training.safety import read_checkpoint
 
-    # a learning rate too small to move float32 weights: the validation loss never improves after the first,
-    # so patience 1 stops the run at its second validation (step 6), in the middle of its 5 epochs
+    # a learning rate too small to lower the validation loss measurably: it does not improve after the first
+    # validation, so patience 1 stops the run at its second validation (step 6), in the middle of its 5 epochs
     config = _run_config(tmp_path, lr=1e-12, max_epochs=5, early_stopping_patience=1)
     finished = run(config, verbose=False)
     assert finished.metrics["steps"] == 6
     run_dir = tmp_path / "r"
-    before = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert before["global_step"] == 6
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == 6
     (run_dir / "metrics.json").unlink()  # as if killed before the outputs: `--resume` continues the run
-    if longer:
+    if case == "more_epochs":
         config["train"]["max_epochs"] = 6  # resumed with a longer budget: the stopping rule still holds
+    if case == "checkpoint_without_reason":
+        checkpoint = read_checkpoint(last)
+        states = [state for key, state in checkpoint["callbacks"].items() if key.startswith("EarlyStopping")]
+        assert len(states) == 1 and states[0].pop("stopping_reason") != 0
+        torch.save(checkpoint, last)
     resumed = run(config, verbose=False, resume=True)
     assert resumed.metrics["steps"] == 6
     assert _validated_steps(run_dir) == [3, 6]
-    after = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert after["global_step"] == 6
+    assert read_checkpoint(last)["global_step"] == 6
     assert resumed.metrics["test_log_likelihood"] == finished.metrics["test_log_likelihood"]
+    assert "had been stopped early" in caplog.text

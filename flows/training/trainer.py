@@ -105,9 +105,10 @@ def make_trainer(
     Best and last checkpoints on `monitor` (the objective's metric, minimised) in `run_dir/checkpoints`,
     the non-finite guard on it, early stopping on it (still stopped when resumed: `KeepEarlyStop`), the
     loggers, the validation interval (and a validation after the last step, `ValidateLastStep`), and the
-    config's `trainer` arguments (deterministic by default on CPU). `print_callback` reports validations when the progress bar is off. `resume`: the checkpoint the run
-    continues from (the CSV log keeps its rows up to that checkpoint's step). `checkpoints=False` (in-memory
-    estimator fits): no checkpoint files, the best weights kept in memory by a `BestWeights` callback instead.
+    config's `trainer` arguments (deterministic by default on CPU). `print_callback` reports validations when
+    the progress bar is off. `resume`: the checkpoint the run continues from (the CSV log keeps its rows up to
+    that checkpoint's step). `checkpoints=False` (in-memory estimator fits): no checkpoint files, the best
+    weights kept in memory by a `BestWeights` callback instead.
     """
     train = config.train
     trainer_kwargs = trainer_arguments(config.trainer)
