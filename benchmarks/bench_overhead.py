@@ -19,7 +19,7 @@ between rounds, the paired ratio much less. Then the main job, `flows fit --conf
 for this tree and, with `--baseline TREE`, interleaved with another checkout of the repository (e.g. the commit
 before a change). Usage::
 
-    python benchmarks/bench_overhead.py                       # everything, 3 rounds
+    python benchmarks/bench_overhead.py                       # fits (3 rounds), then 2 rounds of the main job
     python benchmarks/bench_overhead.py --steps 20 200 --rounds 5 --main-epochs 0   # no main job
     python benchmarks/bench_overhead.py --baseline /tmp/old-checkout --baseline /tmp/older --main-epochs 3
 """

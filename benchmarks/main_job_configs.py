@@ -32,6 +32,7 @@ PREVIOUS = (
 
 
 def _run(name: str, overrides: list[str], seed: int, out: Path) -> tuple[str, int, float, float, int]:
+    """One main-job run of case `name` in a fresh process: (name, seed, test log-likelihood, seconds, steps)."""
     command = [sys.executable, "-m", "flows.training.cli", "fit", "--config", "configs/demo.yaml"]
     command += ["--seed", str(seed), "--output.dir", str(out), "--output.name", f"{name}-{seed}"]
     command += [
@@ -47,12 +48,20 @@ def _run(name: str, overrides: list[str], seed: int, out: Path) -> tuple[str, in
     start = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    log_likelihood = float(re.search(r"test log-likelihood: (\S+)", result.stdout).group(1))
-    steps = int(re.search(r"steps: (\d+)", result.stdout).group(1))
+    reported = (
+        re.search(r"test log-likelihood: (\S+)", result.stdout),
+        re.search(r"; steps: (\d+);", result.stdout),
+    )
+    if reported[0] is None or reported[1] is None:
+        raise RuntimeError(
+            f"case {name}, seed {seed}: no test log-likelihood or steps in\n{result.stdout[-2000:]}"
+        )
+    log_likelihood, steps = float(reported[0].group(1)), int(reported[1].group(1))
     return name, seed, log_likelihood, seconds, steps
 
 
 def main() -> None:
+    """Run every case for every seed and print one line per case."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -67,7 +76,11 @@ def main() -> None:
     arguments = parser.parse_args()
     cases = {"shipped": [], "previous": PREVIOUS.split()}
     for case in arguments.case:
-        name, _, overrides = case.partition("=")
+        name, equals, overrides = case.partition("=")
+        if not equals or not name or name in cases:
+            parser.error(
+                f'--case takes NAME="overrides" with a new NAME (not shipped or previous), got {case!r}'
+            )
         cases[name] = overrides.split()
     with tempfile.TemporaryDirectory(prefix="flows-main-job-") as directory:
         jobs = [(name, overrides, seed) for seed in arguments.seeds for name, overrides in cases.items()]
