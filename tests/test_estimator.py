@@ -131,6 +131,26 @@ def test_save_load_round_trip(fitted: flows.DensityEstimator, tmp_path: Path) ->
     assert loaded.get_params()["model"] == "gaussian" and loaded.get_params()["lr"] == pytest.approx(0.05)
 
 
+def test_loading_parameters_that_no_longer_validate_warns_and_keeps_the_saved_flow(
+    fitted: flows.DensityEstimator, tmp_path: Path
+) -> None:
+    """Parameters saved by another version (or edited) that the constructor refuses: the estimator still
+    scores with its saved flow, and says that its parameters are the defaults now."""
+    import torch
+
+    from flows.training.safety import read_checkpoint
+
+    path = fitted.save(tmp_path / "model.pt")
+    payload = read_checkpoint(path)
+    payload["params"]["lr"] = "fast"
+    torch.save(payload, path)
+    test = _data(20, 2)
+    with pytest.warns(UserWarning, match="parameters do not validate .*'train.lr'.* use the defaults"):
+        loaded = flows.DensityEstimator.load(path)
+    np.testing.assert_allclose(loaded.score_samples(test), fitted.score_samples(test), rtol=1e-12)
+    assert loaded.get_params()["lr"] == flows.DensityEstimator().get_params()["lr"]
+
+
 @pytest.mark.slow
 def test_dataframes_keep_column_names_and_order(tmp_path: Path) -> None:
     frame = pd.DataFrame(_data(1500, 5), columns=["height", "weight", "ratio"])

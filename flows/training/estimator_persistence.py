@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -58,7 +59,12 @@ class EstimatorPersistence:
         # Lightning: seconds) and matters only to `fit`, which checks it again; scoring and sampling need neither.
         try:
             estimator = cls(**{**params, "trainer": None})
-        except (ConfigError, TypeError):
+        except (ConfigError, TypeError) as error:  # saved by another version, or edited
+            warnings.warn(
+                f"{path}: the saved estimator's parameters do not validate ({error}); it scores and samples "
+                "with its saved flow, but get_params() and a refit use the defaults",
+                stacklevel=2,
+            )
             estimator = cls(model=loaded.config.model["name"])
         else:
             estimator.trainer = params.get("trainer")
