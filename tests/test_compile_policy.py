@@ -44,7 +44,15 @@ def test_the_compile_time_estimate_is_affine_in_the_aten_calls() -> None:
     assert estimated_compile_seconds(0) == fixed
     assert estimated_compile_seconds(2000) == pytest.approx(fixed + 2000 * per_call)
     # within a factor 1.5 of what benchmarks/bench_compile.py measured on the project's VM
-    for calls, measured in ((588, 20.8), (588, 25.1), (1886, 55.2), (1886, 60.9), (2344, 58.4), (2344, 84.2)):
+    for calls, measured in (
+        (588, 20.8),
+        (588, 25.1),
+        (958, 36.0),
+        (1886, 55.2),
+        (1886, 60.9),
+        (2344, 58.4),
+        (2344, 84.2),
+    ):
         assert measured / 1.5 < estimated_compile_seconds(calls) < 1.5 * measured
 
 
