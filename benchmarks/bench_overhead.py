@@ -30,9 +30,7 @@ import argparse
 import copy
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _main_job import run_main_job  # noqa: E402  (benchmarks/, on sys.path when run as a script)
 
 import flows  # noqa: E402
 
@@ -153,17 +153,11 @@ def bench_fits(steps_list: list[int], rounds: int, rows: int, features: int, bat
 def _main_job(tree: Path, epochs: Optional[int], out: Path, name: str) -> tuple[float, str]:
     """Seconds of one main-job run in a fresh process (`epochs` None: as `tree` configures it), and what it
     reported (steps, test log-likelihood)."""
-    command = [sys.executable, "-m", "flows.training.cli", "fit", "--config", "configs/demo.yaml"]
-    if epochs is not None:
-        command += ["--train.max_epochs", str(epochs)]
-    command += ["--output.dir", str(out), "--output.name", name]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=tree, env=env, check=True, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    report = re.search(r"test log-likelihood: (\S+)", result.stdout)
-    steps = re.search(r"steps: (\d+)", result.stdout)
-    return seconds, f"{steps.group(1) if steps else '?'} steps, test LL {report.group(1) if report else '?'}"
+    arguments = [] if epochs is None else ["--train.max_epochs", str(epochs)]
+    run = run_main_job(tree, [*arguments, "--output.dir", str(out), "--output.name", name])
+    steps = "?" if run.steps is None else run.steps
+    log_likelihood = "?" if run.test_log_likelihood is None else f"{run.test_log_likelihood:.4f}"
+    return run.seconds, f"{steps} steps, test LL {log_likelihood}"
 
 
 def bench_main_job(epochs: Optional[int], rounds: int, baselines: list[Path]) -> None:

@@ -13,15 +13,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from _main_job import run_main_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,31 +30,14 @@ PREVIOUS = (
 
 def _run(name: str, overrides: list[str], seed: int, out: Path) -> tuple[str, int, float, float, int]:
     """One main-job run of case `name` in a fresh process: (name, seed, test log-likelihood, seconds, steps)."""
-    command = [sys.executable, "-m", "flows.training.cli", "fit", "--config", "configs/demo.yaml"]
-    command += ["--seed", str(seed), "--output.dir", str(out), "--output.name", f"{name}-{seed}"]
-    command += [
-        "--output.plots",
-        "false",
-        "--output.samples",
-        "0",
-        "--output.progress_bar",
-        "false",
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    reported = (
-        re.search(r"test log-likelihood: (\S+)", result.stdout),
-        re.search(r"; steps: (\d+);", result.stdout),
-    )
-    if reported[0] is None or reported[1] is None:
+    arguments = ["--seed", str(seed), "--output.dir", str(out), "--output.name", f"{name}-{seed}"]
+    arguments += ["--output.plots", "false", "--output.samples", "0", "--output.progress_bar", "false"]
+    run = run_main_job(REPO, [*arguments, *overrides], env={"OMP_NUM_THREADS": "1"})
+    if run.test_log_likelihood is None or run.steps is None:
         raise RuntimeError(
-            f"case {name}, seed {seed}: no test log-likelihood or steps in\n{result.stdout[-2000:]}"
+            f"case {name}, seed {seed}: no test log-likelihood or steps in\n{run.stdout[-2000:]}"
         )
-    log_likelihood, steps = float(reported[0].group(1)), int(reported[1].group(1))
-    return name, seed, log_likelihood, seconds, steps
+    return name, seed, run.test_log_likelihood, run.seconds, run.steps
 
 
 def main() -> None:
