@@ -118,18 +118,10 @@ class Spline(Transformer):
 
     def __call__(self, x: Tensor, params: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
         self.check_params(x, params)
-        bins = self.bins
-        # One split, not three slices: its backward concatenates the three gradients in one op, where each
-        # slice's backward would fill a zero tensor of the parameters' shape and the three would then be added.
-        widths, heights, derivatives = params.split((bins, bins, params.shape[-1] - 2 * bins), dim=-1)
-        if self.tails == "identity":
-            # A raw derivative of 0 is a slope of exactly 1: identity tails.
-            derivatives = torch.nn.functional.pad(derivatives, (1, 1), value=0.0)
-        return ops.rational_quadratic_spline(
+        return ops.rational_quadratic_spline_packed(
             x,
-            widths,
-            heights,
-            derivatives,
+            params,
+            self.bins,
             inverse=inverse,
             bound=self.bound,
             min_bin_width=self.min_bin_width,

@@ -108,7 +108,10 @@ def test_a_discrete_column_recovers_poisson_probabilities(tmp_path: Path) -> Non
     assert np.all(samples == np.round(samples)) and samples.min() >= 0
     assert samples.mean() == pytest.approx(3.0, abs=0.15)
     path = est.save(tmp_path / "counts.pt")
-    np.testing.assert_allclose(flows.DensityEstimator.load(path).score_samples(k[:5]), np.log(mass[:5]))
+    # the same rows in one batch as before saving (float32 results may differ by batch size at the last bits)
+    np.testing.assert_allclose(
+        flows.DensityEstimator.load(path).score_samples(k[:5]), est.score_samples(k[:5])
+    )
 
 
 @pytest.mark.slow

@@ -15,7 +15,11 @@ from torch import Tensor
 
 from flows import ops
 from flows.ops.affine_reference import SCALE_FUNCTIONS, affine_reference, log_scale_from_raw
-from flows.ops.spline_reference import rational_quadratic_spline_reference, spline_knots
+from flows.ops.spline_reference import (
+    rational_quadratic_spline_packed_reference,
+    rational_quadratic_spline_reference,
+    spline_knots,
+)
 
 BOUND = 3.0
 
@@ -193,6 +197,82 @@ def test_spline_rejects_bad_parameters() -> None:
         rational_quadratic_spline_reference(
             x, torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.zeros(2, 3, 5), min_bin_width=0.3
         )
+
+
+@pytest.mark.parametrize("tails", ["linear", "identity"])
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+@pytest.mark.parametrize("batch", [(), (5,), (2, 3), (0,)], ids=["no-batch", "rows", "grid", "empty"])
+def test_packed_spline_equals_the_three_tensor_spline(
+    tails: str, inverse: bool, batch: tuple[int, ...]
+) -> None:
+    """One parameter tensor per element (as a conditioner returns it; identity tails leave out the two
+    boundary derivatives) gives the values and gradients of the three-tensor spline, also when the
+    parameters are not contiguous."""
+    bins, features = 5, 3
+    count = 3 * bins + 1 if tails == "linear" else 3 * bins - 1
+    generator = torch.Generator().manual_seed(11)
+    x = torch.empty(batch + (features,), dtype=torch.float64).uniform_(-4.0, 4.0, generator=generator)
+    # built transposed: a view whose last dimension is not contiguous
+    params = torch.randn(batch + (count, features), generator=generator, dtype=torch.float64).transpose(
+        -1, -2
+    )
+    weights = torch.randn(batch + (features,), generator=generator, dtype=torch.float64)
+
+    def outputs(packed: bool) -> list[Tensor]:
+        inputs = [x.clone().requires_grad_(), params.clone().requires_grad_()]
+        options = {"inverse": inverse, "bound": BOUND, "min_bin_width": 0.02, "min_bin_height": 0.05}
+        if packed:
+            y, ladj = rational_quadratic_spline_packed_reference(*inputs, bins, **options)
+        else:
+            widths, heights, derivatives = inputs[1].split((bins, bins, count - 2 * bins), dim=-1)
+            if tails == "identity":
+                derivatives = torch.nn.functional.pad(derivatives, (1, 1))
+            y, ladj = rational_quadratic_spline_reference(inputs[0], widths, heights, derivatives, **options)
+        assert y.shape == x.shape and ladj.shape == x.shape[:-1]
+        gradients = torch.autograd.grad((weights * y).sum() + ladj.sum(), inputs, allow_unused=True)
+        return [y, ladj, *(torch.zeros(()) if g is None else g for g in gradients)]
+
+    for packed, separate in zip(outputs(True), outputs(False)):
+        torch.testing.assert_close(packed, separate, rtol=1e-12, atol=1e-12)
+    if tails == "identity" and batch == (5,):  # far outside the bound the identity tails are the identity
+        far = torch.full((5, features), 40.0, dtype=torch.float64)
+        y, ladj = rational_quadratic_spline_packed_reference(far, params, bins, bound=BOUND)
+        torch.testing.assert_close(y, far)
+        torch.testing.assert_close(ladj, torch.zeros(5, dtype=torch.float64))
+
+
+def test_spline_with_different_minimum_widths_and_heights_passes_through_its_knots() -> None:
+    """Widths and heights share one knot computation with a map per minimum bin size: at each knot x
+    (computed separately by `spline_knots`) the spline is the knot y with the knot's derivative, and the
+    bins respect their own minimum sizes."""
+    bins, min_width, min_height = 4, 0.1, 0.02
+    widths, heights, derivatives = _spline_params((3, 2), bins, seed=5, scale=3.0)
+    knot_x, knot_y, knot_derivatives = spline_knots(
+        widths, heights, derivatives, BOUND, min_width, min_height, 1e-3
+    )
+    assert (knot_x.diff(dim=-1) >= 2 * BOUND * min_width - 1e-12).all()
+    assert (knot_y.diff(dim=-1) >= 2 * BOUND * min_height - 1e-12).all()
+    assert (knot_y.diff(dim=-1) < 2 * BOUND * min_width).any()  # the heights' own, smaller minimum is used
+    at_knots = [tensor.unsqueeze(-2).expand(3, 2, bins + 1, -1) for tensor in (widths, heights, derivatives)]
+    x = knot_x.clone().requires_grad_()
+    y, _ = rational_quadratic_spline_reference(
+        x, *at_knots, bound=BOUND, min_bin_width=min_width, min_bin_height=min_height
+    )
+    torch.testing.assert_close(y, knot_y, rtol=0.0, atol=1e-12)
+    (slopes,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(slopes, knot_derivatives, rtol=1e-9, atol=1e-12)
+
+
+def test_spline_rejects_mismatched_shapes_and_parameter_counts() -> None:
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"widths must have shape x.shape \+ \(bins,\) = \(2, 3\)"):
+        rational_quadratic_spline_reference(
+            x, torch.zeros(1, 3, 4), torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)
+        )
+    with pytest.raises(ValueError, match=r"3K \+ 1 \(linear tails\) or 3K - 1 \(identity tails\) = 13 or 11"):
+        rational_quadratic_spline_packed_reference(x, torch.zeros(2, 3, 12), 4)
+    with pytest.raises(ValueError, match=r"params must have shape x.shape \+ \(P,\) = \(2, 3\) \+ \(13,\)"):
+        rational_quadratic_spline_packed_reference(x, torch.zeros(3, 2, 13), 4)
 
 
 @pytest.fixture()

@@ -23,7 +23,11 @@ import torch
 from torch import Tensor
 
 from flows.ops.affine_reference import SCALE_FUNCTIONS, affine_reference, log_scale_from_raw
-from flows.ops.spline_reference import rational_quadratic_spline_reference, spline_knots
+from flows.ops.spline_reference import (
+    rational_quadratic_spline_packed_reference,
+    rational_quadratic_spline_reference,
+    spline_knots,
+)
 
 __all__ = [
     "BACKENDS",
@@ -32,6 +36,7 @@ __all__ = [
     "get_backend",
     "log_scale_from_raw",
     "rational_quadratic_spline",
+    "rational_quadratic_spline_packed",
     "set_backend",
     "spline_knots",
     "use_backend",
@@ -119,6 +124,37 @@ def rational_quadratic_spline(
         min_bin_height=min_bin_height,
         min_derivative=min_derivative,
     )
+
+
+def rational_quadratic_spline_packed(
+    x: Tensor,
+    params: Tensor,
+    bins: int,
+    inverse: bool = False,
+    bound: float = 3.0,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    """The spline with its parameters in one tensor; see `rational_quadratic_spline_packed_reference`.
+
+    Shapes: `x (..., d)`, `params (..., d, 3K + 1)` (linear tails) or `(..., d, 3K - 1)` (identity tails);
+    returns `y (..., d)` and `ladj (...)`. Backends that take the three parameter tensors get them split.
+    """
+    options = {
+        "inverse": inverse,
+        "bound": bound,
+        "min_bin_width": min_bin_width,
+        "min_bin_height": min_bin_height,
+        "min_derivative": min_derivative,
+    }
+    implementation = _select("rational_quadratic_spline", x, rational_quadratic_spline_reference)
+    if implementation is rational_quadratic_spline_reference:
+        return rational_quadratic_spline_packed_reference(x, params, bins, **options)  # type: ignore[arg-type]
+    widths, heights, derivatives = params.split((bins, bins, params.shape[-1] - 2 * bins), dim=-1)
+    if params.shape[-1] == 3 * bins - 1:
+        derivatives = torch.nn.functional.pad(derivatives, (1, 1), value=0.0)  # identity tails: slopes of 1
+    return implementation(x, widths, heights, derivatives, **options)
 
 
 def affine(

@@ -13,7 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["rational_quadratic_spline_reference", "spline_knots"]
+__all__ = [
+    "rational_quadratic_spline_packed_reference",
+    "rational_quadratic_spline_reference",
+    "spline_knots",
+]
 
 
 def _softplus_inverse(value: float) -> float:
@@ -24,25 +28,70 @@ _KNOT_MAPS: dict[tuple, tuple[Tensor, Tensor]] = {}
 
 
 def _knot_map(
-    bins: int, bound: float, minimum: float, dtype: torch.dtype, device: torch.device
+    bins: int,
+    bound: float,
+    minimums: tuple[float, ...],
+    trailing: int,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> tuple[Tensor, Tensor]:
-    """`(offset, scale)`, each `(K + 1,)`: knot_j = offset_j + scale_j * (p_0 + ... + p_{j-1}) for the interior
-    knots, and exactly -bound and bound at the ends (scale 0). Cached per (bins, bound, minimum, dtype,
-    device) outside `torch.compile` (two fewer tensors to build per call); built afresh while tracing."""
-    key = (bins, bound, minimum, dtype, device)
+    """`(offset, scale)`, each `(K + 1,)` for one minimum bin size, else `(len(minimums), K + 1)`, followed by
+    `trailing` dimensions of size 1: for each minimum bin size, knot_j = offset_j + scale_j * (p_0 + ... + p_{j-1})
+    for the interior knots, and exactly -bound and bound at the ends (scale 0). Cached per arguments outside
+    `torch.compile` (fewer tensors to build per call); built afresh while tracing."""
+    key = (bins, bound, minimums, trailing, dtype, device)
     cached = None if torch.compiler.is_compiling() else _KNOT_MAPS.get(key)
     if cached is not None:
         return cached
     with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
         positions = torch.arange(bins + 1, dtype=torch.float64)
+        minimum = torch.tensor(minimums, dtype=torch.float64)[:, None]
         offset = -bound + 2.0 * bound * minimum * positions
-        offset[-1] = bound
-        scale = torch.full((bins + 1,), 2.0 * bound * (1.0 - minimum * bins), dtype=torch.float64)
-        scale[0] = scale[-1] = 0.0
-        built = (offset.to(dtype=dtype, device=device), scale.to(dtype=dtype, device=device))
+        offset[:, -1] = bound
+        scale = (2.0 * bound * (1.0 - minimum * bins)).expand(len(minimums), bins + 1).clone()
+        scale[:, 0] = scale[:, -1] = 0.0
+        shape = ((bins + 1,) if len(minimums) == 1 else (len(minimums), bins + 1)) + (1,) * trailing
+        built = (
+            offset.to(dtype=dtype, device=device).view(shape),
+            scale.to(dtype=dtype, device=device).view(shape),
+        )
     if not torch.compiler.is_compiling():
         _KNOT_MAPS[key] = built
     return built
+
+
+def _check_minimum_sizes(bins: int, min_bin_width: float, min_bin_height: float) -> None:
+    if min_bin_width * bins >= 1.0 or min_bin_height * bins >= 1.0:
+        raise ValueError(
+            f"min_bin_width and min_bin_height must be < 1/bins = {1.0 / bins:.4g}, "
+            f"got {min_bin_width} and {min_bin_height}"
+        )
+
+
+def _cumulative_knots(unnormalized: Tensor, dim: int, bound: float, minimums: tuple[float, ...]) -> Tensor:
+    """Knot positions (`K + 1` along `dim`, from `-bound` to `bound` exactly) from raw bin sizes (`K` along `dim`).
+
+    `minimums` holds one minimum bin size, or one per index of the dimension just before `dim` (widths and
+    heights stacked there, with their own minimums).
+    """
+    dim = dim % unnormalized.dim()
+    bins = unnormalized.shape[dim]
+    trailing = (1,) * (unnormalized.dim() - 1 - dim)
+    # The softmax is written out: over a short bin dimension torch.softmax is several times slower on CPUs than
+    # these element-wise ops. The shift is detached (the softmax does not depend on it), so the backward pass
+    # has no max to differentiate.
+    exponentials = torch.exp(unnormalized - unnormalized.detach().amax(dim=dim, keepdim=True))
+    probabilities = exponentials / exponentials.sum(dim=dim, keepdim=True)
+    # knot_j = -bound + 2 bound sum_{i<j} (minimum + (1 - minimum K) p_i): an affine map of the cumulative
+    # probabilities, with both ends pinned exactly (zero scale there) so that the tails join without a gap.
+    cumulative = F.pad(torch.cumsum(probabilities, dim=dim), (0, 0) * len(trailing) + (1, 0))
+    offset, scale = _knot_map(bins, bound, minimums, len(trailing), cumulative.dtype, cumulative.device)
+    return torch.addcmul(offset, scale, cumulative)
+
+
+def _positive_derivatives(unnormalized: Tensor, min_derivative: float) -> Tensor:
+    """`min_derivative + softplus(raw + shift)`, shifted so that a raw value of 0 is a derivative of 1."""
+    return min_derivative + F.softplus(unnormalized + _softplus_inverse(1.0 - min_derivative))
 
 
 def spline_knots(
@@ -60,30 +109,10 @@ def spline_knots(
     `(..., K + 1)`, knot y positions `(..., K + 1)` (both from `-bound` to `bound` exactly) and
     positive derivatives `(..., K + 1)`. Raw parameters of zero give the identity map.
     """
-    bins = unnormalized_widths.shape[-1]
-    if min_bin_width * bins >= 1.0 or min_bin_height * bins >= 1.0:
-        raise ValueError(
-            f"min_bin_width and min_bin_height must be < 1/bins = {1.0 / bins:.4g}, "
-            f"got {min_bin_width} and {min_bin_height}"
-        )
-
-    def knots(unnormalized: Tensor, minimum: float) -> Tensor:
-        # The softmax is written out: over a short last dimension torch.softmax is several times slower
-        # on CPUs than these element-wise ops. The shift is detached (the softmax does not depend on it), so
-        # the backward pass has no max to differentiate.
-        exponentials = torch.exp(unnormalized - unnormalized.detach().amax(dim=-1, keepdim=True))
-        probabilities = exponentials / exponentials.sum(dim=-1, keepdim=True)
-        # knot_j = -bound + 2 bound sum_{i<j} (minimum + (1 - minimum K) p_i): an affine map of the cumulative
-        # probabilities, with both ends pinned exactly (zero scale there) so that the tails join without a gap.
-        cumulative = F.pad(torch.cumsum(probabilities, dim=-1), (1, 0))  # the last (about 1) gets scale 0
-        offset, scale = _knot_map(bins, bound, minimum, cumulative.dtype, cumulative.device)
-        return torch.addcmul(offset, scale, cumulative)
-
-    knot_x = knots(unnormalized_widths, min_bin_width)
-    knot_y = knots(unnormalized_heights, min_bin_height)
-    shift = _softplus_inverse(1.0 - min_derivative)
-    derivatives = min_derivative + F.softplus(unnormalized_derivatives + shift)
-    return knot_x, knot_y, derivatives
+    _check_minimum_sizes(unnormalized_widths.shape[-1], min_bin_width, min_bin_height)
+    knot_x = _cumulative_knots(unnormalized_widths, -1, bound, (min_bin_width,))
+    knot_y = _cumulative_knots(unnormalized_heights, -1, bound, (min_bin_height,))
+    return knot_x, knot_y, _positive_derivatives(unnormalized_derivatives, min_derivative)
 
 
 def _clamp_unit(xi: Tensor) -> Tensor:
@@ -95,62 +124,55 @@ def _clamp_unit(xi: Tensor) -> Tensor:
     return xi + (xi.clamp(0.0, 1.0) - xi).detach()
 
 
-def _gather_bins(knot_x: Tensor, knot_y: Tensor, derivatives: Tensor, index: Tensor) -> list[Tensor]:
-    """`[x_k, x_k1, y_k, y_k1, d_k, d_k1]`: the knot values `(..., K + 1)` at `index` and `index + 1`.
+def _elements_last(tensor: Tensor, event_dims: int) -> Tensor:
+    """`batch + event` -> contiguous `event + (rows,)`, with `rows` the batch's size and `event` the last
+    `event_dims` dimensions: one 2-D transposed copy (a blocked copy on CPUs).
 
-    One index pair for three gathers: stacking the three knot tensors for a single gather would copy all
-    `3 (K + 1)` values per element, which costs more than the two extra gathers on large batches.
+    In this layout every reduction over the bins and every element-wise op runs along contiguous rows of
+    `rows` values. In the batch-first layout the bin dimension is innermost, so the knots' reductions,
+    cumulative sums and broadcasts ran along rows of K or K + 1 values, several times slower per value on CPUs.
     """
-    pair = torch.stack((index, index + 1), dim=-1)
-    return [
-        value
-        for values in (knot_x, knot_y, derivatives)
-        for value in torch.gather(values, -1, pair).unbind(-1)
-    ]
+    event = tuple(tensor.shape[tensor.dim() - event_dims :])
+    rows = math.prod(tensor.shape[: tensor.dim() - event_dims])
+    return tensor.reshape(rows, math.prod(event)).t().contiguous().view(event + (rows,))
 
 
-def rational_quadratic_spline_reference(
+def _batch_first(tensor: Tensor, batch: tuple[int, ...]) -> Tensor:
+    """Inverse of `_elements_last` for `(d, rows)`: `batch + (d,)` (a transposed view when `batch` is one dim)."""
+    return tensor.t().reshape(batch + tensor.shape[:1])
+
+
+def _spline_elements_last(
     x: Tensor,
-    unnormalized_widths: Tensor,
-    unnormalized_heights: Tensor,
-    unnormalized_derivatives: Tensor,
-    inverse: bool = False,
-    bound: float = 3.0,
-    min_bin_width: float = 1e-3,
-    min_bin_height: float = 1e-3,
-    min_derivative: float = 1e-3,
+    knot_params: Tensor,
+    derivative_params: Tensor,
+    inverse: bool,
+    bound: float,
+    min_bin_width: float,
+    min_bin_height: float,
+    min_derivative: float,
 ) -> tuple[Tensor, Tensor]:
-    """Apply the spline element-wise and sum the log-derivatives over the last dimension.
+    """The spline in the elements-last layout of `_elements_last`.
 
-    Shapes: `x (..., d)`; widths and heights `(..., d, K)`; derivatives `(..., d, K + 1)` (the first
-    and last are the slopes of the left and right linear tails). Returns `y (..., d)` and
-    `ladj (...)`, the sum over the last dimension of `log |dy/dx|` (of the map applied: for
-    `inverse=True` that is the inverse map).
+    Shapes: `x (d, N)`; `knot_params (d, 2, K, N)`, the raw bin widths then the raw bin heights;
+    `derivative_params (d, K + 1, N)`. Returns `y (d, N)` and `log |dy/dx| (d, N)` of the map applied.
     """
-    if unnormalized_derivatives.shape[-1] != unnormalized_widths.shape[-1] + 1:
-        raise ValueError(
-            "expected K + 1 derivatives for K bins, got "
-            f"{unnormalized_derivatives.shape[-1]} derivatives and {unnormalized_widths.shape[-1]} bins"
-        )
-    knot_x, knot_y, derivatives = spline_knots(
-        unnormalized_widths,
-        unnormalized_heights,
-        unnormalized_derivatives,
-        bound,
-        min_bin_width,
-        min_bin_height,
-        min_derivative,
-    )
-    knot_x = knot_x.to(x.dtype)
-    knot_y = knot_y.to(x.dtype)
-    derivatives = derivatives.to(x.dtype)
-    source_knots = knot_y if inverse else knot_x
+    bins = knot_params.shape[2]
+    _check_minimum_sizes(bins, min_bin_width, min_bin_height)
+    minimums = (min_bin_width,) if min_bin_width == min_bin_height else (min_bin_width, min_bin_height)
+    # Widths and heights in one block: one softmax and one cumulative sum for both.
+    knots = _cumulative_knots(knot_params, 2, bound, minimums).to(x.dtype)  # (d, 2, K + 1, N): x, then y
+    derivatives = _positive_derivatives(derivative_params, min_derivative).to(x.dtype)  # (d, K + 1, N)
 
     # Element-wise: bins for inputs inside, clamped inputs keep the unused branch finite.
     inside = x.abs() <= bound
     clamped = x.clamp(-bound, bound)
-    index = (clamped.unsqueeze(-1) >= source_knots[..., 1:-1]).sum(dim=-1)
-    x_k, x_k1, y_k, y_k1, d_k, d_k1 = _gather_bins(knot_x, knot_y, derivatives, index)
+    index = (clamped.unsqueeze(1) >= knots[:, 1 if inverse else 0, 1:-1]).sum(dim=1)  # (d, N)
+    # One index pair, two gathers: the x and y knots of the bin from the knot block, then its derivatives.
+    pair = torch.stack((index, index + 1), dim=1)  # (d, 2, N)
+    bin_knots = torch.gather(knots, 2, pair.unsqueeze(1).expand(-1, 2, -1, -1))  # (d, 2, 2, N)
+    x_k, x_k1, y_k, y_k1 = bin_knots.flatten(1, 2).unbind(1)
+    d_k, d_k1 = torch.gather(derivatives, 1, pair).unbind(1)
     width = x_k1 - x_k
     height = y_k1 - y_k
     slope = height / width
@@ -208,7 +230,7 @@ def rational_quadratic_spline_reference(
     log_derivative = torch.log(derivative_numerator * (slope / denominator).square())
 
     below = x < -bound
-    tail_slope = torch.where(below, derivatives[..., 0], derivatives[..., -1])
+    tail_slope = torch.where(below, derivatives[:, 0], derivatives[:, -1])
     # anchored at the clamped input: -bound below the interval and bound above it
     if inverse:
         tail_out = torch.addcdiv(clamped, x - clamped, tail_slope)
@@ -217,6 +239,97 @@ def rational_quadratic_spline_reference(
 
     y = torch.where(inside, spline_out, tail_out)
     log_derivative = torch.where(inside, log_derivative, torch.log(tail_slope))
-    if inverse:
-        log_derivative = -log_derivative
-    return y, log_derivative.sum(dim=-1)
+    return y, -log_derivative if inverse else log_derivative
+
+
+def rational_quadratic_spline_reference(
+    x: Tensor,
+    unnormalized_widths: Tensor,
+    unnormalized_heights: Tensor,
+    unnormalized_derivatives: Tensor,
+    inverse: bool = False,
+    bound: float = 3.0,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    """Apply the spline element-wise and sum the log-derivatives over the last dimension.
+
+    Shapes: `x (..., d)`; widths and heights `(..., d, K)`; derivatives `(..., d, K + 1)` (the first
+    and last are the slopes of the left and right linear tails). Returns `y (..., d)` and
+    `ladj (...)`, the sum over the last dimension of `log |dy/dx|` (of the map applied: for
+    `inverse=True` that is the inverse map).
+    """
+    bins = unnormalized_widths.shape[-1]
+    if unnormalized_derivatives.shape[-1] != bins + 1:
+        raise ValueError(
+            "expected K + 1 derivatives for K bins, got "
+            f"{unnormalized_derivatives.shape[-1]} derivatives and {bins} bins"
+        )
+    for name, tensor in (
+        ("widths", unnormalized_widths),
+        ("heights", unnormalized_heights),
+        ("derivatives", unnormalized_derivatives),
+    ):
+        if tensor.shape[:-1] != x.shape:
+            raise ValueError(
+                f"spline {name} must have shape x.shape + (bins,) = {tuple(x.shape)} + (...), "
+                f"got {tuple(tensor.shape)}"
+            )
+    knot_params = _elements_last(torch.stack((unnormalized_widths, unnormalized_heights), dim=-2), 3)
+    derivative_params = _elements_last(unnormalized_derivatives, 2)
+    y, log_derivative = _spline_elements_last(
+        _elements_last(x, 1),
+        knot_params,
+        derivative_params,
+        inverse,
+        bound,
+        min_bin_width,
+        min_bin_height,
+        min_derivative,
+    )
+    return _batch_first(y, tuple(x.shape[:-1])), log_derivative.sum(dim=0).reshape(x.shape[:-1])
+
+
+def rational_quadratic_spline_packed_reference(
+    x: Tensor,
+    params: Tensor,
+    bins: int,
+    inverse: bool = False,
+    bound: float = 3.0,
+    min_bin_width: float = 1e-3,
+    min_bin_height: float = 1e-3,
+    min_derivative: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    """`rational_quadratic_spline_reference` with the parameters in one tensor, as a conditioner returns them.
+
+    Shapes: `x (..., d)`, `params (..., d, P)`: K raw widths, K raw heights, then `K + 1` raw derivatives
+    (`P = 3K + 1`: linear tails with the first and last as their slopes) or the `K - 1` interior ones
+    (`P = 3K - 1`: identity tails, boundary derivatives of exactly 1). Returns `y (..., d)`, `ladj (...)`.
+    A contiguous `params` (a network's output) goes to the elements-last layout in one transposed copy.
+    """
+    count = params.shape[-1]
+    if count not in (3 * bins - 1, 3 * bins + 1):
+        raise ValueError(
+            f"expected 3K + 1 (linear tails) or 3K - 1 (identity tails) = {3 * bins + 1} or {3 * bins - 1} "
+            f"parameters per element for K = {bins} bins, got {count}"
+        )
+    if params.shape[:-1] != x.shape:
+        raise ValueError(
+            f"spline params must have shape x.shape + (P,) = {tuple(x.shape)} + ({count},), got {tuple(params.shape)}"
+        )
+    knot_params, derivative_params = _elements_last(params, 2).split((2 * bins, count - 2 * bins), dim=1)
+    if count == 3 * bins - 1:
+        # A raw derivative of 0 is a slope of exactly 1: identity tails.
+        derivative_params = F.pad(derivative_params, (0, 0, 1, 1), value=0.0)
+    y, log_derivative = _spline_elements_last(
+        _elements_last(x, 1),
+        knot_params.unflatten(1, (2, bins)),
+        derivative_params,
+        inverse,
+        bound,
+        min_bin_width,
+        min_bin_height,
+        min_derivative,
+    )
+    return _batch_first(y, tuple(x.shape[:-1])), log_derivative.sum(dim=0).reshape(x.shape[:-1])
