@@ -155,19 +155,27 @@ def _spline_elements_last(
     """The spline in the elements-last layout of `_elements_last`.
 
     Shapes: `x (d, N)`; `knot_params (d, 2, K, N)`, the raw bin widths then the raw bin heights;
-    `derivative_params (d, K + 1, N)`. Returns `y (d, N)` and `log |dy/dx| (d, N)` of the map applied.
+    `derivative_params (d, K + 1, N)`, or `(d, K - 1, N)` for identity tails (the interior derivatives only;
+    the boundary derivatives are 1). Returns `y (d, N)` and `log |dy/dx| (d, N)` of the map applied.
     """
     bins = knot_params.shape[2]
     _check_minimum_sizes(bins, min_bin_width, min_bin_height)
+    identity_tails = derivative_params.shape[1] == bins - 1
     minimums = (min_bin_width,) if min_bin_width == min_bin_height else (min_bin_width, min_bin_height)
     # Widths and heights in one block: one softmax and one cumulative sum for both.
     knots = _cumulative_knots(knot_params, 2, bound, minimums).to(x.dtype)  # (d, 2, K + 1, N): x, then y
-    derivatives = _positive_derivatives(derivative_params, min_derivative).to(x.dtype)  # (d, K + 1, N)
+    derivatives = _positive_derivatives(derivative_params, min_derivative).to(x.dtype)
+    if identity_tails:
+        derivatives = F.pad(derivatives, (0, 0, 1, 1), value=1.0)
+    # (d, K + 1, N) from here on
 
-    # Element-wise: bins for inputs inside, clamped inputs keep the unused branch finite.
-    inside = x.abs() <= bound
+    # Element-wise: bins for inputs inside, clamped inputs keep the unused branch finite. The masks and the bin
+    # index carry no gradient: computed from detached tensors they add no nodes to the autograd graph.
+    x_value = x.detach()
+    inside = x_value.abs() <= bound
     clamped = x.clamp(-bound, bound)
-    index = (clamped.unsqueeze(1) >= knots[:, 1 if inverse else 0, 1:-1]).sum(dim=1)  # (d, N)
+    source_knots = knots.detach()[:, 1 if inverse else 0, 1:-1]
+    index = (x_value.clamp(-bound, bound).unsqueeze(1) >= source_knots).sum(dim=1)  # (d, N)
     # One index pair, two gathers: the x and y knots of the bin from the knot block, then its derivatives.
     pair = torch.stack((index, index + 1), dim=1)  # (d, 2, N)
     bin_knots = torch.gather(knots, 2, pair.unsqueeze(1).expand(-1, 2, -1, -1))  # (d, 2, 2, N)
@@ -229,16 +237,20 @@ def _spline_elements_last(
     )
     log_derivative = torch.log(derivative_numerator * (slope / denominator).square())
 
-    below = x < -bound
-    tail_slope = torch.where(below, derivatives[:, 0], derivatives[:, -1])
-    # anchored at the clamped input: -bound below the interval and bound above it
-    if inverse:
-        tail_out = torch.addcdiv(clamped, x - clamped, tail_slope)
+    if identity_tails:
+        y = torch.where(inside, spline_out, x)
+        log_derivative = torch.where(inside, log_derivative, 0.0)
     else:
-        tail_out = torch.addcmul(clamped, x - clamped, tail_slope)
-
-    y = torch.where(inside, spline_out, tail_out)
-    log_derivative = torch.where(inside, log_derivative, torch.log(tail_slope))
+        # one slice for both boundary derivatives: its backward fills one zero tensor, two selects' fill two
+        ends = derivatives[:, :: derivatives.shape[1] - 1]  # (d, 2, N)
+        tail_slope = torch.where(x_value < -bound, ends[:, 0], ends[:, 1])
+        # anchored at the clamped input: -bound below the interval and bound above it
+        if inverse:
+            tail_out = torch.addcdiv(clamped, x - clamped, tail_slope)
+        else:
+            tail_out = torch.addcmul(clamped, x - clamped, tail_slope)
+        y = torch.where(inside, spline_out, tail_out)
+        log_derivative = torch.where(inside, log_derivative, torch.log(tail_slope))
     return y, -log_derivative if inverse else log_derivative
 
 
@@ -319,9 +331,6 @@ def rational_quadratic_spline_packed_reference(
             f"spline params must have shape x.shape + (P,) = {tuple(x.shape)} + ({count},), got {tuple(params.shape)}"
         )
     knot_params, derivative_params = _elements_last(params, 2).split((2 * bins, count - 2 * bins), dim=1)
-    if count == 3 * bins - 1:
-        # A raw derivative of 0 is a slope of exactly 1: identity tails.
-        derivative_params = F.pad(derivative_params, (0, 0, 1, 1), value=0.0)
     y, log_derivative = _spline_elements_last(
         _elements_last(x, 1),
         knot_params.unflatten(1, (2, bins)),
