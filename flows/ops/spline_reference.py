@@ -121,7 +121,8 @@ def _clamp_unit(xi: Tensor) -> Tensor:
     A plain clamp would zero the derivative when rounding puts an input at a knot or at the bound just
     outside the bin (e.g. dx/dy = 0 at y = bound instead of the spline's slope there).
     """
-    return xi + (xi.clamp(0.0, 1.0) - xi).detach()
+    value = xi.detach()  # the correction is computed without autograd nodes
+    return xi + (value.clamp(0.0, 1.0) - value)
 
 
 def _elements_last(tensor: Tensor, event_dims: int) -> Tensor:
@@ -173,9 +174,12 @@ def _spline_elements_last(
     # index carry no gradient: computed from detached tensors they add no nodes to the autograd graph.
     x_value = x.detach()
     inside = x_value.abs() <= bound
-    clamped = x.clamp(-bound, bound)
+    clamped_value = x_value.clamp(-bound, bound)
+    # The spline branch reads the clamped input with the gradient of x (1: the branch only counts inside the
+    # bound, where they are equal), which costs autograd no clamp mask; the tails' anchor is a constant.
+    clamped = x + (clamped_value - x_value)
     source_knots = knots.detach()[:, 1 if inverse else 0, 1:-1]
-    index = (x_value.clamp(-bound, bound).unsqueeze(1) >= source_knots).sum(dim=1)  # (d, N)
+    index = (clamped_value.unsqueeze(1) >= source_knots).sum(dim=1)  # (d, N)
     # One index pair, two gathers: the x and y knots of the bin from the knot block, then its derivatives.
     pair = torch.stack((index, index + 1), dim=1)  # (d, 2, N)
     bin_knots = torch.gather(knots, 2, pair.unsqueeze(1).expand(-1, 2, -1, -1))  # (d, 2, 2, N)
@@ -246,9 +250,9 @@ def _spline_elements_last(
         tail_slope = torch.where(x_value < -bound, ends[:, 0], ends[:, 1])
         # anchored at the clamped input: -bound below the interval and bound above it
         if inverse:
-            tail_out = torch.addcdiv(clamped, x - clamped, tail_slope)
+            tail_out = torch.addcdiv(clamped_value, x - clamped_value, tail_slope)
         else:
-            tail_out = torch.addcmul(clamped, x - clamped, tail_slope)
+            tail_out = torch.addcmul(clamped_value, x - clamped_value, tail_slope)
         y = torch.where(inside, spline_out, tail_out)
         log_derivative = torch.where(inside, log_derivative, torch.log(tail_slope))
     return y, -log_derivative if inverse else log_derivative
