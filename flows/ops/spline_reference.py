@@ -258,6 +258,30 @@ def _spline_elements_last(
     return y, -log_derivative if inverse else log_derivative
 
 
+def _spline_batch_first(
+    x: Tensor,
+    knot_params: Tensor,
+    derivative_params: Tensor,
+    inverse: bool,
+    bound: float,
+    min_bin_width: float,
+    min_bin_height: float,
+    min_derivative: float,
+) -> tuple[Tensor, Tensor]:
+    """`x (..., d)` with parameters already elements-last (see `_spline_elements_last`) -> `y (..., d)`, `ladj (...)`."""
+    y, log_derivative = _spline_elements_last(
+        _elements_last(x, 1),
+        knot_params,
+        derivative_params,
+        inverse,
+        bound,
+        min_bin_width,
+        min_bin_height,
+        min_derivative,
+    )
+    return _batch_first(y, tuple(x.shape[:-1])), log_derivative.sum(dim=0).reshape(x.shape[:-1])
+
+
 def rational_quadratic_spline_reference(
     x: Tensor,
     unnormalized_widths: Tensor,
@@ -294,17 +318,9 @@ def rational_quadratic_spline_reference(
             )
     knot_params = _elements_last(torch.stack((unnormalized_widths, unnormalized_heights), dim=-2), 3)
     derivative_params = _elements_last(unnormalized_derivatives, 2)
-    y, log_derivative = _spline_elements_last(
-        _elements_last(x, 1),
-        knot_params,
-        derivative_params,
-        inverse,
-        bound,
-        min_bin_width,
-        min_bin_height,
-        min_derivative,
+    return _spline_batch_first(
+        x, knot_params, derivative_params, inverse, bound, min_bin_width, min_bin_height, min_derivative
     )
-    return _batch_first(y, tuple(x.shape[:-1])), log_derivative.sum(dim=0).reshape(x.shape[:-1])
 
 
 def rational_quadratic_spline_packed_reference(
@@ -335,8 +351,8 @@ def rational_quadratic_spline_packed_reference(
             f"spline params must have shape x.shape + (P,) = {tuple(x.shape)} + ({count},), got {tuple(params.shape)}"
         )
     knot_params, derivative_params = _elements_last(params, 2).split((2 * bins, count - 2 * bins), dim=1)
-    y, log_derivative = _spline_elements_last(
-        _elements_last(x, 1),
+    return _spline_batch_first(
+        x,
         knot_params.unflatten(1, (2, bins)),
         derivative_params,
         inverse,
@@ -345,4 +361,3 @@ def rational_quadratic_spline_packed_reference(
         min_bin_height,
         min_derivative,
     )
-    return _batch_first(y, tuple(x.shape[:-1])), log_derivative.sum(dim=0).reshape(x.shape[:-1])
