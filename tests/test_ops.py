@@ -265,14 +265,71 @@ def test_spline_with_different_minimum_widths_and_heights_passes_through_its_kno
 
 def test_spline_rejects_mismatched_shapes_and_parameter_counts() -> None:
     x = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match=r"widths must have shape x.shape \+ \(bins,\) = \(2, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"must have shape x.shape \+ \(P,\) = \(2, 3\) \+ \(P,\) or broadcast"
+    ):
         rational_quadratic_spline_reference(
-            x, torch.zeros(1, 3, 4), torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)
+            x, torch.zeros(3, 3, 4), torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)
         )
     with pytest.raises(ValueError, match=r"3K \+ 1 \(linear tails\) or 3K - 1 \(identity tails\) = 13 or 11"):
         rational_quadratic_spline_packed_reference(x, torch.zeros(2, 3, 12), 4)
-    with pytest.raises(ValueError, match=r"params must have shape x.shape \+ \(P,\) = \(2, 3\) \+ \(13,\)"):
+    with pytest.raises(ValueError, match=r"got \[\(3, 2, 13\)\]"):
         rational_quadratic_spline_packed_reference(x, torch.zeros(3, 2, 13), 4)
+
+
+def test_spline_broadcasts_shared_parameters_and_takes_a_scalar_input() -> None:
+    """Parameters shared across the batch (and an input shared across parameter sets) broadcast like the fused
+    kernels do, with the results of the expanded tensors; a 0-d input is one element without a feature dimension."""
+    bins = 4
+    generator = torch.Generator().manual_seed(13)
+    params = torch.randn(1, 3, 3 * bins + 1, generator=generator, dtype=torch.float64)
+    x = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    shared = rational_quadratic_spline_packed_reference(x, params, bins, bound=BOUND)
+    expanded = rational_quadratic_spline_packed_reference(x, params.expand(5, 3, -1), bins, bound=BOUND)
+    for a, b in zip(shared, expanded):
+        torch.testing.assert_close(a, b, rtol=0.0, atol=0.0)
+    one_input = rational_quadratic_spline_packed_reference(x[0], params.expand(5, 3, -1), bins, bound=BOUND)
+    torch.testing.assert_close(
+        one_input[0],
+        rational_quadratic_spline_packed_reference(x[:1].expand(5, 3), params, bins, bound=BOUND)[0],
+    )
+    y, ladj = rational_quadratic_spline_packed_reference(x[0, 0], params[0, 0], bins, bound=BOUND)
+    y1, ladj1 = rational_quadratic_spline_packed_reference(x[0, :1], params[0, :1], bins, bound=BOUND)
+    assert y.shape == () and ladj.shape == ()
+    torch.testing.assert_close((y, ladj), (y1[0], ladj1))
+    widths, heights, derivatives = params[0, 0].split((bins, bins, bins + 1))
+    torch.testing.assert_close(
+        rational_quadratic_spline_reference(x[0, 0], widths, heights, derivatives, bound=BOUND), (y, ladj)
+    )
+
+
+@pytest.mark.parametrize("tails", ["linear", "identity"])
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+def test_spline_gradients_at_infinite_inputs_are_the_tail_slopes(tails: str, inverse: bool) -> None:
+    """The spline branch never sees an infinite input: the gradients wrt x are finite, d(y + ladj)/dx of a far
+    (finite) input is the tail's slope (1 for the identity tails), and the parameters get finite gradients
+    (with linear tails, except the slope of an infinite input's tail: 0 * inf there)."""
+    bins = 4
+    count = 3 * bins + 1 if tails == "linear" else 3 * bins - 1
+    generator = torch.Generator().manual_seed(17)
+    params = torch.randn(2, 2, count, generator=generator, dtype=torch.float64).requires_grad_()
+    x = torch.tensor([[math.inf, 0.5], [-math.inf, 1e20]], dtype=torch.float64, requires_grad=True)
+    y, ladj = rational_quadratic_spline_packed_reference(x, params, bins, inverse=inverse, bound=BOUND)
+    grad_x, grad_params = torch.autograd.grad(y[torch.isfinite(y)].sum() + ladj.sum(), (x, params))
+    assert torch.isfinite(grad_x).all()
+    finite_inputs = torch.isfinite(x.detach())
+    assert torch.isfinite(grad_params[finite_inputs]).all()
+    assert torch.isfinite(grad_params[~finite_inputs][:, : 2 * bins]).all()  # no NaN from the spline branch
+    if tails == "identity":
+        assert torch.isfinite(grad_params).all()
+        torch.testing.assert_close(grad_x[:, 0], torch.zeros(2, dtype=torch.float64))  # y = +-inf is left out
+        assert grad_x[1, 1] == 1.0
+    else:
+        _, _, knot_derivatives = spline_knots(
+            *params.detach().split((bins, bins, bins + 1), -1), BOUND, 1e-3, 1e-3, 1e-3
+        )
+        slope = knot_derivatives[1, 1, -1]
+        torch.testing.assert_close(grad_x[1, 1], 1.0 / slope if inverse else slope)
 
 
 @pytest.fixture()

@@ -175,9 +175,9 @@ def _spline_elements_last(
     x_value = x.detach()
     inside = x_value.abs() <= bound
     clamped_value = x_value.clamp(-bound, bound)
-    # The spline branch reads the clamped input with the gradient of x (1: the branch only counts inside the
-    # bound, where they are equal), which costs autograd no clamp mask; the tails' anchor is a constant.
-    clamped = x + (clamped_value - x_value)
+    # The spline branch reads x inside the bound and the (constant) bound outside, where its result is unused:
+    # no gradient reaches x from there, even from infinite inputs. The tails' anchor is a constant too.
+    clamped = torch.where(inside, x, clamped_value)
     source_knots = knots.detach()[:, 1 if inverse else 0, 1:-1]
     index = (clamped_value.unsqueeze(1) >= source_knots).sum(dim=1)  # (d, N)
     # One index pair, two gathers: the x and y knots of the bin from the knot block, then its derivatives.
@@ -258,6 +258,28 @@ def _spline_elements_last(
     return y, -log_derivative if inverse else log_derivative
 
 
+def _broadcast_elements(x: Tensor, *params: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """`x (..., d)` and parameters `(..., d, P)` expanded to one batch shape (views; unchanged when equal).
+
+    Parameters shared across the batch (e.g. `(1, d, P)`) broadcast, as in the fused kernels.
+    """
+    if all(tensor.shape[:-1] == x.shape for tensor in params):  # the usual case: no broadcast_shapes (~40 us)
+        return x, params
+    try:
+        shape = torch.broadcast_shapes(x.shape, *(tensor.shape[:-1] for tensor in params))
+    except RuntimeError as error:
+        raise ValueError(
+            f"spline parameters must have shape x.shape + (P,) = {tuple(x.shape)} + (P,) or broadcast to it, "
+            f"got {[tuple(tensor.shape) for tensor in params]}"
+        ) from error
+    if x.shape != shape:
+        x = x.expand(shape)
+    return x, tuple(
+        tensor if tensor.shape[:-1] == shape else tensor.expand(shape + tensor.shape[-1:])
+        for tensor in params
+    )
+
+
 def _spline_batch_first(
     x: Tensor,
     knot_params: Tensor,
@@ -306,16 +328,23 @@ def rational_quadratic_spline_reference(
             "expected K + 1 derivatives for K bins, got "
             f"{unnormalized_derivatives.shape[-1]} derivatives and {bins} bins"
         )
-    for name, tensor in (
-        ("widths", unnormalized_widths),
-        ("heights", unnormalized_heights),
-        ("derivatives", unnormalized_derivatives),
-    ):
-        if tensor.shape[:-1] != x.shape:
-            raise ValueError(
-                f"spline {name} must have shape x.shape + (bins,) = {tuple(x.shape)} + (...), "
-                f"got {tuple(tensor.shape)}"
-            )
+    if x.dim() == 0:  # one element and no feature dimension: a single feature, squeezed back
+        y, ladj = rational_quadratic_spline_reference(
+            x.unsqueeze(0),
+            *(
+                tensor.unsqueeze(-2)
+                for tensor in (unnormalized_widths, unnormalized_heights, unnormalized_derivatives)
+            ),
+            inverse=inverse,
+            bound=bound,
+            min_bin_width=min_bin_width,
+            min_bin_height=min_bin_height,
+            min_derivative=min_derivative,
+        )
+        return y.squeeze(-1), ladj
+    x, (unnormalized_widths, unnormalized_heights, unnormalized_derivatives) = _broadcast_elements(
+        x, unnormalized_widths, unnormalized_heights, unnormalized_derivatives
+    )
     knot_params = _elements_last(torch.stack((unnormalized_widths, unnormalized_heights), dim=-2), 3)
     derivative_params = _elements_last(unnormalized_derivatives, 2)
     return _spline_batch_first(
@@ -346,10 +375,19 @@ def rational_quadratic_spline_packed_reference(
             f"expected 3K + 1 (linear tails) or 3K - 1 (identity tails) = {3 * bins + 1} or {3 * bins - 1} "
             f"parameters per element for K = {bins} bins, got {count}"
         )
-    if params.shape[:-1] != x.shape:
-        raise ValueError(
-            f"spline params must have shape x.shape + (P,) = {tuple(x.shape)} + ({count},), got {tuple(params.shape)}"
+    if x.dim() == 0:  # one element and no feature dimension: a single feature, squeezed back
+        y, ladj = rational_quadratic_spline_packed_reference(
+            x.unsqueeze(0),
+            params.unsqueeze(-2),
+            bins,
+            inverse=inverse,
+            bound=bound,
+            min_bin_width=min_bin_width,
+            min_bin_height=min_bin_height,
+            min_derivative=min_derivative,
         )
+        return y.squeeze(-1), ladj
+    x, (params,) = _broadcast_elements(x, params)
     knot_params, derivative_params = _elements_last(params, 2).split((2 * bins, count - 2 * bins), dim=1)
     return _spline_batch_first(
         x,
