@@ -280,30 +280,6 @@ def _broadcast_elements(x: Tensor, *params: Tensor) -> tuple[Tensor, tuple[Tenso
     )
 
 
-def _spline_batch_first(
-    x: Tensor,
-    knot_params: Tensor,
-    derivative_params: Tensor,
-    inverse: bool,
-    bound: float,
-    min_bin_width: float,
-    min_bin_height: float,
-    min_derivative: float,
-) -> tuple[Tensor, Tensor]:
-    """`x (..., d)` with parameters already elements-last (see `_spline_elements_last`) -> `y (..., d)`, `ladj (...)`."""
-    y, log_derivative = _spline_elements_last(
-        _elements_last(x, 1),
-        knot_params,
-        derivative_params,
-        inverse,
-        bound,
-        min_bin_width,
-        min_bin_height,
-        min_derivative,
-    )
-    return _batch_first(y, tuple(x.shape[:-1])), log_derivative.sum(dim=0).reshape(x.shape[:-1])
-
-
 def rational_quadratic_spline_reference(
     x: Tensor,
     unnormalized_widths: Tensor,
@@ -323,32 +299,24 @@ def rational_quadratic_spline_reference(
     `inverse=True` that is the inverse map).
     """
     bins = unnormalized_widths.shape[-1]
-    if unnormalized_derivatives.shape[-1] != bins + 1:
+    if unnormalized_heights.shape[-1] != bins or unnormalized_derivatives.shape[-1] != bins + 1:
         raise ValueError(
-            "expected K + 1 derivatives for K bins, got "
-            f"{unnormalized_derivatives.shape[-1]} derivatives and {bins} bins"
+            "expected K heights and K + 1 derivatives for K bins, got "
+            f"{unnormalized_heights.shape[-1]} heights, {unnormalized_derivatives.shape[-1]} derivatives "
+            f"and {bins} bins"
         )
-    if x.dim() == 0:  # one element and no feature dimension: a single feature, squeezed back
-        y, ladj = rational_quadratic_spline_reference(
-            x.unsqueeze(0),
-            *(
-                tensor.unsqueeze(-2)
-                for tensor in (unnormalized_widths, unnormalized_heights, unnormalized_derivatives)
-            ),
-            inverse=inverse,
-            bound=bound,
-            min_bin_width=min_bin_width,
-            min_bin_height=min_bin_height,
-            min_derivative=min_derivative,
-        )
-        return y.squeeze(-1), ladj
-    x, (unnormalized_widths, unnormalized_heights, unnormalized_derivatives) = _broadcast_elements(
-        x, unnormalized_widths, unnormalized_heights, unnormalized_derivatives
-    )
-    knot_params = _elements_last(torch.stack((unnormalized_widths, unnormalized_heights), dim=-2), 3)
-    derivative_params = _elements_last(unnormalized_derivatives, 2)
-    return _spline_batch_first(
-        x, knot_params, derivative_params, inverse, bound, min_bin_width, min_bin_height, min_derivative
+    x, parts = _broadcast_elements(x, unnormalized_widths, unnormalized_heights, unnormalized_derivatives)
+    # One concatenation: the packed layout with linear tails (3K + 1 parameters), which the packed entry moves to
+    # the elements-last layout in one transposed copy.
+    return rational_quadratic_spline_packed_reference(
+        x,
+        torch.cat(parts, dim=-1),
+        bins,
+        inverse=inverse,
+        bound=bound,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
     )
 
 
@@ -368,6 +336,7 @@ def rational_quadratic_spline_packed_reference(
     (`P = 3K + 1`: linear tails with the first and last as their slopes) or the `K - 1` interior ones
     (`P = 3K - 1`: identity tails, boundary derivatives of exactly 1). Returns `y (..., d)`, `ladj (...)`.
     A contiguous `params` (a network's output) goes to the elements-last layout in one transposed copy.
+    A 0-d `x` is one element without a feature dimension; parameters broadcast against `x`.
     """
     count = params.shape[-1]
     if count not in (3 * bins - 1, 3 * bins + 1):
@@ -389,8 +358,8 @@ def rational_quadratic_spline_packed_reference(
         return y.squeeze(-1), ladj
     x, (params,) = _broadcast_elements(x, params)
     knot_params, derivative_params = _elements_last(params, 2).split((2 * bins, count - 2 * bins), dim=1)
-    return _spline_batch_first(
-        x,
+    y, log_derivative = _spline_elements_last(
+        _elements_last(x, 1),
         knot_params.unflatten(1, (2, bins)),
         derivative_params,
         inverse,
@@ -399,3 +368,4 @@ def rational_quadratic_spline_packed_reference(
         min_bin_height,
         min_derivative,
     )
+    return _batch_first(y, tuple(x.shape[:-1])), log_derivative.sum(dim=0).reshape(x.shape[:-1])
