@@ -28,33 +28,29 @@ _KNOT_MAPS: dict[tuple, tuple[Tensor, Tensor]] = {}
 
 
 def _knot_map(
-    bins: int,
-    bound: float,
-    minimums: tuple[float, ...],
-    trailing: int,
-    dtype: torch.dtype,
-    device: torch.device,
+    bins: int, bound: float, minimums: tuple[float, ...], dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """`(offset, scale)`, each `(K + 1,)` for one minimum bin size, else `(len(minimums), K + 1)`, followed by
-    `trailing` dimensions of size 1: for each minimum bin size, knot_j = offset_j + scale_j * (p_0 + ... + p_{j-1})
-    for the interior knots, and exactly -bound and bound at the ends (scale 0). Cached per arguments outside
-    `torch.compile` (fewer tensors to build per call); built afresh while tracing."""
-    key = (bins, bound, minimums, trailing, dtype, device)
+    """`(matrix, offset)` with knots = offset + matrix @ (normalised bin sizes): for each minimum bin size m,
+    knot_j = -bound + 2 bound (m j + (1 - m K) (p_0 + ... + p_{j-1})) for the interior knots, and exactly -bound
+    and bound at the ends (zero rows). Shapes: `matrix (K + 1, K)` and `offset (K + 1, 1)` for one minimum, else
+    `(len(minimums), K + 1, K)` and `(len(minimums), K + 1, 1)`. Cached per arguments outside `torch.compile`
+    (no tensors to build per call); built afresh while tracing."""
+    key = (bins, bound, minimums, dtype, device)
     cached = None if torch.compiler.is_compiling() else _KNOT_MAPS.get(key)
     if cached is not None:
         return cached
     with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
-        positions = torch.arange(bins + 1, dtype=torch.float64)
-        minimum = torch.tensor(minimums, dtype=torch.float64)[:, None]
-        offset = -bound + 2.0 * bound * minimum * positions
+        minimum = torch.tensor(minimums, dtype=torch.float64)[:, None, None]
+        knots = torch.arange(bins + 1, dtype=torch.float64)[:, None]
+        offset = -bound + 2.0 * bound * minimum * knots  # (m, K + 1, 1)
         offset[:, -1] = bound
-        scale = (2.0 * bound * (1.0 - minimum * bins)).expand(len(minimums), bins + 1).clone()
-        scale[:, 0] = scale[:, -1] = 0.0
-        shape = ((bins + 1,) if len(minimums) == 1 else (len(minimums), bins + 1)) + (1,) * trailing
-        built = (
-            offset.to(dtype=dtype, device=device).view(shape),
-            scale.to(dtype=dtype, device=device).view(shape),
-        )
+        # row j sums the bins before knot j; the end rows are zero, so the ends are exactly -bound and bound
+        below = (torch.arange(bins, dtype=torch.float64) < knots).to(torch.float64)  # (K + 1, K)
+        below[0] = below[-1] = 0.0
+        matrix = 2.0 * bound * (1.0 - minimum * bins) * below  # (m, K + 1, K)
+        if len(minimums) == 1:
+            matrix, offset = matrix[0], offset[0]
+        built = (matrix.to(dtype=dtype, device=device), offset.to(dtype=dtype, device=device))
     if not torch.compiler.is_compiling():
         _KNOT_MAPS[key] = built
     return built
@@ -68,25 +64,30 @@ def _check_minimum_sizes(bins: int, min_bin_width: float, min_bin_height: float)
         )
 
 
-def _cumulative_knots(unnormalized: Tensor, dim: int, bound: float, minimums: tuple[float, ...]) -> Tensor:
-    """Knot positions (`K + 1` along `dim`, from `-bound` to `bound` exactly) from raw bin sizes (`K` along `dim`).
+def _cumulative_knots(
+    unnormalized: Tensor, bins_last: bool, bound: float, minimums: tuple[float, ...]
+) -> Tensor:
+    """Knot positions (`K + 1`, from `-bound` to `bound` exactly) from raw bin sizes (`K`), along the last
+    dimension (`bins_last`, `(..., K)`) or the one before it (`(..., K, N)`, the elements-last layout).
 
-    `minimums` holds one minimum bin size, or one per index of the dimension just before `dim` (widths and
-    heights stacked there, with their own minimums).
+    `minimums` holds one minimum bin size or, elements-last, one per index of the dimension before the bins
+    (widths and heights stacked there, with their own minimums).
     """
-    dim = dim % unnormalized.dim()
-    bins = unnormalized.shape[dim]
-    trailing = (1,) * (unnormalized.dim() - 1 - dim)
+    dim = -1 if bins_last else -2
     # The softmax is written out: over a short bin dimension torch.softmax is several times slower on CPUs than
     # these element-wise ops. The shift is detached (the softmax does not depend on it), so the backward pass
-    # has no max to differentiate.
+    # has no max to differentiate. The normalisation is applied after the cumulative sums, as one division.
     exponentials = torch.exp(unnormalized - unnormalized.detach().amax(dim=dim, keepdim=True))
-    probabilities = exponentials / exponentials.sum(dim=dim, keepdim=True)
-    # knot_j = -bound + 2 bound sum_{i<j} (minimum + (1 - minimum K) p_i): an affine map of the cumulative
-    # probabilities, with both ends pinned exactly (zero scale there) so that the tails join without a gap.
-    cumulative = F.pad(torch.cumsum(probabilities, dim=dim), (0, 0) * len(trailing) + (1, 0))
-    offset, scale = _knot_map(bins, bound, minimums, len(trailing), cumulative.dtype, cumulative.device)
-    return torch.addcmul(offset, scale, cumulative)
+    matrix, offset = _knot_map(
+        unnormalized.shape[dim], bound, minimums, exponentials.dtype, exponentials.device
+    )
+    # The cumulative sums as one small matrix product: its backward is one more, where torch.cumsum's is a
+    # flip, a cumulative sum and a flip, and the leading zero needs no padding.
+    if bins_last:
+        cumulative, offset = torch.matmul(exponentials, matrix.mT), offset.mT
+    else:
+        cumulative = torch.matmul(matrix, exponentials)
+    return torch.addcdiv(offset, cumulative, exponentials.sum(dim=dim, keepdim=True))
 
 
 def _positive_derivatives(unnormalized: Tensor, min_derivative: float) -> Tensor:
@@ -110,8 +111,8 @@ def spline_knots(
     positive derivatives `(..., K + 1)`. Raw parameters of zero give the identity map.
     """
     _check_minimum_sizes(unnormalized_widths.shape[-1], min_bin_width, min_bin_height)
-    knot_x = _cumulative_knots(unnormalized_widths, -1, bound, (min_bin_width,))
-    knot_y = _cumulative_knots(unnormalized_heights, -1, bound, (min_bin_height,))
+    knot_x = _cumulative_knots(unnormalized_widths, True, bound, (min_bin_width,))
+    knot_y = _cumulative_knots(unnormalized_heights, True, bound, (min_bin_height,))
     return knot_x, knot_y, _positive_derivatives(unnormalized_derivatives, min_derivative)
 
 
@@ -164,7 +165,7 @@ def _spline_elements_last(
     identity_tails = derivative_params.shape[1] == bins - 1
     minimums = (min_bin_width,) if min_bin_width == min_bin_height else (min_bin_width, min_bin_height)
     # Widths and heights in one block: one softmax and one cumulative sum for both.
-    knots = _cumulative_knots(knot_params, 2, bound, minimums).to(x.dtype)  # (d, 2, K + 1, N): x, then y
+    knots = _cumulative_knots(knot_params, False, bound, minimums).to(x.dtype)  # (d, 2, K + 1, N): x, then y
     derivatives = _positive_derivatives(derivative_params, min_derivative).to(x.dtype)
     if identity_tails:
         derivatives = F.pad(derivatives, (0, 0, 1, 1), value=1.0)
