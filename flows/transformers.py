@@ -10,7 +10,7 @@ Layers take a transformer by name through `make_transformer`, which keeps every 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import ClassVar, Literal, Union
 
 import torch
 from torch import Tensor
@@ -21,7 +21,13 @@ __all__ = ["Transformer", "Affine", "Additive", "Spline", "make_transformer", "T
 
 
 class Transformer:
-    """Base class of element-wise transformers; see the module docstring for the contract."""
+    """Base class of element-wise transformers; see the module docstring for the contract.
+
+    `params_elements_last`: the transformer computes with its parameters transposed to `(d, P, rows)`
+    (elements last). Conditioners then store their output feature-major, which makes that a view.
+    """
+
+    params_elements_last: ClassVar[bool] = False
 
     @property
     def num_params(self) -> int:
@@ -97,6 +103,7 @@ class Spline(Transformer):
     min_bin_width: float = 1e-3
     min_bin_height: float = 1e-3
     min_derivative: float = 1e-3
+    params_elements_last: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.bins, int) or self.bins < 2:

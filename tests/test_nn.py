@@ -95,6 +95,54 @@ def test_dense_networks_shapes_and_zero_last_layer(network) -> None:
     assert (net.eval()(torch.randn(4, 5)) != 0).any()
 
 
+@pytest.mark.parametrize(
+    "network",
+    [
+        lambda fm: MLP(5, 12, (8, 8), feature_major_output=fm),
+        lambda fm: ResidualNet(5, 12, 8, residual_blocks=2, feature_major_output=fm),
+        lambda fm: MADE(5, 2, (8, 8), params_per_feature=3, feature_major_output=fm),
+    ],
+    ids=["mlp", "residual", "made"],
+)
+def test_feature_major_output_is_the_same_map_stored_transposed(network) -> None:
+    """`feature_major_output` changes the output's storage only: the same parameters (the state dicts load
+    into each other), values and gradients as the plain network, with the rows innermost in memory."""
+    plain = randomize(network(False)).double()
+    transposed = network(True).double()
+    transposed.load_state_dict(plain.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    for batch in [(7,), (2, 3), (0,)]:
+        x = torch.randn(batch + (5,), dtype=torch.float64, generator=generator, requires_grad=True)
+        context = torch.randn(batch + (2,), dtype=torch.float64, generator=generator)
+        inputs = (x, context) if isinstance(plain, MADE) else (x,)
+        expected, out = plain(*inputs), transposed(*inputs)
+        torch.testing.assert_close(out, expected, rtol=0.0, atol=1e-12)
+        rows = out.reshape(-1, out.shape[-1] if out.dim() == len(batch) + 1 else out.shape[-2:].numel())
+        if rows.shape[0] > 1:
+            assert rows.stride() == (1, rows.shape[0]) and expected.is_contiguous()
+        weights = torch.randn(out.shape, dtype=torch.float64, generator=generator)
+        grads = torch.autograd.grad((out * weights).sum(), [x, *transposed.parameters()])
+        expected_grads = torch.autograd.grad((expected * weights).sum(), [x, *plain.parameters()])
+        for got, want in zip(grads, expected_grads):
+            torch.testing.assert_close(got, want, rtol=0.0, atol=1e-12)
+
+
+def test_spline_conditioners_hand_their_parameters_over_without_a_copy() -> None:
+    """A spline layer's conditioner stores its output feature-major, so the spline's elements-last layout of
+    it is a view of the same memory; affine layers keep the plain layout."""
+    from flows.ops.spline_reference import _elements_last
+
+    x = torch.randn(16, 6)
+    spline = randomize(Coupling(6, transformer="spline", bins=4))
+    x_cond, _ = spline.split(x)
+    params = spline.conditioner(x_cond, None)
+    assert _elements_last(params, 2).data_ptr() == params.data_ptr()
+    made = MaskedAutoregressive(6, transformer="spline", bins=4)
+    assert made.conditioner(x, None).reshape(16, -1).stride() == (1, 16)
+    affine = randomize(Coupling(6, transformer="affine"))
+    assert affine.conditioner(affine.split(x)[0], None).is_contiguous()
+
+
 def test_residual_net_batch_norm_flattens_batch_dims() -> None:
     net = randomize(ResidualNet(3, 2, 8, residual_blocks=1, batch_norm=True)).train()
     x = torch.randn(4, 5, 3)

@@ -351,6 +351,7 @@ class MaskedAutoregressive(Autoregressive):
             residual_blocks=residual_blocks,
             order=order,
             dropout=dropout,
+            feature_major_output=built.params_elements_last,
         )
         super().__init__(made, built, inverse_method, inverse_tol, inverse_check_every)
         self.features = features

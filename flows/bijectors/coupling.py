@@ -290,10 +290,13 @@ class Coupling(MaskedCoupling):
         n_transformed = features - n_cond
         in_features = n_cond + context_features
         out_features = n_transformed * built.num_params
+        layout = {"feature_major_output": built.params_elements_last}
         if residual_blocks is None:
-            network: nn.Module = MLP(in_features, out_features, hidden, dropout=dropout)
+            network: nn.Module = MLP(in_features, out_features, hidden, dropout=dropout, **layout)
         else:
-            network = ResidualNet(in_features, out_features, hidden[0], residual_blocks, dropout=dropout)
+            network = ResidualNet(
+                in_features, out_features, hidden[0], residual_blocks, dropout=dropout, **layout
+            )
         conditioner = VectorConditioner(network, n_transformed, built.num_params)
         super().__init__(coupling_mask, conditioner, built, context_features)
 

@@ -1,13 +1,13 @@
-"""Helpers shared by the conditioner networks: zero initialisation and width checks."""
+"""Helpers shared by the conditioner networks: zero initialisation, width checks and the output layer."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["zero_", "check_int", "check_widths"]
+__all__ = ["zero_", "check_int", "check_widths", "linear", "OutputLinear"]
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> int:
@@ -34,3 +34,26 @@ def check_widths(name: str, widths: Sequence[int]) -> tuple[int, ...]:
     if any(w < 1 for w in widths):
         raise ValueError(f"{name} must contain positive ints, got {widths}")
     return widths
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None, feature_major: bool = False) -> Tensor:
+    """`F.linear`: `x (..., in) -> (..., out)`. With `feature_major` on CPUs, the same values are stored
+    feature-major (the result is a transposed view): a transformer that computes elements-last (the spline)
+    then reads it without a transposed copy, forward or backward, and the product costs the same."""
+    if not feature_major or x.device.type != "cpu" or x.dim() < 2:
+        return nn.functional.linear(x, weight, bias)
+    rows = x.reshape(-1, x.shape[-1]).t()  # (in, rows)
+    out = torch.mm(weight, rows) if bias is None else torch.addmm(bias.unsqueeze(-1), weight, rows)
+    return out.t().reshape(x.shape[:-1] + (weight.shape[0],))
+
+
+class OutputLinear(nn.Linear):
+    """A conditioner's output layer: `nn.Linear` (same parameters and values), whose result is stored
+    feature-major when `feature_major` is set (see `linear`)."""
+
+    def __init__(self, in_features: int, out_features: int, feature_major: bool = False) -> None:
+        super().__init__(in_features, out_features)
+        self.feature_major = feature_major
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias, self.feature_major)

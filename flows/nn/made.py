@@ -8,22 +8,24 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from flows.nn._common import check_widths, zero_
+from flows.nn._common import check_widths, linear, zero_
 from flows.nn.mlp import _ResidualBlock
 
 __all__ = ["MaskedLinear", "MADE", "made_degrees"]
 
 
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 `mask (out_features, in_features)`."""
+    """A linear layer whose weight is multiplied by a fixed 0/1 `mask (out_features, in_features)`;
+    `feature_major` as in `flows.nn.linear`."""
 
-    def __init__(self, mask: Tensor, bias: bool = True) -> None:
+    def __init__(self, mask: Tensor, bias: bool = True, feature_major: bool = False) -> None:
         out_features, in_features = mask.shape
         super().__init__(in_features, out_features, bias=bias)
         self.register_buffer("mask", mask.to(self.weight.dtype))
+        self.feature_major = feature_major
 
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+        return linear(x, self.weight * self.mask, self.bias, self.feature_major)
 
 
 def made_degrees(width: int, features: int, with_context: bool) -> Tensor:
@@ -44,6 +46,7 @@ class MADE(nn.Module):
     `range(features)` (identity by default). The context enters every unit of the first hidden layer
     unmasked. With `residual_blocks > 0`, the hidden layers are masked residual blocks of width
     `hidden_features[0]` (all widths must then be equal), as in NSF's autoregressive variant.
+    `feature_major_output` as in `MLP`.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class MADE(nn.Module):
         order: Optional[Tensor] = None,
         activation: type[nn.Module] = nn.ReLU,
         dropout: float = 0.0,
+        feature_major_output: bool = False,
     ) -> None:
         super().__init__()
         widths = check_widths("hidden_features", hidden_features)
@@ -102,7 +106,11 @@ class MADE(nn.Module):
         self.hidden = nn.ModuleList(layers)
         self.residual = residual_blocks > 0
         output_degrees = order.repeat_interleave(params_per_feature)
-        self.final = zero_(MaskedLinear((output_degrees[:, None] > degrees[None, :]).float()))
+        self.final = zero_(
+            MaskedLinear(
+                (output_degrees[:, None] > degrees[None, :]).float(), feature_major=feature_major_output
+            )
+        )
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """`x (batch + (features,))`, `context (batch + (context_features,))` -> `batch + (features, P)`."""

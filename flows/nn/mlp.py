@@ -6,13 +6,17 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from flows.nn._common import check_widths, zero_
+from flows.nn._common import OutputLinear, check_widths, zero_
 
 __all__ = ["MLP", "ResidualNet"]
 
 
 class MLP(nn.Module):
-    """A multi-layer perceptron `(..., in_features) -> (..., out_features)` with a zero last layer."""
+    """A multi-layer perceptron `(..., in_features) -> (..., out_features)` with a zero last layer.
+
+    `feature_major_output`: the output is stored feature-major (a transposed view, same values), for
+    transformers that compute elements-last (see `Transformer.params_elements_last`).
+    """
 
     def __init__(
         self,
@@ -21,6 +25,7 @@ class MLP(nn.Module):
         hidden_features: Sequence[int] = (64, 64),
         activation: type[nn.Module] = nn.ReLU,
         dropout: float = 0.0,
+        feature_major_output: bool = False,
     ) -> None:
         super().__init__()
         widths = check_widths("hidden_features", hidden_features)
@@ -33,7 +38,7 @@ class MLP(nn.Module):
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             previous = width
-        layers.append(zero_(nn.Linear(previous, out_features)))
+        layers.append(zero_(OutputLinear(previous, out_features, feature_major_output)))
         self.network = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -69,7 +74,10 @@ class _ResidualBlock(nn.Module):
 
 
 class ResidualNet(nn.Module):
-    """NSF-style residual network `(..., in_features) -> (..., out_features)` with a zero last layer."""
+    """NSF-style residual network `(..., in_features) -> (..., out_features)` with a zero last layer.
+
+    `feature_major_output` as in `MLP`.
+    """
 
     def __init__(
         self,
@@ -80,6 +88,7 @@ class ResidualNet(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
         dropout: float = 0.0,
         batch_norm: bool = False,
+        feature_major_output: bool = False,
     ) -> None:
         super().__init__()
         if hidden_features < 1 or residual_blocks < 0:
@@ -100,7 +109,7 @@ class ResidualNet(nn.Module):
             for _ in range(residual_blocks)
         )
         self.activation = activation()
-        self.final = zero_(nn.Linear(hidden_features, out_features))
+        self.final = zero_(OutputLinear(hidden_features, out_features, feature_major_output))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.initial(x)
