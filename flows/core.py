@@ -66,10 +66,12 @@ class Bijector(nn.Module):
 
     Subclasses implement `forward(x, context)` and `inverse(y, context)`, each returning
     `(output, ladj)` with `ladj` of exactly the batch shape. `event_dims` is 1 (vectors), 2 (tokens) or 3
-    (images); see the module docstring for declared event shapes.
+    (images); see the module docstring for declared event shapes. `volume_preserving` layers (permutations)
+    return a zero `ladj` from every call, which a `Chain` need not add.
     """
 
     event_dims: int = 1
+    volume_preserving: bool = False
 
     @property
     def output_event_dims(self) -> int:
@@ -189,6 +191,10 @@ class Inverse(Bijector):
     def inverse_event_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return self.bijector.forward_event_shape(shape)
 
+    @property
+    def volume_preserving(self) -> bool:  # type: ignore[override]
+        return self.bijector.volume_preserving
+
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         return self.bijector.inverse(x, context)
 
@@ -280,11 +286,25 @@ class Chain(Bijector):
     def __getitem__(self, index: int) -> Bijector:
         return self.bijectors[index]
 
+    @property
+    def volume_preserving(self) -> bool:  # type: ignore[override]
+        return all(bijector.volume_preserving for bijector in self.bijectors)
+
+    @staticmethod
+    def _accumulate(total: Optional[Tensor], zero: bool, ladj: Tensor, bijector: Bijector) -> Tensor:
+        """`total + ladj`, without the addition (a node in the backward pass) where either is known to be zero:
+        `zero` for a total of volume-preserving members only, and `ladj` of a volume-preserving member."""
+        if total is None or (zero and ladj.shape == total.shape):
+            return ladj
+        if bijector.volume_preserving and ladj.shape == total.shape:
+            return total
+        return total + ladj
+
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        total = None
+        total, zero = None, True
         for bijector in self.bijectors:
             x, ladj = bijector(x, context)
-            total = ladj if total is None else total + ladj
+            total, zero = self._accumulate(total, zero, ladj, bijector), zero and bijector.volume_preserving
         return x, total
 
     def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> bool:
@@ -296,8 +316,8 @@ class Chain(Bijector):
         return initialized
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        total = None
+        total, zero = None, True
         for bijector in reversed(self.bijectors):
             y, ladj = bijector.inverse(y, context)
-            total = ladj if total is None else total + ladj
+            total, zero = self._accumulate(total, zero, ladj, bijector), zero and bijector.volume_preserving
         return y, total

@@ -33,6 +33,8 @@ class Permutation(Bijector):
     so they follow `.to(device)` and are saved in the `state_dict`.
     """
 
+    volume_preserving = True
+
     def __init__(self, features: int, kind: str = "random", seed: Optional[int] = 0) -> None:
         super().__init__()
         features = _check_features(features)

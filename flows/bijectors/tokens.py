@@ -90,6 +90,7 @@ class ReverseTokens(Bijector):
     """
 
     event_dims = 2
+    volume_preserving = True
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """`x (batch + (T, D)) -> (x reversed along T, zeros(batch))`."""
