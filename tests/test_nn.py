@@ -16,6 +16,7 @@ from flows.bijectors.coupling import (
     half_mask,
 )
 from flows.nn import MADE, MLP, ConvNet, ResidualNet
+from flows.nn import _common as nn_common
 from tests.helpers import randomize
 
 
@@ -104,9 +105,11 @@ def test_dense_networks_shapes_and_zero_last_layer(network) -> None:
     ],
     ids=["mlp", "residual", "made"],
 )
-def test_feature_major_output_is_the_same_map_stored_transposed(network) -> None:
+def test_feature_major_output_is_the_same_map_stored_transposed(network, monkeypatch) -> None:
     """`feature_major_output` changes the output's storage only: the same parameters (the state dicts load
-    into each other), values and gradients as the plain network, with the rows innermost in memory."""
+    into each other), values and gradients as the plain network, with the rows innermost in memory (here at
+    any size; by default only from `FEATURE_MAJOR_MIN_ELEMENTS` outputs on)."""
+    monkeypatch.setattr(nn_common, "FEATURE_MAJOR_MIN_ELEMENTS", 0)
     plain = randomize(network(False)).double()
     transposed = network(True).double()
     transposed.load_state_dict(plain.state_dict())
@@ -129,16 +132,20 @@ def test_feature_major_output_is_the_same_map_stored_transposed(network) -> None
 
 def test_spline_conditioners_hand_their_parameters_over_without_a_copy() -> None:
     """A spline layer's conditioner stores its output feature-major, so the spline's elements-last layout of
-    it is a view of the same memory; affine layers keep the plain layout."""
+    it is a view of the same memory; affine layers, and outputs below `FEATURE_MAJOR_MIN_ELEMENTS`, keep the
+    plain layout."""
     from flows.ops.spline_reference import _elements_last
 
-    x = torch.randn(16, 6)
+    x = torch.randn(512, 6)
     spline = randomize(Coupling(6, transformer="spline", bins=4))
     x_cond, _ = spline.split(x)
     params = spline.conditioner(x_cond, None)
     assert _elements_last(params, 2).data_ptr() == params.data_ptr()
     made = MaskedAutoregressive(6, transformer="spline", bins=4)
-    assert made.conditioner(x, None).reshape(16, -1).stride() == (1, 16)
+    assert made.conditioner(x, None).reshape(512, -1).stride() == (1, 512)
+    assert 512 * 39 >= nn_common.FEATURE_MAJOR_MIN_ELEMENTS > 16 * 78  # outputs of the spline layers here
+    assert spline.conditioner(spline.split(x[:16])[0], None).is_contiguous()
+    assert made.conditioner(x[:16], None).is_contiguous()
     affine = randomize(Coupling(6, transformer="affine"))
     assert affine.conditioner(affine.split(x)[0], None).is_contiguous()
 
