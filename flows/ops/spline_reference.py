@@ -160,7 +160,7 @@ def _spline_elements_last(
     _check_minimum_sizes(bins, min_bin_width, min_bin_height)
     identity_tails = derivative_params.shape[1] == bins - 1
     minimums = (min_bin_width,) if min_bin_width == min_bin_height else (min_bin_width, min_bin_height)
-    # Widths and heights in one block: one softmax and one cumulative sum for both.
+    # Widths and heights in one block: one softmax and one matrix product (the cumulative sums) for both.
     knots = _cumulative_knots(knot_params, False, bound, minimums).to(x.dtype)  # (d, 2, K + 1, N): x, then y
     derivatives = _positive_derivatives(derivative_params, min_derivative).to(x.dtype)
     if identity_tails:
