@@ -211,7 +211,9 @@ class Chain(Bijector):
 
     Consecutive members must fit: each takes events of the rank the one before gives, and where shapes
     are declared (`input_event_shape`), each takes the shape the one before gives. This is checked at
-    construction: `Chain(Coupling(5), Coupling(4))` raises a ValueError naming both members.
+    construction: `Chain(Coupling(5), Coupling(4))` raises a ValueError naming both members. The log-determinant
+    of volume-preserving members is not added, so the one returned may be a member's own tensor (e.g. an
+    `LULinear`'s expanded view): add to it out of place.
     """
 
     def __init__(self, *bijectors: Bijector) -> None:

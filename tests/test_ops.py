@@ -187,6 +187,29 @@ def test_spline_knots_equal_the_cumulative_bin_sizes_and_survive_inference_mode(
     assert raw32.grad is not None and torch.isfinite(raw32.grad).all() and raw32.grad.abs().sum() > 0
 
 
+def test_spline_knots_keep_the_input_shape_and_float32_under_autocast() -> None:
+    """`(..., K) -> (..., K + 1)` for any batch shape, a 1-D input included; under autocast the knots stay in
+    float32 (the matrix product of the cumulative sums would otherwise be rounded to bfloat16, which moves the
+    knots of narrow bins by ~1e-2)."""
+    generator = torch.Generator().manual_seed(5)
+    for batch in [(), (3,), (2, 3)]:
+        raw = torch.randn(batch + (8,), generator=generator)
+        knot_x, knot_y, derivatives = spline_knots(raw, raw, torch.zeros(batch + (9,)), 5.0, 1e-3, 1e-3, 1e-3)
+        assert knot_x.shape == knot_y.shape == derivatives.shape == batch + (9,)
+    raw = 4.0 * torch.randn(64, 16, generator=generator)
+    expected, _, _ = spline_knots(raw, raw, torch.zeros(64, 17), 5.0, 1e-3, 1e-3, 1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _, _ = spline_knots(raw, raw, torch.zeros(64, 17), 5.0, 1e-3, 1e-3, 1e-3)
+        x = torch.rand(64, 3, generator=generator) * 8.0 - 4.0
+        params = 4.0 * torch.randn(64, 3, 3 * 16 + 1, generator=generator)
+        y, ladj = rational_quadratic_spline_packed_reference(x, params, 16, bound=5.0)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0.0, atol=1e-5)
+    y_plain, ladj_plain = rational_quadratic_spline_packed_reference(x, params, 16, bound=5.0)
+    torch.testing.assert_close(y, y_plain, rtol=0.0, atol=1e-5)
+    torch.testing.assert_close(ladj, ladj_plain, rtol=1e-5, atol=1e-5)
+
+
 def test_spline_rejects_bad_parameters() -> None:
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="K \\+ 1 derivatives"):

@@ -16,7 +16,7 @@ __all__ = ["MaskedLinear", "MADE", "made_degrees"]
 
 class MaskedLinear(nn.Linear):
     """A linear layer whose weight is multiplied by a fixed 0/1 `mask (out_features, in_features)`;
-    `feature_major` as in `flows.nn.linear`."""
+    `feature_major` as in `flows.nn._common.linear`."""
 
     def __init__(self, mask: Tensor, bias: bool = True, feature_major: bool = False) -> None:
         out_features, in_features = mask.shape

@@ -7,6 +7,7 @@ The code avoids host syncs and data-dependent branches so that it compiles with 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -80,10 +81,23 @@ def _cumulative_knots(
         unnormalized.shape[dim], bound, minimums, probabilities.dtype, probabilities.device
     )
     # The cumulative sums as one small matrix product: its backward is one more, where torch.cumsum's is a
-    # flip, a cumulative sum and a flip, and the leading zero needs no padding.
-    if bins_last:
-        return torch.matmul(probabilities, matrix.mT) + offset.mT
-    return torch.matmul(matrix, probabilities) + offset
+    # flip, a cumulative sum and a flip, and the leading zero needs no padding. Not under autocast: matmul is on
+    # its 16-bit list, and 16-bit knots would quantise narrow bins (exp, sum and cumsum, which the product
+    # replaced, run in float32 under autocast).
+    with _autocast_off(probabilities.device):
+        if bins_last:
+            return torch.matmul(probabilities, matrix.mT) + offset[..., 0]
+        return torch.matmul(matrix, probabilities) + offset
+
+
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context with autocast off on `device` where it is on, else one that does nothing."""
+    if device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _positive_derivatives(unnormalized: Tensor, min_derivative: float) -> Tensor:
