@@ -360,18 +360,9 @@ def rational_quadratic_spline_packed_reference(
             f"expected 3K + 1 (linear tails) or 3K - 1 (identity tails) = {3 * bins + 1} or {3 * bins - 1} "
             f"parameters per element for K = {bins} bins, got {count}"
         )
-    if x.dim() == 0:  # one element and no feature dimension: a single feature, squeezed back
-        y, ladj = rational_quadratic_spline_packed_reference(
-            x.unsqueeze(0),
-            params.unsqueeze(-2),
-            bins,
-            inverse=inverse,
-            bound=bound,
-            min_bin_width=min_bin_width,
-            min_bin_height=min_bin_height,
-            min_derivative=min_derivative,
-        )
-        return y.squeeze(-1), ladj
+    scalar = x.dim() == 0  # one element and no feature dimension: a single feature, squeezed back at the end
+    if scalar:
+        x, params = x.unsqueeze(0), params.unsqueeze(-2)
     x, (params,) = _broadcast_elements(x, params)
     knot_params, derivative_params = _elements_last(params, 2).split((2 * bins, count - 2 * bins), dim=1)
     y, log_derivative = _spline_elements_last(
@@ -384,4 +375,5 @@ def rational_quadratic_spline_packed_reference(
         min_bin_height,
         min_derivative,
     )
-    return _batch_first(y, tuple(x.shape[:-1])), log_derivative.sum(dim=0).reshape(x.shape[:-1])
+    y = _batch_first(y, tuple(x.shape[:-1]))
+    return y.squeeze(-1) if scalar else y, log_derivative.sum(dim=0).reshape(x.shape[:-1])
