@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import yaml
 
 from flows.training.config import ConfigError, apply_override, load_config, merge, parse_config, read_yaml
+from flows.training.process import imports_done, run_as_process
 
-__all__ = ["main", "split_overrides"]
+__all__ = ["console_main", "main", "split_overrides"]
 
 #: the longest error line the CLI prints
 MAX_MESSAGE = 2000
@@ -139,6 +140,8 @@ def _fit(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> int
     config = load_config(arguments.config, overrides)  # YAML parsed and every section validated, once
     from flows.training.pipeline import run, validate  # after the config's checks: an error stays fast
 
+    imports_done()
+
     if arguments.print_config:  # the resolved config: the task's checks, the model's defaults filled in
         print(yaml.safe_dump(validate(config).to_dict(), sort_keys=False), end="")
         return 0
@@ -159,6 +162,7 @@ def _test(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> in
     from flows.training.checkpoint_evaluation import evaluate_checkpoint
     from flows.training.checkpoints import load_model
 
+    imports_done()
     if _is_image_checkpoint(arguments.ckpt):
         from flows.training.image_checkpoints import evaluate_image_checkpoint
 
@@ -181,6 +185,7 @@ def _test(arguments: argparse.Namespace, overrides: list[tuple[str, str]]) -> in
 def _sample(arguments: argparse.Namespace) -> int:
     from flows.training.checkpoints import load_model
 
+    imports_done()
     if arguments.num_samples < 1:
         raise ConfigError(f"-n must be a positive integer, got {arguments.num_samples}")
     if _is_image_checkpoint(arguments.ckpt):
@@ -244,6 +249,7 @@ def _score(arguments: argparse.Namespace) -> int:
     from flows.training.checkpoints import load_model
     from flows.training.cli_score import print_score, score_rows
 
+    imports_done()
     loaded = load_model(arguments.ckpt)
     header = None if arguments.header is None else arguments.header == "true"
     note = None
@@ -302,5 +308,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
 
 
+def console_main() -> NoReturn:
+    """The `flows` console script and `python -m flows.training.cli`: `main` as the process's one job
+    (`flows.training.process.run_as_process`: imports without the cyclic collector, no teardown at exit)."""
+    run_as_process(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
