@@ -27,7 +27,7 @@ from torch import Tensor
 
 from flows.training.safety import TrainingDivergedError
 
-__all__ = ["ADVICE", "NonFiniteGuard", "RandomStateCheckpoint", "safety_callbacks"]
+__all__ = ["ADVICE", "NonFiniteGuard", "RandomStateCheckpoint", "gradient_norm", "safety_callbacks"]
 
 #: what to try when training diverges, in the config's terms
 ADVICE = (
@@ -59,7 +59,9 @@ class NonFiniteGuard(Callback):
     """Stops training with `TrainingDivergedError` at the first non-finite loss, gradient, parameter or `val_nll`.
 
     The loss and the gradients are checked together before each optimiser step (one device-to-host sync
-    per step). The parameters are copied before the step and checked after it (a finite gradient times an
+    per step): the gradients by their total 2-norm, which is finite exactly when every gradient is (or a
+    finite one overflows it: also a divergence), and which the module then clips with
+    (`FlowModule.configure_gradient_clipping`), so a step measures its gradients once. The parameters are copied before the step and checked after it (a finite gradient times an
     infinite learning rate, or an overflowing update, is caught there): on a non-finite value they are put
     back to their values before the step, so the model never holds the diverged state. `val_nll` is checked
     at the end of each validation (before the checkpoint callbacks, which Lightning runs last), so no
@@ -100,16 +102,28 @@ class NonFiniteGuard(Callback):
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         self._snapshot(parameters)
         gradients = [p.grad for p in parameters if p.grad is not None]
-        checks = [] if losses_finite is None else [losses_finite]
-        if gradients and not scaled:  # one fused finiteness pass over every gradient
-            checks.append(_all_finite(gradients))
-        if not checks or bool(torch.stack(checks).all()):
+        # the gradients' total norm (finite iff every gradient is) and the losses' flag, in one sync
+        total = gradient_norm(gradients) if gradients and not scaled else None
+        checks = [check for check in (total, losses_finite) if check is not None]
+        if not checks:
+            return
+        dtype = total.dtype if total is not None else torch.float32
+        values = torch.stack([check.to(checks[0].device, dtype) for check in checks]).tolist()
+        norm = values[0] if total is not None else None
+        loss_ok = losses_finite is None or values[-1] == 1.0
+        if loss_ok and (norm is None or math.isfinite(norm)):
+            if norm is not None and hasattr(pl_module, "step_gradient_norm"):
+                pl_module.step_gradient_norm = norm  # for the clipping that follows this hook
             return
         self._parameters = []  # nothing to check after a step that will not happen
-        if losses_finite is not None and not bool(losses_finite):
+        if not loss_ok:
             value = float(self._loss.float().mean()) if self._loss is not None else float("nan")
             self._fail(trainer, f"the training loss is {value}")
         bad = _non_finite_names(pl_module, [p for p in parameters if p.grad is not None], lambda p: p.grad)
+        if not bad:
+            self._fail(
+                trainer, f"the gradients' total norm overflows to {norm} although each gradient is finite"
+            )
         self._fail(trainer, f"non-finite gradients in {len(bad)} parameters (first: {bad[:3]})")
 
     def _snapshot(self, parameters: list[Tensor]) -> None:
@@ -209,6 +223,26 @@ def _all_finite(tensors: list[Tensor]) -> Tensor:
         return flags[0].eq(0).all()
     first = flags[0].device
     return torch.cat([flag.to(first) for flag in flags]).eq(0).all()
+
+
+def gradient_norm(gradients: list[Tensor]) -> Tensor:
+    """The 2-norm of all `gradients` together (0-d, on the first one's device; no host sync), as
+    `torch.nn.utils.clip_grad_norm_` computes it: one `_foreach_norm` per device and dtype, half-precision
+    gradients summed in float32 (so that finite ones do not overflow float16's range). Non-finite exactly
+    when a gradient is, or when finite ones overflow it."""
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for gradient in gradients:
+        groups.setdefault((gradient.device, gradient.dtype), []).append(gradient)
+    first = gradients[0].device
+    norms = []
+    for (_, dtype), group in groups.items():
+        wide = torch.promote_types(dtype, torch.float32)
+        try:
+            parts = torch._foreach_norm(group, 2, dtype=wide)
+        except TypeError:  # a torch whose _foreach_norm takes no dtype
+            parts = [torch.linalg.vector_norm(g, dtype=wide) for g in group]
+        norms.append(torch.linalg.vector_norm(torch.stack(parts)).to(first))
+    return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
 
 
 def _non_finite_flag(device: torch.device, group: list[Tensor]) -> Tensor:

@@ -17,6 +17,8 @@ from typing import Any, Optional, Union
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -95,6 +97,8 @@ class FlowModule(L.LightningModule):
         #: eager or compiled log density (`train.compile`; compiled code is not saved)
         self.compile_policy = CompilePolicy(train_config.compile)
         self._call_counter: Optional[AtenCallCounter] = None
+        #: the total 2-norm of this step's gradients, measured by `NonFiniteGuard` before they are clipped
+        self.step_gradient_norm: Optional[float] = None
 
     def log_density(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """`flow.log_prob(x, ...)`, through `torch.compile` where `train.compile` (`CompilePolicy`) says so."""
@@ -250,6 +254,39 @@ class FlowModule(L.LightningModule):
         self.log(self.objective.monitor, mean_value, prog_bar=True, sync_dist=False)
 
     # ---------------------------------------------------------------- optimisation
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: Optional[Union[int, float]] = None,
+        gradient_clip_algorithm: Optional[str] = None,
+    ) -> None:
+        """Clip by norm with the norm `NonFiniteGuard` measured this step (one pass over the gradients, not
+        two), where Lightning's own clipping would compute that same norm (`torch.nn.utils.clip_grad_norm_`
+        under the default precision, on one device or DDP); anything else is Lightning's clipping."""
+        norm, self.step_gradient_norm = self.step_gradient_norm, None
+        if (
+            norm is None
+            or not gradient_clip_val
+            or gradient_clip_algorithm != "norm"
+            or not self._plain_clipping()
+        ):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        coefficient = float(gradient_clip_val) / (norm + 1e-6)  # clip_grad_norm_'s coefficient
+        if coefficient < 1.0:
+            gradients = [
+                p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+            ]
+            torch._foreach_mul_(gradients, coefficient)
+
+    def _plain_clipping(self) -> bool:
+        """Whether the trainer clips as `torch.nn.utils.clip_grad_norm_` over this process's full gradients."""
+        trainer = self.trainer
+        return (
+            type(trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)
+            and type(trainer.precision_plugin).clip_grad_by_norm is Precision.clip_grad_by_norm
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.train_config
