@@ -52,6 +52,16 @@ class _LightningClipping(FlowModule):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
+class _CountingLightningClipping(FlowModule):
+    """The module under test, counting the steps that fell back to Lightning's clipping."""
+
+    fallbacks = 0
+
+    def clip_gradients(self, *args: Any, **kwargs: Any) -> None:
+        type(self).fallbacks += 1
+        super().clip_gradients(*args, **kwargs)
+
+
 def _train(module_class: type, clip: Optional[float], steps: int = 4) -> tuple[FlowModule, list[float]]:
     torch.manual_seed(0)
     flow = flows.NSF(3, transforms=2, hidden_features=[16, 16], bins=4)
@@ -80,7 +90,8 @@ def _train(module_class: type, clip: Optional[float], steps: int = 4) -> tuple[F
 
 
 def test_clipping_with_the_guards_norm_matches_lightnings_clipping() -> None:
-    ours, norms = _train(FlowModule, clip=0.05)
+    ours, norms = _train(_CountingLightningClipping, clip=0.05)
+    assert _CountingLightningClipping.fallbacks == 0  # every step clipped with the guard's norm
     reference, _ = _train(_LightningClipping, clip=0.05)
     unclipped, _ = _train(FlowModule, clip=None)
     assert min(norms) > 0.05  # every step was clipped
