@@ -9,16 +9,26 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from flows.training import process
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _python(code: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def _python(code: str, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python with buffered standard streams (PYTHONUNBUFFERED would hide a lost flush)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        timeout=60,
     )
 
 
@@ -114,3 +124,44 @@ def test_imports_done_outside_run_as_process_changes_nothing() -> None:
     frozen, enabled = gc.get_freeze_count(), gc.isenabled()
     process.imports_done()
     assert (gc.get_freeze_count(), gc.isenabled()) == (frozen, enabled)
+
+
+def test_the_exit_stops_idle_pool_workers_as_python_does() -> None:
+    # concurrent.futures stops idle workers from threading's own atexit hooks (Inductor keeps such a pool);
+    # joining the threads without running those hooks waits forever.
+    result = _python(
+        """
+        from concurrent.futures import ThreadPoolExecutor
+        from flows.training.process import run_as_process
+
+        pool = ThreadPoolExecutor(2)
+
+        def main():
+            print(pool.submit(sum, [1, 2]).result(), end="")
+            return 0
+
+        run_as_process(main)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "3"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_failed_final_flush_is_a_failure_as_in_python() -> None:
+    code = """
+        import sys
+        from flows.training.process import run_as_process
+
+        def main():
+            print("lost on a full disk", end="")
+            return 0
+
+        {exit}
+        """
+    with open("/dev/full", "w") as full:
+        ours = _python(code.format(exit="run_as_process(main)"), stdout=full)
+        python = _python(code.format(exit="sys.exit(main())"), stdout=full)
+    assert python.returncode == 120
+    assert ours.returncode == 120
+    assert "could not flush" in ours.stderr

@@ -5,8 +5,9 @@ A command imports torch and Lightning, which leave about 440,000 long-lived obje
 collector walks all of them in each full collection (seven during those imports, 0.7 s here) and again, with
 the teardown of every module, at exit (about 1 s more). `run_as_process` runs a command-line `main` with the
 collector paused until the command calls `imports_done` (which freezes what was imported, so that later
-collections skip it), and ends the process as `sys.exit` would (threads joined, `atexit` functions run, the
-standard streams flushed) but without the teardown, which frees nothing a finished process keeps.
+collections skip it), and ends the process as `sys.exit` would (threads shut down and joined, `atexit`
+functions run, the standard streams flushed) but without the teardown, which frees nothing a finished process
+keeps.
 Called from Python instead (tests, a notebook), `main` never pauses the collector: `imports_done` is then a
 no-op.
 """
@@ -54,22 +55,40 @@ def _thaw() -> None:
 def exit_without_teardown(status: int) -> NoReturn:
     """End the process with exit `status` as `sys.exit(status)` would, minus the interpreter's teardown.
 
-    Waits for the non-daemon threads, runs the `atexit` functions (loggers, multiprocessing children), flushes
-    stdout and stderr, then `os._exit`. Where that cannot be done as Python would (a thread other than the
-    main one is exiting, or this Python has no `atexit._run_exitfuncs`), it is plain `sys.exit`.
+    In Python's own order: `threading._shutdown` (the threading atexit callbacks, which stop idle
+    `concurrent.futures` workers such as Inductor's compile pool, then the non-daemon threads joined), the
+    `atexit` functions (loggers, multiprocessing children), stdout and stderr flushed (a failed flush turns a
+    0 status into 120, as Python's exit does) and C's stdio buffers, then `os._exit`. Where that cannot be done
+    as Python would (not the main thread, or a Python without these hooks), it is plain `sys.exit`.
     """
+    shutdown_threads = getattr(threading, "_shutdown", None)
     run_exit_functions = getattr(atexit, "_run_exitfuncs", None)
-    if threading.current_thread() is not threading.main_thread() or run_exit_functions is None:
+    if threading.current_thread() is not threading.main_thread() or None in (
+        shutdown_threads,
+        run_exit_functions,
+    ):
         _thaw()
         sys.exit(status)
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    shutdown_threads()
     run_exit_functions()
     for stream in (sys.stdout, sys.stderr):
-        # a closed stream or a reader that went away: nothing left to lose
-        with contextlib.suppress(OSError, ValueError, AttributeError):
+        if stream is None:
+            continue
+        try:
             stream.flush()
+        except ValueError:  # already closed: nothing buffered is left
+            pass
+        except OSError as error:  # a full disk, a reader that went away: the output is incomplete
+            status = status or 120
+            with contextlib.suppress(Exception):
+                sys.__stderr__.write(
+                    f"flows: could not flush {getattr(stream, 'name', 'a stream')}: {error}\n"
+                )
+                sys.__stderr__.flush()
+    with contextlib.suppress(Exception):  # what native code wrote with C's stdio (os._exit skips exit())
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
     os._exit(status)
 
 
