@@ -62,22 +62,31 @@ class _CountingLightningClipping(FlowModule):
         super().clip_gradients(*args, **kwargs)
 
 
-def _train(module_class: type, clip: Optional[float], steps: int = 4) -> tuple[FlowModule, list[float]]:
+def _train(
+    module_class: type,
+    clip: Optional[float],
+    steps: int = 4,
+    guard: bool = True,
+    stale: Optional[tuple[int, float]] = None,
+) -> tuple[FlowModule, list[float]]:
     torch.manual_seed(0)
     flow = flows.NSF(3, transforms=2, hidden_features=[16, 16], bins=4)
     module = module_class(flow, TrainConfig(lr=1e-2, warmup_steps=0, gradient_clip=clip))
+    module.step_gradient_norm = stale  # as an interrupted earlier fit could leave it
     norms: list[float] = []
 
     class Record(L.Callback):
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
             norms.append(_reference_norm([p.grad for p in pl_module.flow.parameters()]))
+            if not guard:  # a norm measured for another step (as one left by a step that raised)
+                pl_module.step_gradient_norm = (trainer.global_step + 1, 1e12)
 
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(1)) * 3
     trainer = L.Trainer(
         max_steps=steps,
         gradient_clip_val=clip,
         gradient_clip_algorithm="norm",
-        callbacks=[NonFiniteGuard(), Record()],
+        callbacks=[NonFiniteGuard(), Record()] if guard else [Record()],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -90,6 +99,7 @@ def _train(module_class: type, clip: Optional[float], steps: int = 4) -> tuple[F
 
 
 def test_clipping_with_the_guards_norm_matches_lightnings_clipping() -> None:
+    _CountingLightningClipping.fallbacks = 0
     ours, norms = _train(_CountingLightningClipping, clip=0.05)
     assert _CountingLightningClipping.fallbacks == 0  # every step clipped with the guard's norm
     reference, _ = _train(_LightningClipping, clip=0.05)
@@ -103,6 +113,22 @@ def test_clipping_with_the_guards_norm_matches_lightnings_clipping() -> None:
     )
     assert distance > 1e-3  # clipping changed the result, so the comparison above can fail
     assert ours.step_gradient_norm is None  # consumed by each step's clipping
+
+
+def test_a_norm_left_by_another_fit_or_step_is_never_used() -> None:
+    # Without the guard nothing measures this step's norm: each step falls back to Lightning's clipping,
+    # whatever an earlier fit left (a norm of 1e12 "for step 0", which would scale every gradient to ~0)
+    # and whatever was left for another step.
+    _CountingLightningClipping.fallbacks = 0
+    ours, _ = _train(_CountingLightningClipping, clip=0.05, steps=2, guard=False, stale=(0, 1e12))
+    assert _CountingLightningClipping.fallbacks == 2
+    reference, _ = _train(FlowModule, clip=0.05, steps=2)
+    for mine, theirs in zip(ours.flow.parameters(), reference.flow.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    module = FlowModule(flows.NSF(2, transforms=1, hidden_features=[4]), TrainConfig())
+    module.step_gradient_norm = (0, 1.0)
+    module.on_train_start()
+    assert module.step_gradient_norm is None
 
 
 def test_a_finite_gradient_whose_norm_overflows_stops_training() -> None:

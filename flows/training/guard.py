@@ -61,7 +61,8 @@ class NonFiniteGuard(Callback):
     The loss and the gradients are checked together before each optimiser step (one device-to-host sync
     per step): the gradients by their total 2-norm, which is finite exactly when every gradient is (or a
     finite one overflows it: also a divergence), and which the module then clips with
-    (`FlowModule.configure_gradient_clipping`), so a step measures its gradients once. The parameters are copied before the step and checked after it (a finite gradient times an
+    (`FlowModule.configure_gradient_clipping`), so a step measures its gradients once. The parameters
+    are copied before the step and checked after it (a finite gradient times an
     infinite learning rate, or an overflowing update, is caught there): on a non-finite value they are put
     back to their values before the step, so the model never holds the diverged state. `val_nll` is checked
     at the end of each validation (before the checkpoint callbacks, which Lightning runs last), so no
@@ -113,7 +114,7 @@ class NonFiniteGuard(Callback):
         loss_ok = losses_finite is None or values[-1] == 1.0
         if loss_ok and (norm is None or math.isfinite(norm)):
             if norm is not None and hasattr(pl_module, "step_gradient_norm"):
-                pl_module.step_gradient_norm = norm  # for the clipping that follows this hook
+                pl_module.step_gradient_norm = (trainer.global_step, norm)  # for this step's clipping
             return
         self._parameters = []  # nothing to check after a step that will not happen
         if not loss_ok:
@@ -227,9 +228,9 @@ def _all_finite(tensors: list[Tensor]) -> Tensor:
 
 def gradient_norm(gradients: list[Tensor]) -> Tensor:
     """The 2-norm of all `gradients` together (0-d, on the first one's device; no host sync), as
-    `torch.nn.utils.clip_grad_norm_` computes it: one `_foreach_norm` per device and dtype, half-precision
-    gradients summed in float32 (so that finite ones do not overflow float16's range). Non-finite exactly
-    when a gradient is, or when finite ones overflow it."""
+    `torch.nn.utils.clip_grad_norm_` computes it (one `_foreach_norm` per device and dtype) except that
+    half-precision gradients are summed in float32, so that finite ones do not overflow float16's range.
+    Non-finite exactly when a gradient is, or when finite ones overflow it."""
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for gradient in gradients:
         groups.setdefault((gradient.device, gradient.dtype), []).append(gradient)

@@ -97,8 +97,8 @@ class FlowModule(L.LightningModule):
         #: eager or compiled log density (`train.compile`; compiled code is not saved)
         self.compile_policy = CompilePolicy(train_config.compile)
         self._call_counter: Optional[AtenCallCounter] = None
-        #: the total 2-norm of this step's gradients, measured by `NonFiniteGuard` before they are clipped
-        self.step_gradient_norm: Optional[float] = None
+        #: `(optimiser step, total 2-norm of its gradients)`, measured by `NonFiniteGuard` before clipping
+        self.step_gradient_norm: Optional[tuple[int, float]] = None
 
     def log_density(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """`flow.log_prob(x, ...)`, through `torch.compile` where `train.compile` (`CompilePolicy`) says so."""
@@ -122,6 +122,9 @@ class FlowModule(L.LightningModule):
         chose = policy.step_ended(max(0, self._total_steps() - self.global_step), self.device)
         if chose and self._world_and_rank()[0] > 1:  # every rank takes rank 0's choice (timings differ)
             policy.state = self.trainer.strategy.broadcast(policy.state, src=0)
+
+    def on_train_start(self) -> None:
+        self.step_gradient_norm = None  # a norm left by an interrupted fit is not this fit's
 
     def on_train_end(self) -> None:
         self.stop_counting()
@@ -261,10 +264,14 @@ class FlowModule(L.LightningModule):
         gradient_clip_val: Optional[Union[int, float]] = None,
         gradient_clip_algorithm: Optional[str] = None,
     ) -> None:
-        """Clip by norm with the norm `NonFiniteGuard` measured this step (one pass over the gradients, not
-        two), where Lightning's own clipping would compute that same norm (`torch.nn.utils.clip_grad_norm_`
-        under the default precision, on one device or DDP); anything else is Lightning's clipping."""
-        norm, self.step_gradient_norm = self.step_gradient_norm, None
+        """Clip by norm with the norm `NonFiniteGuard` measured for this very step (one pass over the
+        gradients, not two) where Lightning would clip all of this process's gradients with
+        `torch.nn.utils.clip_grad_norm_` (one device or DDP, a precision plugin without its own clipping);
+        anything else is Lightning's clipping. The same coefficient, `max / (norm + 1e-6)` where below 1; for
+        half-precision gradients the norm is summed in float32, where `clip_grad_norm_` sums in their own
+        dtype (float16 overflows to inf there, zeroing the step)."""
+        measured, self.step_gradient_norm = self.step_gradient_norm, None
+        norm = measured[1] if measured is not None and measured[0] == self.trainer.global_step else None
         if (
             norm is None
             or not gradient_clip_val
