@@ -184,3 +184,20 @@ def test_flow_checks_the_transform_against_the_base_event_shape() -> None:
         ValueError, match=r"gives \(4, 4\), but the base distribution's event shape is \(1, 4, 4\)"
     ):
         Flow(Patchify((1, 4, 4), 2), StandardNormal((1, 4, 4)))
+
+
+@pytest.mark.parametrize("name", ["tarflow", "jet"])
+def test_presets_score_and_sample_an_empty_batch(name: str) -> None:
+    """Zero rows in, zero rows out (the attention's head merge once could not infer its width at n = 0);
+    the empty batch's shapes match a non-empty one's."""
+    from flows.presets_transformer import Jet, TarFlow
+
+    torch.manual_seed(0)
+    shape = (1, 8, 8)
+    flow = (
+        TarFlow(shape, blocks=1, layers_per_block=1, channels=8, heads=2) if name == "tarflow" else Jet(shape)
+    )
+    assert flow.log_prob(torch.randn(0, *shape)).shape == (0,)
+    assert flow.sample((0,)).shape == (0, *shape)
+    two = flow.log_prob(torch.randn(2, *shape))
+    assert two.shape == (2,) and bool(torch.isfinite(two).all())
