@@ -57,9 +57,8 @@ class Block(nn.Module):
     def _finish(self, h: Tensor, attended: Tensor) -> Tensor:
         """Merge the heads of `attended (N, heads, L, C / heads)`, add both residual branches to `h`."""
         n, _, length, _ = attended.shape
-        h = h + self.projection(
-            attended.transpose(1, 2).reshape(n, length, h.shape[-1])
-        )  # -1: ambiguous at n = 0
+        channels = h.shape[-1]  # named, not -1, which is ambiguous with n = 0 rows
+        h = h + self.projection(attended.transpose(1, 2).reshape(n, length, channels))
         return h + self.mlp(self.norm2(h))
 
     def forward(self, h: Tensor, causal: bool = False) -> Tensor:
