@@ -19,6 +19,7 @@ from torch import Tensor
 
 from flows.ops import affine, rational_quadratic_spline, spline_knots
 from flows.presets import MAF, NSF, RealNVP
+from flows.transformers import SPLINE_MINIMUM_FLOOR, Spline
 from tests.helpers import randomize
 from tests.registry import CASES
 
@@ -200,6 +201,39 @@ def test_inverse_tail_gradients_with_huge_raw_parameters_are_finite() -> None:
     params = [p.clone().requires_grad_(True) for p in (widths, heights, derivatives)]
     x, ladj = rational_quadratic_spline(y, *params, inverse=True, bound=BOUND)
     assert _finite(x, ladj, *torch.autograd.grad(x.sum() + ladj.sum(), [y, *params]))
+
+
+@pytest.mark.parametrize("name", ["min_bin_width", "min_bin_height", "min_derivative"])
+def test_spline_refuses_minimums_below_the_float32_floor(name: str) -> None:
+    for value in (0.0, 1e-7, -1e-3):
+        with pytest.raises(ValueError, match=rf"{name} must be in \[1e-06, .*float32.*got {value}"):
+            Spline(**{name: value})
+    assert getattr(Spline(**{name: SPLINE_MINIMUM_FLOOR}), name) == SPLINE_MINIMUM_FLOOR
+
+
+@pytest.mark.parametrize(("bins", "bound", "tails"), [(8, 3.0, "linear"), (64, 100.0, "identity")])
+def test_spline_at_the_minimum_floor_is_finite_for_extreme_parameters(
+    bins: int, bound: float, tails: str
+) -> None:
+    """At the smallest minimums a `Spline` takes, float32 values, log-derivatives and gradients stay finite,
+    forward and inverse, for raw parameters in the hundreds (softmax weights and softplus slopes that underflow),
+    at the knots' extremes, at the bound and far outside it."""
+    floor = SPLINE_MINIMUM_FLOOR
+    spline = Spline(
+        bins=bins, bound=bound, tails=tails, min_bin_width=floor, min_bin_height=floor, min_derivative=floor
+    )
+    generator = torch.Generator().manual_seed(bins)
+    inputs = torch.cat(
+        [torch.linspace(-bound, bound, 41), torch.tensor([-1e4, -bound * 1.01, bound * 1.01, 1e4])]
+    )
+    for _ in range(40):
+        raw = 300.0 * torch.randn(1, 1, spline.num_params, generator=generator)
+        params = raw.expand(inputs.shape[0], 1, -1).clone().requires_grad_(True)
+        x = inputs[:, None].clone().requires_grad_(True)
+        for inverse in (False, True):
+            y, ladj = spline(x, params, inverse=inverse)
+            gradients = torch.autograd.grad(y.sum() + ladj.sum(), [x, params])
+            assert _finite(y, ladj, *gradients), (inverse, raw)
 
 
 @PROPERTY
