@@ -7,13 +7,14 @@ legal input (empty batches, huge magnitudes) a result of the documented shape wi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 
-from flows.flow import Flow
+from flows.flow import Flow, _extremes
 from flows.presets import MAF, NSF, RealNVP
 from flows.presets_image import Glow, RealNVPImage
 from flows.training.registry import gaussian
@@ -184,6 +185,29 @@ def test_nan_rows_are_named_and_inf_rows_have_zero_density(name: str) -> None:
     context[3, 1] = float("nan")
     with pytest.raises(ValueError, match=r"context must not contain NaN, got NaN in rows \[3\]"):
         conditional.log_prob(torch.zeros(6, 3), context)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_the_one_reduction_finiteness_check_finds_every_nan_and_inf(dtype: torch.dtype) -> None:
+    """`_extremes` (min and max in one reduction) replaces `isfinite(x).all()` in every input check: a NaN or
+    ±inf at any position (vectorised bodies and scalar tails, contiguous or strided) must show in them."""
+    generator = torch.Generator().manual_seed(0)
+    for size in (1, 7, 64, 1001):
+        for position in {0, size // 2, size - 1}:
+            for bad in (float("nan"), float("inf"), -float("inf")):
+                values = torch.randn(size, 2, generator=generator).to(dtype)
+                values[position, 1] = bad
+                for view in (values, values[:, 1], values.t()):
+                    low, high = _extremes(view)
+                    assert not (math.isfinite(low) and math.isfinite(high))
+                    assert (math.isnan(low) or math.isnan(high)) == bool(torch.isnan(view).any())
+            low, high = _extremes(torch.randn(size, generator=generator).to(dtype))
+            assert math.isfinite(low) and math.isfinite(high)
+    if dtype in (torch.float32, torch.float64):  # the flows' own dtypes
+        rows = torch.zeros(1000, 3, dtype=dtype)
+        rows[-1, -1] = float("inf")  # the last row of a large batch: density 0, the others finite
+        log_prob = _flow("maf").to(dtype).log_prob(rows)
+        assert log_prob[-1] == -float("inf") and bool(torch.isfinite(log_prob[:-1]).all())
 
 
 def _trained_like(flow: Flow, seed: int = 0) -> Flow:
