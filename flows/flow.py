@@ -42,16 +42,13 @@ def _rows(bad: Tensor) -> str:
 
 
 def _extremes(value: Tensor) -> tuple[float, float]:
-    """`(min, max)` of a non-empty real tensor in one reduction and one host sync; NaN when any value is NaN.
+    """`(min, max)` of a non-empty floating-point tensor (what `_check_tensor` admits) in one reduction and one
+    host sync; NaN when any value is NaN.
 
     So the values are all finite exactly when both are, and some is NaN exactly when either is. On CPUs this is
     4-13x faster than a `torch.isfinite` mask reduced with `.all()` (3.9 against 49 us at 512 x 43, 93 us
     against 1.2 ms at 256 x 3 x 32 x 32), which builds its mask through several kernels.
     """
-    if not value.is_floating_point():  # integers: always finite (complex inputs are refused before this)
-        if value.is_complex():
-            raise TypeError(f"expected a real tensor, got {value.dtype}")
-        return 0.0, 0.0
     low, high = torch.stack(torch.aminmax(value)).tolist()
     return low, high
 

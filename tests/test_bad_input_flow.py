@@ -248,9 +248,8 @@ def test_log_prob_gives_infinite_rows_density_zero_also_when_the_layers_map_them
     # a graph traced on finite rows keeps the mask: it must not bake in that its example had no infinity
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(
-            flow, (torch.zeros(4, 3, dtype=dtype),), check_trace=False
-        )  # forward = log_prob
+        # a Flow's forward is its log_prob
+        traced = torch.jit.trace(flow, (torch.zeros(4, 3, dtype=dtype),), check_trace=False)
     traced_log_prob = traced(rows)
     assert traced_log_prob[-1] == -float("inf") and bool(torch.isfinite(traced_log_prob[:-1]).all())
 
