@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from flows.mixed_precision import full_precision
+
 __all__ = ["Bijector", "Chain", "Inverse", "broadcast_context", "fixed_event_shape", "sum_event"]
 
 
@@ -304,9 +306,13 @@ class Chain(Bijector):
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         total, zero = None, True
-        for bijector in self.bijectors:
-            x, ladj = bijector(x, context)
-            total, zero = self._accumulate(total, zero, ladj, bijector), zero and bijector.volume_preserving
+        with full_precision(x.device.type):  # under autocast, only the conditioners compute in 16 bits
+            for bijector in self.bijectors:
+                x, ladj = bijector(x, context)
+                total, zero = (
+                    self._accumulate(total, zero, ladj, bijector),
+                    zero and bijector.volume_preserving,
+                )
         return x, total
 
     def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> bool:
@@ -319,7 +325,11 @@ class Chain(Bijector):
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         total, zero = None, True
-        for bijector in reversed(self.bijectors):
-            y, ladj = bijector.inverse(y, context)
-            total, zero = self._accumulate(total, zero, ladj, bijector), zero and bijector.volume_preserving
+        with full_precision(y.device.type):
+            for bijector in reversed(self.bijectors):
+                y, ladj = bijector.inverse(y, context)
+                total, zero = (
+                    self._accumulate(total, zero, ladj, bijector),
+                    zero and bijector.volume_preserving,
+                )
         return y, total

@@ -27,6 +27,7 @@ from torch import Tensor
 from flows.bijectors.coupling import MaskedCoupling, apply_transformer
 from flows.core import Bijector, Chain
 from flows.flow import Flow
+from flows.mixed_precision import run_conditioner
 
 __all__ = ["sample_with_score"]
 
@@ -43,7 +44,7 @@ def _detached_vjp(layer: Bijector, y: Tensor, score: Tensor) -> Tensor:
 def _coupling_step(layer: MaskedCoupling, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One coupling layer in the sampling direction: `(x', ladj of the sampling map, ∇ log q'(x'))`."""
     x_cond, x_transformed = layer.split(x)
-    params = layer.conditioner(x_cond, None)
+    params = run_conditioner(layer.conditioner, x_cond, None)
     y_transformed, ladj = apply_transformer(layer.transformer, x_transformed, params, inverse=True)
     score_cond, score_transformed = layer.split(score)
     y_leaf = y_transformed.detach().requires_grad_(True)

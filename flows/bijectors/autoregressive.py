@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from flows.bijectors.coupling import apply_transformer, build_transformer
 from flows.core import Bijector, broadcast_context
+from flows.mixed_precision import conditioners_in_mixed_precision, run_conditioner
 from flows.nn import MADE
 from flows.transformers import Transformer
 
@@ -147,13 +148,17 @@ class Autoregressive(Bijector):
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """One conditioner pass: `x (batch + event) -> (y, ladj (batch))`."""
         x, context = self._prepare(x, context)
-        return self._transform(x, self.conditioner(x, context), inverse=False)
+        return self._transform(x, run_conditioner(self.conditioner, x, context), inverse=False)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """`y (batch + event) -> (x, ladj (batch))` by `inverse_method` (see the module docstring)."""
         y, context = self._prepare(y, context)
         method = self.inverse_method
-        cached = self.use_cache and hasattr(self.conditioner, "decoder")
+        # Under mixed precision the cache's 16-bit steps round differently from the full pass that log_prob
+        # runs, so the inverse would not undo the forward map: full passes then (see flows.mixed_precision).
+        cached = (
+            self.use_cache and hasattr(self.conditioner, "decoder") and not conditioners_in_mixed_precision()
+        )
         if method == "auto":
             method = "sequential" if cached or self.units < _FIXED_POINT_MIN_FEATURES else "fixed_point"
         if method == "sequential":
@@ -230,9 +235,10 @@ class Autoregressive(Bijector):
     def _inverse_params(self, x: Tensor, context: Optional[Tensor]) -> Tensor:
         """Conditioner parameters for the inverse: with `guidance = g` and a context, classifier-free guidance
         `p(c) + g (p(c) - p(0))` against the null context (zeros), else `p(c)`."""
-        params = self.conditioner(x, context)
+        params = run_conditioner(self.conditioner, x, context)
         if self.guidance and context is not None:
-            params = params + self.guidance * (params - self.conditioner(x, torch.zeros_like(context)))
+            unconditional = run_conditioner(self.conditioner, x, torch.zeros_like(context))
+            params = params + self.guidance * (params - unconditional)
         return params
 
     def _inverse_cached(self, y: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:

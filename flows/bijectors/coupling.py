@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from flows.core import Bijector, broadcast_context
+from flows.mixed_precision import run_conditioner
 from flows.nn import MLP, ConvNet, ResidualNet
 from flows.transformers import Transformer, make_transformer
 
@@ -151,7 +152,7 @@ class MaskedCoupling(Bijector):
             context = None
         x, context = broadcast_context(x, context, self.event_dims)
         x_cond, x_transformed = self.split(x)
-        params = self.conditioner(x_cond, context)
+        params = run_conditioner(self.conditioner, x_cond, context)
         y_transformed, ladj = apply_transformer(self.transformer, x_transformed, params, inverse)
         return self.merge(x_cond, y_transformed), ladj
 

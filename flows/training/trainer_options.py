@@ -11,7 +11,7 @@ from typing import Any
 
 from flows.training.config import ConfigError, check_value, unknown_key_error
 
-__all__ = ["RESERVED_TRAINER_KEYS", "trainer_arguments"]
+__all__ = ["RESERVED_TRAINER_KEYS", "SIXTEEN_BIT_PRECISIONS", "check_precision", "trainer_arguments"]
 
 #: Trainer arguments that other config sections own.
 RESERVED_TRAINER_KEYS = {
@@ -52,4 +52,24 @@ def trainer_arguments(trainer_config: dict[str, Any]) -> dict[str, Any]:
         if key not in parameters or key == "self":
             raise unknown_key_error(f"trainer.{key}", valid, "trainer (lightning.Trainer arguments)")
         out[key] = check_value(f"trainer.{key}", value, hints.get(key, Any))
+    if "precision" in out:
+        check_precision(out["precision"])
     return out
+
+
+#: Lightning's precisions that compute the whole model in 16 bits (parameters, inputs and every operation)
+SIXTEEN_BIT_PRECISIONS = ("16-true", "bf16-true", "transformer-engine", "transformer-engine-float16")
+
+
+def check_precision(precision: Any) -> None:
+    """Refuse `trainer.precision` settings that would compute a flow's transforms in 16 bits.
+
+    Mixed precision (`16-mixed`, `bf16-mixed`) is fine: a flow then runs only its conditioner networks in 16
+    bits and keeps its transforms, log-determinants and base density in float32 (`flows.mixed_precision`)."""
+    if str(precision).lower() in SIXTEEN_BIT_PRECISIONS:
+        raise ConfigError(
+            f"config key 'trainer.precision': expected 32-true, 64-true, 16-mixed or bf16-mixed, got {precision!r}, "
+            "which computes the whole flow in 16 bits (8 or 11 significant bits): its log-determinants and "
+            "inverse too, so log-densities would be off by nats. Use bf16-mixed or 16-mixed: the conditioner "
+            "networks compute in 16 bits, the transforms and log-determinants in float32"
+        )
