@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from flows.mixed_precision import full_precision
+from flows.mixed_precision import wrap_methods
 
 __all__ = ["Bijector", "Chain", "Inverse", "broadcast_context", "fixed_event_shape", "sum_event"]
 
@@ -74,6 +74,12 @@ class Bijector(nn.Module):
 
     event_dims: int = 1
     volume_preserving: bool = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Under autocast a bijector computes in its input's dtype; only its conditioner network (called through
+        # flows.mixed_precision.run_conditioner) computes in 16 bits.
+        super().__init_subclass__(**kwargs)
+        wrap_methods(cls, ("forward", "inverse"))
 
     @property
     def output_event_dims(self) -> int:
@@ -306,13 +312,9 @@ class Chain(Bijector):
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         total, zero = None, True
-        with full_precision(x.device.type):  # under autocast, only the conditioners compute in 16 bits
-            for bijector in self.bijectors:
-                x, ladj = bijector(x, context)
-                total, zero = (
-                    self._accumulate(total, zero, ladj, bijector),
-                    zero and bijector.volume_preserving,
-                )
+        for bijector in self.bijectors:
+            x, ladj = bijector(x, context)
+            total, zero = self._accumulate(total, zero, ladj, bijector), zero and bijector.volume_preserving
         return x, total
 
     def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> bool:
@@ -325,11 +327,7 @@ class Chain(Bijector):
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         total, zero = None, True
-        with full_precision(y.device.type):
-            for bijector in reversed(self.bijectors):
-                y, ladj = bijector.inverse(y, context)
-                total, zero = (
-                    self._accumulate(total, zero, ladj, bijector),
-                    zero and bijector.volume_preserving,
-                )
+        for bijector in reversed(self.bijectors):
+            y, ladj = bijector.inverse(y, context)
+            total, zero = self._accumulate(total, zero, ladj, bijector), zero and bijector.volume_preserving
         return y, total

@@ -12,6 +12,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from flows.mixed_precision import wrap_methods
+
 __all__ = ["LOG_SQRT_2PI", "Distribution", "Shape", "as_shape"]
 
 Shape = Union[int, Sequence[int], torch.Size]
@@ -33,6 +35,11 @@ def as_shape(shape: Shape) -> tuple[int, ...]:
 
 class Distribution(nn.Module):
     """Base class of base distributions over an event of shape `event_shape`."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Under autocast a base density computes in float32; a parameter network runs through run_conditioner.
+        super().__init_subclass__(**kwargs)
+        wrap_methods(cls, ("log_prob", "rsample", "sample", "rsample_and_log_prob"))
 
     event_shape: tuple[int, ...]
     context_features: int = 0

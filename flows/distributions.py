@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from flows.distribution_base import LOG_SQRT_2PI, Distribution, Shape, as_shape
 from flows.full_mixture import FullGaussianMixture
+from flows.mixed_precision import run_conditioner
 from flows.nn import MLP
 
 __all__ = [
@@ -118,7 +119,7 @@ class RawParameters(nn.Module):
                 f"expected a context of shape batch + ({self.context_features},), "
                 f"got a tensor of shape {tuple(context.shape)}"
             )
-        flat = self.network(context)
+        flat = run_conditioner(self.network, context, dtype=self.network.network[-1].bias.dtype)
         batch = tuple(context.shape[:-1])
         sizes = [math.prod(shape) for shape in self.shapes.values()]
         pieces = torch.split(flat, sizes, dim=-1)

@@ -8,18 +8,16 @@ features. A bad input is a `TypeError`/`ValueError` that names what was expected
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
-from collections.abc import Callable
-from typing import Any, Optional, TypeVar
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from flows.core import Bijector
 from flows.distributions import Distribution, Shape, as_shape
-from flows.mixed_precision import full_precision
+from flows.mixed_precision import in_full_precision, run_conditioner
 from flows.torch_distribution import FlowDistribution
 
 __all__ = ["Flow"]
@@ -92,24 +90,6 @@ def _check_event_shapes(transform: Bijector, base: Distribution) -> None:
             f"the transform takes event shape {tuple(takes)} and gives {tuple(gives)}, but the base "  # type: ignore[arg-type]
             f"distribution's event shape is {event}; a Flow's data and latent share the base's event shape"
         )
-
-
-_Method = TypeVar("_Method", bound=Callable[..., Any])
-
-
-def _in_full_precision(method: _Method) -> _Method:
-    """Runs a `Flow` method with autocast off on its device (the first tensor argument's, else the flow's):
-    under mixed precision only the conditioners compute in 16 bits (`flows.mixed_precision`)."""
-
-    @functools.wraps(method)
-    def wrapper(self: Flow, *args: Any, **kwargs: Any) -> Any:
-        tensor = next((v for v in itertools.chain(args, kwargs.values()) if isinstance(v, Tensor)), None)
-        if tensor is None:
-            tensor = self._reference()
-        with full_precision(tensor.device.type if tensor is not None else "cpu"):
-            return method(self, *args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 class Flow(nn.Module):
@@ -253,7 +233,8 @@ class Flow(nn.Module):
     def _embed(self, context: Optional[Tensor]) -> Optional[Tensor]:
         if context is None or self.embedding is None:
             return context
-        return self.embedding(context)
+        reference = self._reference()
+        return run_conditioner(self.embedding, context, dtype=None if reference is None else reference.dtype)
 
     def _check_output(self, name: str, method: str, value: Tensor, x: Tensor) -> Tensor:
         """A NaN in a result of finite input means an overflow inside the flow: a ValueError naming the rows."""
@@ -269,7 +250,7 @@ class Flow(nn.Module):
             )
         return value
 
-    @_in_full_precision
+    @in_full_precision
     @torch.no_grad()
     def initialize(self, x: Tensor, context: Optional[Tensor] = None) -> bool:
         """Data-dependent initialisation (ActNorm) from a first batch `x (batch + event)`.
@@ -280,7 +261,7 @@ class Flow(nn.Module):
         x, context = self._validate(x, context)
         return self.transform.initialize(x, context)
 
-    @_in_full_precision
+    @in_full_precision
     def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Log density of `x (batch + event)`; returns `(batch)`.
 
@@ -294,21 +275,21 @@ class Flow(nn.Module):
             log_prob = torch.where(finite_rows, log_prob, -math.inf)
         return log_prob.nan_to_num(nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
 
-    @_in_full_precision
+    @in_full_precision
     def encode(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Data to latent: `x (batch + event) -> z (batch + event)`."""
         x, context = self._validate(x, context)
         z, _ = self.transform(x, context)
         return self._check_output("x", "encode", z, x)
 
-    @_in_full_precision
+    @in_full_precision
     def decode(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Latent to data: `z (batch + event) -> x (batch + event)`."""
         z, context = self._validate(z, context, name="z")
         x, _ = self.transform.inverse(z, context)
         return self._check_output("z", "decode", x, z)
 
-    @_in_full_precision
+    @in_full_precision
     def rsample(self, sample_shape: Shape = (), context: Optional[Tensor] = None) -> Tensor:
         """Reparameterised samples: shape `sample_shape + context_batch + event`."""
         _, context = self._validate(None, context)
@@ -321,7 +302,7 @@ class Flow(nn.Module):
         with torch.no_grad():
             return self.rsample(sample_shape, context)
 
-    @_in_full_precision
+    @in_full_precision
     def sample_and_log_prob(
         self, sample_shape: Shape = (), context: Optional[Tensor] = None
     ) -> tuple[Tensor, Tensor]:

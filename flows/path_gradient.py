@@ -27,7 +27,7 @@ from torch import Tensor
 from flows.bijectors.coupling import MaskedCoupling, apply_transformer
 from flows.core import Bijector, Chain
 from flows.flow import Flow
-from flows.mixed_precision import run_conditioner
+from flows.mixed_precision import full_precision, run_conditioner
 
 __all__ = ["sample_with_score"]
 
@@ -42,19 +42,21 @@ def _detached_vjp(layer: Bijector, y: Tensor, score: Tensor) -> Tensor:
 
 
 def _coupling_step(layer: MaskedCoupling, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One coupling layer in the sampling direction: `(x', ladj of the sampling map, ∇ log q'(x'))`."""
-    x_cond, x_transformed = layer.split(x)
-    params = run_conditioner(layer.conditioner, x_cond, None)
-    y_transformed, ladj = apply_transformer(layer.transformer, x_transformed, params, inverse=True)
-    score_cond, score_transformed = layer.split(score)
-    y_leaf = y_transformed.detach().requires_grad_(True)
-    params_leaf = params.detach().requires_grad_(True)
-    with torch.enable_grad():
-        back, ladj_forward = apply_transformer(layer.transformer, y_leaf, params_leaf, inverse=False)
-        grad_transformed, grad_params = torch.autograd.grad(
-            (back * score_transformed).sum() + ladj_forward.sum(), (y_leaf, params_leaf)
-        )
-        (grad_cond,) = torch.autograd.grad(params, x_cond, grad_params, retain_graph=True)
+    """One coupling layer in the sampling direction: `(x', ladj of the sampling map, ∇ log q'(x'))`. Its
+    transformer runs outside the layer's own methods, so in `full_precision` here (`flows.mixed_precision`)."""
+    with full_precision(x.device.type):
+        x_cond, x_transformed = layer.split(x)
+        params = run_conditioner(layer.conditioner, x_cond, None)
+        y_transformed, ladj = apply_transformer(layer.transformer, x_transformed, params, inverse=True)
+        score_cond, score_transformed = layer.split(score)
+        y_leaf = y_transformed.detach().requires_grad_(True)
+        params_leaf = params.detach().requires_grad_(True)
+        with torch.enable_grad():
+            back, ladj_forward = apply_transformer(layer.transformer, y_leaf, params_leaf, inverse=False)
+            grad_transformed, grad_params = torch.autograd.grad(
+                (back * score_transformed).sum() + ladj_forward.sum(), (y_leaf, params_leaf)
+            )
+            (grad_cond,) = torch.autograd.grad(params, x_cond, grad_params, retain_graph=True)
     return layer.merge(x_cond, y_transformed), ladj, layer.merge(score_cond + grad_cond, grad_transformed)
 
 
