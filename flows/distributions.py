@@ -119,7 +119,7 @@ class RawParameters(nn.Module):
                 f"expected a context of shape batch + ({self.context_features},), "
                 f"got a tensor of shape {tuple(context.shape)}"
             )
-        flat = run_conditioner(self.network, context, dtype=self.network.network[-1].bias.dtype)
+        flat = run_conditioner(self.network, context)
         batch = tuple(context.shape[:-1])
         sizes = [math.prod(shape) for shape in self.shapes.values()]
         pieces = torch.split(flat, sizes, dim=-1)
