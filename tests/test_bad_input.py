@@ -62,6 +62,8 @@ def user_dir(tmp_path: Path) -> Iterator[Path]:
     pd.DataFrame(table[:, :2], columns=["a", "b"]).to_csv(tmp_path / "two_columns.csv", index=False)
     (tmp_path / "zero.csv").write_bytes(b"")
     (tmp_path / "ragged.csv").write_text("a,b,c\n1,2,3\n4,5\n6,7,8,9\n" + "1,2,3\n" * 20)
+    stamps = pd.DataFrame({"a": table[:, 0], "t": 1.7e9 + np.arange(200.0)})  # unix times a second apart
+    stamps.to_csv(tmp_path / "timestamps.csv", index=False)
     (tmp_path / "config_dir.yaml").mkdir()
     (tmp_path / "latin1.yaml").write_bytes("seed: 0  # caf\xe9\n".encode("latin-1"))
     before = _snapshot(tmp_path)
@@ -126,6 +128,16 @@ def _untrained(directory: Path) -> bool:
             np.r_[[[1e300, 0.0]], np.arange(40.0).reshape(20, 2)],
             ["float32 range", "x0 (|x| up to 1e+300)", "64-true"],
         ),
+        (
+            np.random.default_rng(0).normal(size=(60, 2)) + [0.0, 1e9],  # e.g. timestamps seconds apart
+            [
+                "spread is too small",
+                "x1 (values up to 1e+09",
+                "float32 rounds",
+                "Subtract an offset",
+                "64-true",
+            ],
+        ),
     ],
     ids=[
         "nan",
@@ -138,6 +150,7 @@ def _untrained(directory: Path) -> bool:
         "ragged",
         "complex",
         "1e300",
+        "offset-1e9",
     ],
 )
 def test_fit_rejects_bad_tables_before_training(data: object, expected: list[str], tmp_path: Path) -> None:
@@ -310,6 +323,7 @@ def test_damaged_and_foreign_checkpoints_are_clear_errors(checkpoint: Path, tmp_
         ("good.csv", {"columns": ["a", "z"]}, ["column 'z' not found", "['a', 'b', 'c']"]),
         ("zero.csv", {}, ["zero.csv is empty (0 bytes)", "expected a table"]),
         ("ragged.csv", {}, ["ragged.csv is ragged", "expected 3 fields", "line 3 has 2", "line 4 has 4"]),
+        ("timestamps.csv", {}, ["spread is too small", "t (values up to 1.7e+09 with std 57.7", "float32"]),
     ],
     ids=[
         "nan",
@@ -322,6 +336,7 @@ def test_damaged_and_foreign_checkpoints_are_clear_errors(checkpoint: Path, tmp_
         "unknown-column",
         "zero-bytes",
         "ragged",
+        "timestamps",
     ],
 )
 def test_cli_fit_rejects_bad_files(
@@ -583,6 +598,39 @@ def test_standardisation_statistics_do_not_overflow_at_1e300() -> None:
     mean, std = standardization_of(np.array([[1e300], [-1e300], [5e299], [0.0]]))
     assert np.isfinite(mean).all() and np.isfinite(std).all()
     np.testing.assert_allclose(std, [np.std([1.0, -1.0, 0.5, 0.0]) * 1e300], rtol=1e-12)
+
+
+def test_resolution_check_counts_steps_of_the_training_dtype() -> None:
+    from flows.training.standardization import check_resolution
+
+    rows = np.random.default_rng(0).normal(size=(100, 3)) + [0.0, 1e4, 1e6]
+    rows[:, 0] = 7.0  # a constant column is fine
+    float32 = float(torch.finfo(torch.float32).eps)
+    check_resolution(rows[:, :2], ["a", "b"], "float32", float32)  # 1e4: steps of 1e-3 std
+    with pytest.raises(ValueError, match=r"context columns whose .* c \(values up to 1e\+06 with std"):
+        check_resolution(rows, ["a", "b", "c"], "float32", float32, what="context columns")
+    check_resolution(rows, ["a", "b", "c"], "float64", float(torch.finfo(torch.float64).eps))
+
+
+def test_float64_fit_resolves_a_large_offset_that_float32_cannot() -> None:
+    """A 64-bit precision builds the model in float64: the standardisation of 1e12 + N(0, 1) is not rounded
+    to float32 (it was: a mean off by up to 32,768 standard deviations, scores of -1e14)."""
+    rows = np.random.default_rng(3).normal(size=(200, 2))
+    options = {**FAST, "max_epochs": 1, "trainer": {"accelerator": "cpu", "precision": "64-true"}}
+    plain = DensityEstimator("gaussian", **options).fit(rows)
+    shifted = DensityEstimator("gaussian", **options).fit(rows + 1e12)
+    # (the same fit up to rounding in float64 at 1e12, ~1e-4 per value, which moves the optimiser's path)
+    np.testing.assert_allclose(shifted.score_samples(rows + 1e12), plain.score_samples(rows), atol=0.1)
+    assert abs(shifted.score(rows + 1e12) - plain.score(rows)) < 0.02
+    assert shifted.sample(2000, random_state=0).std(axis=0).min() > 0.8
+    assert torch.get_default_dtype() == torch.float32  # restored after the fit
+
+
+def test_conditional_fit_refuses_an_unresolvable_context_column() -> None:
+    rng = np.random.default_rng(4)
+    context = rng.normal(size=(80, 1)) + 1e10
+    with pytest.raises(ValueError, match=r"context columns whose spread is too small .*float32"):
+        DensityEstimator("gaussian", **FAST).fit(rng.normal(size=(80, 2)), context=context)
 
 
 def test_float64_fit_keeps_its_dtype_through_save_and_load(tmp_path: Path) -> None:

@@ -69,8 +69,10 @@ class DensityEstimator(  # type: ignore[misc]
     `flows.training.models.standardization_of` for why the plain mean/std are kept).
 
     The model computes in float32 unless `trainer={"precision": "64-true"}` (float64); `save`/`load` keep
-    that dtype. `fit` refuses values beyond the training dtype's range; `score_samples` returns `-inf` for
-    rows too far out for that dtype (never NaN).
+    that dtype. `fit` refuses values beyond the training dtype's range, and columns whose spread is too small
+    for their offset in that dtype (1e9 + N(0, 1), timestamps seconds apart: float32 would round them to a
+    few points; subtract an offset, or fit in float64); `score_samples` returns `-inf` for rows too far out
+    for that dtype (never NaN).
 
     Per column (keys: column names of a fitted DataFrame, or positions): `bounds` maps a column to
     `(low, high)` (None: unbounded side); the model lives on that support (a `ColumnSupport` folded in before

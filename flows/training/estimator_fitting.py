@@ -17,8 +17,9 @@ from flows.training.data import splits_from_arrays
 from flows.training.frames import is_frame, label_codes
 from flows.training.registry import MODELS, check_model_options, model_parameters
 from flows.training.safety import TrainingDivergedError
+from flows.training.standardization import check_resolution
 from flows.training.table_defaults import table_train_options
-from flows.training.trainer_options import trainer_arguments
+from flows.training.trainer_options import trainer_arguments, training_dtype
 
 __all__ = ["DEFAULT_BASE", "EstimatorFitting"]
 
@@ -130,14 +131,10 @@ class EstimatorFitting:
         self.config_ = config
         return self
 
-    def _training_dtype(self) -> torch.dtype:
-        """float64 when the trainer's `precision` is 64-bit, else float32 (the default dtype)."""
-        precision = str((self.trainer or {}).get("precision", "32")).lower()
-        return torch.float64 if precision in ("64", "64-true", "double") else torch.get_default_dtype()
-
     def _check_range(self, splits: Any) -> None:
-        """A ValueError naming the columns whose values do not fit the dtype the model trains in."""
-        dtype = self._training_dtype()
+        """A ValueError naming the columns whose values do not fit the dtype the model trains in, or that it
+        cannot resolve (`check_resolution`)."""
+        dtype = training_dtype(self.trainer or {})
         limit = float(torch.finfo(dtype).max)
         tables = [splits.train, splits.val]
         largest = np.max([np.max(np.abs(t), axis=0) for t in tables], axis=0)
@@ -150,6 +147,11 @@ class EstimatorFitting:
                 f"training uses, in columns {too_large}; rescale them, or fit in float64 with "
                 "trainer={'precision': '64-true'}"
             )
+        # (the training task checks this again on the rows it models; here it fails before any file is written)
+        name, eps = str(dtype).removeprefix("torch."), float(torch.finfo(dtype).eps)
+        check_resolution(splits.train, list(splits.columns), name, eps)
+        if splits.train_context is not None:
+            check_resolution(splits.train_context, list(splits.context_columns), name, eps, "context columns")
 
     def _diverged(self, error: TrainingDivergedError) -> TrainingDivergedError:
         """The training layer's divergence error reworded for this class's arguments (it names config keys

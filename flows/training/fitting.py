@@ -19,6 +19,7 @@ from flows.training.safety import read_checkpoint
 from flows.training.tasks.base import Fitted, Task
 from flows.training.threads import resolve_threads
 from flows.training.trainer import make_trainer, quiet_fit_warnings
+from flows.training.trainer_options import default_dtype, training_dtype
 
 __all__ = ["Fitted", "train"]
 
@@ -44,7 +45,12 @@ def train(
     L.seed_everything(seed, workers=True, verbose=False)
     data = task.prepare_data(config, data)
     torch.manual_seed(seed)
-    model, record = task.build(config, data)
+    # A 64-bit `trainer.precision` builds, initialises and fits the base in float64 from the start: a model
+    # built in float32 and converted by Lightning would keep statistics rounded to float32 (a mean of 1e12
+    # off by up to 32,768).
+    dtype = training_dtype(config.trainer)
+    with default_dtype(dtype):
+        model, record = task.build(config, data)
     threads = resolve_threads(config.train.num_threads, model, config.train.batch_size)
     if threads is not None:  # the callers' `torch_threads` restores the previous count
         torch.set_num_threads(threads)
@@ -60,9 +66,10 @@ def train(
     )
     # Data-dependent initialisation on the first global batch: the same rows on every rank, before DDP
     # wraps the model (so all ranks start from identical parameters).
-    if config.train.actnorm_init:
-        task.initialize(model, data, config, config.train.batch_size * trainer.world_size)
-    start_score = task.fit_base(model, data, config, record)  # e.g. a Gaussian mixture fitted as the base
+    with default_dtype(dtype):
+        if config.train.actnorm_init:
+            task.initialize(model, data, config, config.train.batch_size * trainer.world_size)
+        start_score = task.fit_base(model, data, config, record)  # e.g. a Gaussian mixture fitted as the base
     start_state = (
         None if start_score is None else {k: v.detach().clone() for k, v in model.state_dict().items()}
     )

@@ -11,9 +11,13 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["extreme_outliers", "standardization_of"]
+__all__ = ["check_resolution", "extreme_outliers", "standardization_of"]
 
 OUTLIER_SCALES = 1000.0
+
+#: The coarsest rounding of a column's values, in its standard deviations, that a model may compute with:
+#: at least 100 representable values per standard deviation.
+RESOLUTION = 1e-2
 
 
 def _robust_scale(column: np.ndarray) -> float:
@@ -68,3 +72,35 @@ def standardization_of(
             stacklevel=2,
         )
     return mean, std
+
+
+def check_resolution(
+    train: np.ndarray, columns: Sequence[str], dtype_name: str, eps: float, what: str = "columns"
+) -> None:
+    """A ValueError naming the columns of `train (n, D)` that a model computing in a float type of relative
+    precision `eps` (`dtype_name`) cannot resolve: a small spread on a large offset (1e9 + N(0, 1), say, or
+    timestamps a few seconds apart), where the values round to steps of more than `RESOLUTION` standard
+    deviations when cast to that type, so that the model would see a handful of points instead of the data.
+    Constant columns (std 0) are fine: standardisation maps them to one value on purpose. `what` names the
+    table's columns in the message ("columns", "context columns")."""
+    problems = []
+    for index, name in enumerate(columns):
+        column = np.asarray(train[:, index], dtype=np.float64)
+        finite = column[np.isfinite(column)]
+        if finite.size < 2:
+            continue
+        std = float(finite.std())
+        largest = float(np.max(np.abs(finite)))
+        step = largest * eps  # the spacing of the type's values near the largest magnitude (within 2x)
+        if std > 0 and step > RESOLUTION * std:
+            problems.append(
+                f"{name!s} (values up to {largest:.6g} with std {std:.3g}: {dtype_name} rounds them to steps of "
+                f"about {step:.3g}, {step / std:.3g} standard deviations)"
+            )
+    if problems:
+        raise ValueError(
+            f"{what} whose spread is too small for their offset to be computed in {dtype_name}: "
+            + "; ".join(problems)
+            + ". Subtract an offset from each (e.g. its median, or a reference time from timestamps) before "
+            "fitting, and from the rows you score; or train in float64 (trainer precision '64-true')"
+        )

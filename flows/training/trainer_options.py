@@ -5,13 +5,22 @@ section does not import Lightning."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import typing
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from flows.training.config import ConfigError, check_value, unknown_key_error
 
-__all__ = ["RESERVED_TRAINER_KEYS", "SIXTEEN_BIT_PRECISIONS", "check_precision", "trainer_arguments"]
+__all__ = [
+    "RESERVED_TRAINER_KEYS",
+    "SIXTEEN_BIT_PRECISIONS",
+    "check_precision",
+    "default_dtype",
+    "trainer_arguments",
+    "training_dtype",
+]
 
 #: Trainer arguments that other config sections own.
 RESERVED_TRAINER_KEYS = {
@@ -73,3 +82,29 @@ def check_precision(precision: Any) -> None:
             "inverse too, so log-densities would be off by nats. Use bf16-mixed or 16-mixed: the conditioner "
             "networks compute in 16 bits, the transforms and log-determinants in float32"
         )
+
+
+#: Lightning's precisions that compute the whole model in float64
+SIXTY_FOUR_BIT_PRECISIONS = ("64", "64-true", "double")
+
+
+def training_dtype(trainer_config: Mapping[str, Any]) -> Any:
+    """The float dtype a model trains in under the `trainer` section: float64 for a 64-bit `precision`, else
+    torch's default dtype (float32; mixed precision keeps the model's parameters in it)."""
+    import torch
+
+    precision = str((trainer_config or {}).get("precision", "32")).lower()
+    return torch.float64 if precision in SIXTY_FOUR_BIT_PRECISIONS else torch.get_default_dtype()
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: Any) -> Iterator[None]:
+    """torch's default dtype set to `dtype` inside the block, the caller's restored after it."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

@@ -37,10 +37,11 @@ from flows.training.module import FlowModule, TableDataModule
 from flows.training.objectives import Objective
 from flows.training.registry import check_model_options
 from flows.training.safety import warn_about_columns
+from flows.training.standardization import check_resolution
 from flows.training.table_splits import prepare_splits
 from flows.training.tasks.base import Task, guarded_plots
 from flows.training.trainer import torch_threads
-from flows.training.trainer_options import trainer_arguments
+from flows.training.trainer_options import trainer_arguments, training_dtype
 
 __all__ = ["TabularTask", "fit_flow", "format_summary"]
 
@@ -75,6 +76,15 @@ def _plan(data: DataSplits) -> ColumnPlan:
     return plan if plan is not None else ColumnPlan.from_record(None, data.features)
 
 
+def _check_resolution(rows: np.ndarray, columns: list[str], data: DataSplits, config: Config) -> None:
+    """A ValueError naming the modelled and context columns that the training dtype cannot resolve."""
+    dtype = training_dtype(config.trainer)
+    name, eps = str(dtype).removeprefix("torch."), float(torch.finfo(dtype).eps)
+    check_resolution(rows, columns, name, eps)
+    if data.train_context is not None:
+        check_resolution(data.train_context, list(data.context_columns), name, eps, what="context columns")
+
+
 class TabularTask(Task):
     """Tables: `DataSplits` of float64 rows, a `flows.Flow` with the standardisation folded in, nats per row."""
 
@@ -102,6 +112,7 @@ class TabularTask(Task):
         support = plan.support()
         mean = std = None
         rows = dequantize_fixed(data.train, config.seed, plan.discrete) if plan.dequantized else data.train
+        _check_resolution(rows[:, plan.kept], [data.columns[j] for j in plan.kept], data, config)
         if config.data.standardize:
             stats_source = plan.model_rows(rows)
             if support is not None:  # standardise what the support maps the rows to
