@@ -145,3 +145,11 @@ def test_given_validation_and_test_files_are_streamed_whole(tmp_path: Path) -> N
     config["data"]["val_path"] = str(tmp_path / "narrow.csv")
     with pytest.raises(ValueError, match="has 1 columns"):
         load_streamed_table(parse_config(config).data, 3)
+
+
+def test_a_streamed_run_refuses_a_column_float32_cannot_resolve(tmp_path: Path) -> None:
+    """The check of tables held in memory: 1e9 + N(0, 1) would train on a few rounded points."""
+    x = np.random.default_rng(1).normal(size=(300, 2)) + [0.0, 1e9]
+    write_parquet(tmp_path / "table.parquet", x, 64)
+    with pytest.raises(ValueError, match=r"spread is too small .* c1 \(values up to 1e\+09 .* float32"):
+        run(streamed_config(tmp_path, "offset", max_epochs=1), verbose=False)

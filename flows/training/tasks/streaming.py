@@ -34,8 +34,10 @@ from flows.training.evaluation import LikelihoodTally, draw_samples, iter_log_pr
 from flows.training.fitting import Fitted
 from flows.training.models import build_flow
 from flows.training.safety import warn_about_columns
+from flows.training.standardization import check_resolution
 from flows.training.streaming import EpochLoader, ShardedTableStream, SplitStream, StreamedSplit
 from flows.training.tasks.tabular import TabularTask, _plots
+from flows.training.trainer_options import training_dtype
 
 __all__ = ["StreamedTable", "StreamingTableTask", "is_streaming_config", "load_streamed_table"]
 
@@ -220,6 +222,10 @@ class StreamingTableTask(TabularTask):
         # the checks of a table held in memory (constant, discrete columns), on its first 10,000 rows
         sample = next(SplitStream(data.train, 10_000).arrays())
         warn_about_columns(sample, data.columns, dequantized=bool(data.info.get("dequantized")))
+        dtype = training_dtype(config.trainer)
+        check_resolution(
+            sample, list(data.columns), str(dtype).removeprefix("torch."), torch.finfo(dtype).eps
+        )
         mean = std = None
         if config.data.standardize:
             mean, std = scan.mean.copy(), scan.std.copy()
