@@ -128,6 +128,15 @@ def _untrained(directory: Path) -> bool:
             np.r_[[[1e300, 0.0]], np.arange(40.0).reshape(20, 2)],
             ["float32 range", "x0 (|x| up to 1e+300)", "64-true"],
         ),
+        (pd.DataFrame([[1.0, 2.0], [3.0, 4.0]], columns=["a", "a"]), ["several columns named ['a']"]),
+        (
+            pd.DataFrame([[1.0, 2.0], [3.0, 4.0]], columns=[1, "1"]),
+            ["several columns named ['1']", "[1, '1']"],
+        ),
+        (
+            np.ma.masked_equal([[1.0, -999.0], [2.0, 3.0], [-999.0, 4.0], [5.0, 6.0]], -999.0),
+            ["masked array with 2 masked entries in 2 rows", "[0, 2]"],
+        ),
         (
             np.random.default_rng(0).normal(size=(60, 2)) + [0.0, 1e9],  # e.g. timestamps seconds apart
             [
@@ -150,6 +159,9 @@ def _untrained(directory: Path) -> bool:
         "ragged",
         "complex",
         "1e300",
+        "duplicate-names",
+        "names-equal-as-text",
+        "masked",
         "offset-1e9",
     ],
 )
@@ -738,3 +750,45 @@ def test_config_columns_select_numeric_columns_of_a_mixed_table(user_dir: Path) 
     table, names = load_table(user_dir / "text.csv", columns=["c", "a"])
     assert names == ["c", "a"] and table.shape == (200, 2)
     np.testing.assert_array_equal(table, pd.read_csv(user_dir / "good.csv")[["c", "a"]].to_numpy())
+
+
+def test_validation_and_scored_frames_are_matched_to_the_fitted_columns_by_name() -> None:
+    """Reordered columns are reordered back; renamed ones are an error, never taken by position."""
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(rng.normal(size=(150, 3)) * [1.0, 5.0, 0.2], columns=["a", "b", "c"])
+    val = frame.iloc[100:]
+    fit = dict(FAST, max_epochs=2)
+    ordered = DensityEstimator("gaussian", **fit).fit(frame.iloc[:100], X_val=val)
+    shuffled = DensityEstimator("gaussian", **fit).fit(frame.iloc[:100], X_val=val[["c", "a", "b"]])
+    assert shuffled.best_val_nll_ == pytest.approx(ordered.best_val_nll_, rel=1e-12)
+    np.testing.assert_array_equal(ordered.score_samples(val[["b", "c", "a"]]), ordered.score_samples(val))
+    renamed = val.rename(columns={"a": "A"})
+    with pytest.raises(ValueError, match=r"X_val lacks the columns \['a'\]: it has \['A', 'b', 'c'\]"):
+        DensityEstimator("gaussian", **fit).fit(frame.iloc[:100], X_val=renamed)
+    with pytest.raises(ValueError, match=r"X lacks the columns \['a'\]"):
+        ordered.score_samples(renamed)
+    # fitted on an array: frames are read by position, whatever their names
+    by_position = DensityEstimator("gaussian", **fit).fit(frame.to_numpy())
+    np.testing.assert_array_equal(
+        by_position.score_samples(renamed), by_position.score_samples(val.to_numpy())
+    )
+
+
+def test_context_frames_are_matched_by_name_too() -> None:
+    rng = np.random.default_rng(6)
+    context = pd.DataFrame(rng.normal(size=(120, 2)), columns=["u", "v"])
+    x = pd.DataFrame({"y": context["u"] + 0.1 * rng.normal(size=120)})
+    fit = dict(FAST, max_epochs=2)
+    ordered = DensityEstimator("maf", transforms=1, hidden_features=(8,), **fit).fit(
+        x.iloc[:90], X_val=x.iloc[90:], context=context.iloc[:90], context_val=context.iloc[90:]
+    )
+    swapped = DensityEstimator("maf", transforms=1, hidden_features=(8,), **fit).fit(
+        x.iloc[:90], X_val=x.iloc[90:], context=context.iloc[:90], context_val=context.iloc[90:][["v", "u"]]
+    )
+    assert swapped.best_val_nll_ == pytest.approx(ordered.best_val_nll_, rel=1e-12)
+    scores = ordered.score_samples(x.iloc[90:], context=context.iloc[90:])
+    np.testing.assert_array_equal(
+        ordered.score_samples(x.iloc[90:], context=context.iloc[90:][["v", "u"]]), scores
+    )
+    with pytest.raises(ValueError, match=r"context lacks the columns \['u'\]"):
+        ordered.score_samples(x.iloc[90:], context=context.iloc[90:].rename(columns={"u": "w"}))

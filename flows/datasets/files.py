@@ -85,6 +85,13 @@ def as_array(data: Any, name: str = "data") -> tuple[np.ndarray, list[str]]:
             raise ValueError(
                 f"{name} is empty: shape {data.shape} (columns {[str(c) for c in data.columns]})"
             )
+        texts = [str(c) for c in data.columns]
+        duplicates = sorted({c for c in texts if texts.count(c) > 1})
+        if duplicates:  # (pandas gives a frame, not a column, for a repeated name)
+            raise ValueError(
+                f"{name} has several columns named {duplicates} (names compared as text: "
+                f"{list(data.columns)}); rename them"
+            )
         non_numeric = [
             str(c)
             for c in data.columns
@@ -107,6 +114,15 @@ def as_array(data: Any, name: str = "data") -> tuple[np.ndarray, list[str]]:
         return validate_table(data.to_numpy(dtype=np.float64), name), names
     if isinstance(data, (str, bytes)) or data is None:
         raise TypeError(f"{name} must be an array, DataFrame or list of numbers, got {type(data).__name__}")
+    if isinstance(data, np.ma.MaskedArray):  # masked entries are missing values, not the values under them
+        masked = np.ma.getmaskarray(data).reshape(data.shape[0], -1) if data.ndim else np.zeros((1, 1), bool)
+        rows = np.flatnonzero(masked.any(axis=1))
+        if rows.size:
+            raise ValueError(
+                f"{name} is a masked array with {int(masked.sum())} masked entries in {rows.size} rows (first "
+                f"row indices: {rows[:5].tolist()}); drop those rows or fill them in (X.filled(...)) first"
+            )
+        data = np.ma.getdata(data)
     try:
         arr = np.asarray(data)
     except ValueError as err:  # ragged nested lists

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from flows.training.config import ConfigError, check_value, unknown_key_error
 from flows.training.data import DataSplits, splits_from_arrays
 from flows.training.evaluation import draw_samples, write_samples
+from flows.training.frames import in_fitted_order
 
 __all__ = [
     "ContextStandardize",
@@ -113,6 +114,10 @@ def conditional_splits_from_arrays(
             f"context_val={'given' if context_val is not None else None}"
         )
     tables = {}
+    x_val, context_val = (
+        in_fitted_order(x_val, x, "X_val"),
+        in_fitted_order(context_val, context, "context_val"),
+    )
     for name, rows, ctx in (("X", x, context), ("X_val", x_val, context_val)):
         if rows is None:
             continue

@@ -19,6 +19,7 @@ from torch.utils.data import Sampler
 from flows import datasets
 from flows.dequantization import dequantize
 from flows.training.config import ConfigError, DataConfig
+from flows.training.frames import in_fitted_order
 
 __all__ = ["DataSplits", "GlobalBatchSampler", "load_splits", "splits_from_arrays"]
 
@@ -195,12 +196,12 @@ def splits_from_arrays(
     validation split). With a context, see `flows.training.context.conditional_splits_from_arrays`."""
     train, columns = datasets.as_array(x, "X")
     if x_val is not None:
-        val, _ = datasets.as_array(x_val, "X_val")
+        val, _ = datasets.as_array(in_fitted_order(x_val, x, "X_val"), "X_val")
     elif val_fraction > 0 and train.shape[0] >= 3:
         train, val, _ = datasets.train_val_test_split(train, val_fraction, 0.0, seed)
     else:
         val = train
-    test = val if x_test is None else datasets.as_array(x_test, "X_test")[0]
+    test = val if x_test is None else datasets.as_array(in_fitted_order(x_test, x, "X_test"), "X_test")[0]
     splits = {"train": train, "val": val, "test": test}
     _check_columns(splits, "X")
     return DataSplits(train, val, test, columns, "arrays")

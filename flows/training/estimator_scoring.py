@@ -12,7 +12,7 @@ import torch
 
 from flows.training.columns import ColumnPlan
 from flows.training.evaluation import draw_samples, table_log_prob
-from flows.training.frames import code_labels, is_frame, to_frame
+from flows.training.frames import code_labels, is_frame, select_columns, to_frame
 from flows.training.models import preprocessing_of
 
 __all__ = ["EstimatorScoring"]
@@ -26,8 +26,9 @@ class EstimatorScoring:
             raise RuntimeError("this DensityEstimator is not fitted yet; call fit(X) first")
 
     def _rows(self, X: Any, columns: Optional[list[str]] = None, name: str = "X") -> np.ndarray:
-        """`X` as a float64 table `(n, len(columns))`; a DataFrame naming every one of `columns` (default:
-        the fitted columns) is reordered by name, anything else is taken by position."""
+        """`X` as a float64 table `(n, len(columns))`. A DataFrame is matched to `columns` (default: the fitted
+        columns) by name when the fit had names (a DataFrame `X`, or a context DataFrame), and must name every
+        one of them (`select_columns`); anything else is taken by position."""
         from flows.datasets import as_array
 
         self._check_fitted()
@@ -36,9 +37,8 @@ class EstimatorScoring:
             import pandas as pd
         except ImportError:
             pd = None
-        if pd is not None and isinstance(X, pd.DataFrame) and set(expected) <= {str(c) for c in X.columns}:
-            X = X[[c for c in X.columns if str(c) in expected]]
-            X = X[sorted(X.columns, key=lambda c: expected.index(str(c)))]
+        if pd is not None and isinstance(X, pd.DataFrame) and self._named(columns):
+            X = select_columns(X, expected, name)
         frame = pd is not None and isinstance(X, (pd.DataFrame, pd.Series))
         if np.ndim(X) == 1 and not frame:  # one row; a column for a one-feature model (as `fit` reads it)
             X = np.asarray(X)[:, None] if len(expected) == 1 else np.asarray(X)[None, :]
@@ -53,6 +53,13 @@ class EstimatorScoring:
                 + (f" ({expected})" if name != "X" else "")
             )
         return rows
+
+    def _named(self, columns: Optional[list[str]]) -> bool:
+        """Whether the fit named `columns` (None: the fitted columns of `X`): they came from a DataFrame, not
+        the defaults of an array (`x0, x1, ...` for `X`, `c0, c1, ...` for a context)."""
+        if columns is None:
+            return hasattr(self, "feature_names_in_")
+        return list(columns) != [f"c{i}" for i in range(len(columns))]
 
     def _context_rows(self, context: Any, method: str) -> Optional[np.ndarray]:
         """The context table `(m, k)` of a call to `method`, None for an unconditional estimator; a
@@ -91,9 +98,9 @@ class EstimatorScoring:
         if preprocessing is None:
             return rows
         if hasattr(self.flow_, "model_rows"):  # argmax / variational columns: the flow models wider rows
-            rows = self.flow_.model_rows(torch.as_tensor(rows)).numpy()
-        with torch.no_grad():
-            return copy.deepcopy(preprocessing).cpu().double()(torch.as_tensor(rows))[0].numpy()
+            rows = self.flow_.model_rows(torch.tensor(rows)).numpy()
+        with torch.no_grad():  # (torch.tensor copies: the rows may be a read-only view of the caller's data)
+            return copy.deepcopy(preprocessing).cpu().double()(torch.tensor(rows))[0].numpy()
 
     def _plan(self) -> ColumnPlan:
         """The fitted column plan (nothing declared for estimators saved before it existed)."""

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["code_labels", "is_frame", "label_codes", "to_frame"]
+__all__ = ["code_labels", "in_fitted_order", "is_frame", "label_codes", "select_columns", "to_frame"]
 
 
 def is_frame(X: Any) -> bool:
@@ -22,6 +22,33 @@ def is_frame(X: Any) -> bool:
     except ImportError:  # pragma: no cover - without pandas
         return False
     return isinstance(X, pd.DataFrame)
+
+
+def select_columns(frame: Any, expected: Sequence[str], name: str) -> Any:
+    """The columns of the DataFrame `frame` named `expected` (names compared as text), in that order; extra
+    columns are dropped. A ValueError when `frame` lacks one of them or has two columns of one name."""
+    names = [str(c) for c in frame.columns]
+    duplicates = sorted({c for c in names if names.count(c) > 1})
+    if duplicates:
+        raise ValueError(
+            f"{name} has several columns named {duplicates} (names compared as text: {list(frame.columns)}); "
+            "rename them"
+        )
+    missing = [c for c in expected if c not in names]
+    if missing:
+        raise ValueError(
+            f"{name} lacks the columns {missing}: it has {names}, the estimator was fitted on {list(expected)}; "
+            "name its columns as in fit, or pass a numpy array to match them by position"
+        )
+    return frame.iloc[:, [names.index(c) for c in expected]]
+
+
+def in_fitted_order(data: Any, reference: Any, name: str) -> Any:
+    """`data` (validation rows or contexts) with the columns of the DataFrame `reference` it goes with, matched
+    by name, when both are DataFrames (`select_columns`); anything else as it is (matched by position)."""
+    if not (is_frame(data) and is_frame(reference)):
+        return data
+    return select_columns(data, [str(c) for c in reference.columns], name)
 
 
 def _plain(value: Any) -> Any:
