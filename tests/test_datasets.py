@@ -27,6 +27,7 @@ from flows.datasets import (
     train_val_test_split,
     validate_table,
 )
+from flows.datasets.files import table_columns
 from flows.datasets.toys import eight_gaussian_centers, eight_gaussian_std
 from flows.datasets.uci import UCI_SPLIT_SIZES, _tail_split
 
@@ -255,6 +256,33 @@ def test_load_table_formats(tmp_path: Path) -> None:
         load_table(tmp_path / "z.npz")
     with pytest.raises(ValueError, match="not found"):
         load_table(tmp_path / "h.csv", columns=["nope"])
+
+
+def test_csv_with_a_byte_order_mark_reads_like_one_without(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM: it is neither part of the first name nor of the first value."""
+    data = np.random.default_rng(1).normal(size=(12, 2))
+    text = pd.DataFrame(data, columns=["a", "b"]).to_csv(index=False)
+    (tmp_path / "header.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "plain.csv").write_bytes(b"\xef\xbb\xbf" + text.split("\n", 1)[1].encode())
+    x, names = load_table(tmp_path / "header.csv", columns=["a", "b"])
+    assert names == ["a", "b"] and np.allclose(x, data)
+    assert table_columns(tmp_path / "header.csv") == ["a", "b"]
+    x, names = load_table(tmp_path / "plain.csv")
+    assert names == ["x0", "x1"] and x.shape == (12, 2) and np.allclose(x, data)
+
+
+def test_pandas_default_index_column_is_left_out_with_a_warning(tmp_path: Path) -> None:
+    data = np.random.default_rng(2).normal(size=(15, 2))
+    pd.DataFrame(data, columns=["a", "b"]).to_csv(tmp_path / "indexed.csv")  # header ",a,b"
+    with pytest.warns(UserWarning, match=r"no name and holds the row numbers 0 \.\. 14"):
+        x, names = load_table(tmp_path / "indexed.csv")
+    assert names == ["a", "b"] and np.allclose(x, data)
+    x, names = load_table(tmp_path / "indexed.csv", columns=[0, "a"])  # asked for by position: kept
+    assert np.array_equal(x[:, 0], np.arange(15.0)) and np.allclose(x[:, 1], data[:, 0])
+    shuffled = pd.DataFrame(data, columns=["a", "b"], index=np.arange(15)[::-1])
+    shuffled.to_csv(tmp_path / "other_index.csv")  # not 0 .. n-1: a column like any other
+    x, names = load_table(tmp_path / "other_index.csv")
+    assert x.shape == (15, 3)
 
 
 def test_load_table_errors(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ def _column_indices(names: list[str], columns: Sequence[str | int], path: Path) 
 
 def _sniff_header(path: Path, sep: str) -> bool:
     """True when the first non-empty line has a field that does not parse as a number."""
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # (a BOM, as Excel writes, is not data)
         for row in csv.reader(fh, delimiter=sep):
             if not any(field.strip() for field in row):
                 continue
@@ -175,7 +176,7 @@ def _sniff_header(path: Path, sep: str) -> bool:
 
 def _csv_rows(path: Path, sep: str) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of the non-blank rows of a text table."""
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # (a BOM, as Excel writes, is not data)
         reader = csv.reader(fh, delimiter=sep)
         for row in reader:
             if any(field.strip() for field in row):
@@ -228,7 +229,7 @@ def _read_text_utf8(path: Path, sep: str, header: bool | None, columns: Sequence
         header = _sniff_header(path, sep)
     names = _header_names(path, sep) if header else None
     try:
-        df = pd.read_csv(path, sep=sep, header=0 if header else None, index_col=False)
+        df = pd.read_csv(path, sep=sep, header=0 if header else None, index_col=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError as error:
         raise ValueError(
             f"{path} holds no table (only blank lines); expected a header row or numeric rows"
@@ -241,7 +242,25 @@ def _read_text_utf8(path: Path, sep: str, header: bool | None, columns: Sequence
         df.columns = names
     if columns is not None:
         df = df.iloc[:, _column_indices([str(c) for c in df.columns], columns, path)]
+    elif header and _written_index(df):
+        warnings.warn(
+            f"{path}: its first column has no name and holds the row numbers 0 .. {df.shape[0] - 1}, the index "
+            "that pandas' DataFrame.to_csv writes by default; it is left out (name the columns to model to keep "
+            "it, or write the file with index=False)",
+            UserWarning,
+            stacklevel=2,
+        )
+        df = df.iloc[:, 1:]
     return df
+
+
+def _written_index(df: Any) -> bool:
+    """Whether the first column of a table read with a header is pandas' default index written by `to_csv`:
+    no name (pandas calls it 'Unnamed: 0') and the values 0, 1, ..., n - 1, beside other columns."""
+    if df.shape[1] < 2 or str(df.columns[0]).strip() not in ("", "Unnamed: 0"):
+        return False
+    first = df.iloc[:, 0].to_numpy()
+    return first.dtype.kind in "iuf" and np.array_equal(first, np.arange(df.shape[0]))
 
 
 def table_columns(path: str | Path, header: bool | None = None) -> list[str] | None:
@@ -295,7 +314,25 @@ def _read_frame(path: Path, columns: Sequence[str | int] | None, header: bool | 
     df = _pandas().read_parquet(path)
     if columns is not None:
         df = df.iloc[:, _column_indices([str(c) for c in df.columns], columns, path)]
+    elif header and _written_index(df):
+        warnings.warn(
+            f"{path}: its first column has no name and holds the row numbers 0 .. {df.shape[0] - 1}, the index "
+            "that pandas' DataFrame.to_csv writes by default; it is left out (name the columns to model to keep "
+            "it, or write the file with index=False)",
+            UserWarning,
+            stacklevel=2,
+        )
+        df = df.iloc[:, 1:]
     return df
+
+
+def _written_index(df: Any) -> bool:
+    """Whether the first column of a table read with a header is pandas' default index written by `to_csv`:
+    no name (pandas calls it 'Unnamed: 0') and the values 0, 1, ..., n - 1, beside other columns."""
+    if df.shape[1] < 2 or str(df.columns[0]).strip() not in ("", "Unnamed: 0"):
+        return False
+    first = df.iloc[:, 0].to_numpy()
+    return first.dtype.kind in "iuf" and np.array_equal(first, np.arange(df.shape[0]))
 
 
 def code_text_columns(frame: Any, labels: dict[str, list[str]]) -> Any:
