@@ -792,3 +792,14 @@ def test_context_frames_are_matched_by_name_too() -> None:
     )
     with pytest.raises(ValueError, match=r"context lacks the columns \['u'\]"):
         ordered.score_samples(x.iloc[90:], context=context.iloc[90:].rename(columns={"u": "w"}))
+
+
+def test_one_row_as_a_series_or_a_number_is_scored_as_one_row() -> None:
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(rng.normal(size=(100, 2)), columns=["a", "b"])
+    fitted = DensityEstimator("gaussian", **FAST).fit(frame)
+    expected = fitted.score_samples(frame.iloc[:3])
+    np.testing.assert_array_equal(fitted.score_samples(frame.iloc[1]), expected[1:2])  # a row of df.iloc
+    np.testing.assert_array_equal(fitted.score_samples(frame.iloc[1][["b", "a"]]), expected[1:2])
+    one = DensityEstimator("gaussian", **FAST).fit(frame[["a"]])
+    np.testing.assert_array_equal(one.score_samples(0.25), one.score_samples(np.array([[0.25]])))

@@ -366,6 +366,14 @@ def test_conditional_run_reaches_the_conditional_entropy_and_beats_an_unconditio
         exact_mean = (np.exp(weights)[0, :, None] * means[0]).sum(axis=0)
         got = drawn[drawn["context_row"] == row][["y0", "y1"]].to_numpy().mean(axis=0)
         np.testing.assert_allclose(got, exact_mean, atol=0.15)
+    # one context row, and one row to score: the common case, not a table too short to train on
+    pd.DataFrame({"c0": [0.0]}).to_csv(tmp_path / "c1.csv", index=False)
+    assert main(["sample", "--ckpt", checkpoint, "--context", str(tmp_path / "c1.csv"), "-n", "3",
+                 "--out", str(out), "--seed", "0"]) == 0  # fmt: skip
+    assert pd.read_csv(out)["context_row"].tolist() == [0, 0, 0]
+    pd.DataFrame({"c0": rows[:1, 2], "y1": rows[:1, 1], "y0": rows[:1, 0]}).to_csv(table, index=False)
+    assert main(["score", "--ckpt", checkpoint, "--data", str(table), "--out", str(tmp_path / "lp.csv")]) == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "lp.csv")["log_prob"].to_numpy(), scored[:1], rtol=1e-4)
     capsys.readouterr()
     assert main(["sample", "--ckpt", checkpoint, "-n", "5", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

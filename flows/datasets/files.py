@@ -40,8 +40,9 @@ def _pandas() -> Any:
     return pandas
 
 
-def validate_table(x: Any, name: str = "data") -> np.ndarray:
-    """Check that x is a finite numeric 2-D table with >= 2 rows and >= 1 column; return it as float64 (n, D)."""
+def validate_table(x: Any, name: str = "data", min_rows: int = 2) -> np.ndarray:
+    """Check that x is a finite numeric 2-D table with >= `min_rows` rows (2 for training tables, 1 for rows to
+    score or condition on) and >= 1 column; return it as float64 (n, D)."""
     arr = np.asarray(x)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must be numeric, got an array of dtype {arr.dtype}")
@@ -51,8 +52,8 @@ def validate_table(x: Any, name: str = "data") -> np.ndarray:
         raise ValueError(f"{name} must be a 2-D table (rows, columns), got {arr.ndim}-D shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"{name} is empty: shape {arr.shape}")
-    if arr.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 rows, got {arr.shape[0]}")
+    if arr.shape[0] < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} rows, got {arr.shape[0]}")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     bad = ~np.isfinite(arr)
     if bad.any():
@@ -70,10 +71,11 @@ def _default_names(d: int) -> list[str]:
     return [f"x{i}" for i in range(d)]
 
 
-def as_array(data: Any, name: str = "data") -> tuple[np.ndarray, list[str]]:
+def as_array(data: Any, name: str = "data", min_rows: int = 2) -> tuple[np.ndarray, list[str]]:
     """Convert a numpy array (1-D becomes one column), pandas DataFrame/Series or nested list to (n, D) float64.
 
-    Returns (validated array, column names). DataFrames must have numeric columns only.
+    Returns (validated array, column names). DataFrames must have numeric columns only; `min_rows` as in
+    `validate_table`.
     """
     try:
         import pandas as pd
@@ -112,7 +114,7 @@ def as_array(data: Any, name: str = "data") -> tuple[np.ndarray, list[str]]:
                 "split them into real and imaginary columns first"
             )
         names = [str(c) for c in data.columns]
-        return validate_table(data.to_numpy(dtype=np.float64), name), names
+        return validate_table(data.to_numpy(dtype=np.float64), name, min_rows), names
     if isinstance(data, (str, bytes)) or data is None:
         raise TypeError(f"{name} must be an array, DataFrame or list of numbers, got {type(data).__name__}")
     if isinstance(data, np.ma.MaskedArray):  # masked entries are missing values, not the values under them
@@ -137,7 +139,7 @@ def as_array(data: Any, name: str = "data") -> tuple[np.ndarray, list[str]]:
             ) from err
     if arr.ndim == 1:
         arr = arr[:, None]
-    out = validate_table(arr, name)
+    out = validate_table(arr, name, min_rows)
     return out, _default_names(out.shape[1])
 
 
@@ -386,8 +388,10 @@ def load_table(
     columns: Sequence[str | int] | None = None,
     header: bool | None = None,
     key: str | None = None,
+    min_rows: int = 2,
 ) -> tuple[np.ndarray, list[str]]:
     """Load a numeric table from CSV/TSV/NPY/NPZ/Parquet; returns (float64 array (n, D), column names).
+    `min_rows`: 2 for a training table, 1 for rows to score or condition on.
 
     ``header`` (CSV/TSV only) is auto-detected when None; ``key`` names the array inside an NPZ archive
     (optional when it holds exactly one); ``columns`` selects columns by name or position (only the selected
@@ -397,9 +401,9 @@ def load_table(
     path = _checked_path(Path(path))
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv", ".parquet"):
-        return as_array(_read_frame(path, columns, header), name=str(path))
+        return as_array(_read_frame(path, columns, header), name=str(path), min_rows=min_rows)
     if suffix == ".npy":
-        arr, names = as_array(np.load(path, allow_pickle=False), name=str(path))
+        arr, names = as_array(np.load(path, allow_pickle=False), name=str(path), min_rows=min_rows)
     else:
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.files)
@@ -410,7 +414,7 @@ def load_table(
             if key not in keys:
                 raise ValueError(f"array {key!r} not in {path}; available: {keys}")
             raw = archive[key]
-        arr, names = as_array(raw, name=f"{path}[{key}]")
+        arr, names = as_array(raw, name=f"{path}[{key}]", min_rows=min_rows)
     if columns is None:
         return arr, names
     idx = _column_indices(names, columns, path)

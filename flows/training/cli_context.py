@@ -40,7 +40,7 @@ def read_context(
         selection: list[Any] = list(context_columns)
     else:
         selection = list(positions)
-    table, _ = load_table(path, columns=selection, header=header, key=key)
+    table, _ = load_table(path, columns=selection, header=header, key=key, min_rows=1)
     if rows is not None and table.shape[0] != rows:
         raise ValueError(f"{path}: expected {rows} context rows, got {table.shape[0]}")
     return np.array(table, dtype=np.float64)  # a writable copy (a column selection can be a read-only view)

@@ -43,7 +43,7 @@ def table_batches(
     if Path(path).suffix.lower() not in STREAM_FORMATS:
         from flows.datasets import load_table
 
-        table, names = load_table(path, columns=columns, header=header, key=key)
+        table, names = load_table(path, columns=columns, header=header, key=key, min_rows=1)
         return (table[i : i + rows] for i in range(0, table.shape[0], rows)), names
     source = open_source(path, columns, header)
 

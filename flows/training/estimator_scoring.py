@@ -26,7 +26,8 @@ class EstimatorScoring:
             raise RuntimeError("this DensityEstimator is not fitted yet; call fit(X) first")
 
     def _rows(self, X: Any, columns: Optional[list[str]] = None, name: str = "X") -> np.ndarray:
-        """`X` as a float64 table `(n, len(columns))`. A DataFrame is matched to `columns` (default: the fitted
+        """`X` as a float64 table `(n, len(columns))`: a 1-D array or a Series indexed by the column names is one
+        row (of a one-feature model: a column), a number one value of a one-feature model. A DataFrame is matched to `columns` (default: the fitted
         columns) by name when the fit had names (a DataFrame `X`, or a context DataFrame), and must name every
         one of them (`select_columns`); anything else is taken by position."""
         from flows.datasets import as_array
@@ -37,16 +38,21 @@ class EstimatorScoring:
             import pandas as pd
         except ImportError:
             pd = None
+        if (
+            pd is not None
+            and isinstance(X, pd.Series)
+            and len(expected) > 1
+            and set(expected) <= {str(i) for i in X.index}
+        ):  # a row such as df.iloc[0]: its index names the columns
+            X = X.to_frame().T
         if pd is not None and isinstance(X, pd.DataFrame) and self._named(columns):
             X = select_columns(X, expected, name)
         frame = pd is not None and isinstance(X, (pd.DataFrame, pd.Series))
+        if np.ndim(X) == 0 and len(expected) == 1:  # one value of a one-feature model
+            X = np.reshape(np.asarray(X), (1, 1))
         if np.ndim(X) == 1 and not frame:  # one row; a column for a one-feature model (as `fit` reads it)
             X = np.asarray(X)[:, None] if len(expected) == 1 else np.asarray(X)[None, :]
-        if len(X) == 1:  # as_array wants two rows to call it a table; duplicate, validate, keep one
-            doubled = pd.concat([X, X]) if frame else np.concatenate([np.asarray(X)] * 2)
-            rows = as_array(doubled, name)[0][:1]
-        else:
-            rows, _ = as_array(X, name)
+        rows, _ = as_array(X, name, min_rows=1)
         if rows.shape[1] != len(expected):
             raise ValueError(
                 f"{name} has {rows.shape[1]} features, but the estimator was fitted on {len(expected)}"
