@@ -314,6 +314,23 @@ def test_train_val_test_split() -> None:
     for bad in [(-0.1, 0.1), (0.6, 0.5), (1.0, 0.0)]:
         with pytest.raises(ValueError, match="fraction"):
             train_val_test_split(x, *bad)
+    # tiny tables: a non-zero fraction holds out at least one row (round(0.1 * 5) is 0)
+    for n, sizes in [(3, (1, 1, 1)), (5, (3, 1, 1)), (6, (4, 1, 1)), (20, (16, 2, 2))]:
+        assert tuple(map(len, train_val_test_split(x[:n], 0.1, 0.1))) == sizes
+    assert tuple(map(len, train_val_test_split(x[:4], 0.1, 0.0))) == (3, 1, 0)
+    with pytest.raises(ValueError, match="2 rows leave no training rows .* give more rows"):
+        train_val_test_split(x[:2], 0.1, 0.1)
+
+
+def test_estimator_on_a_tiny_table_holds_out_a_row_or_says_it_cannot() -> None:
+    from flows.training.data import splits_from_arrays
+
+    rows = np.random.default_rng(0).normal(size=(5, 2))
+    splits = splits_from_arrays(rows, val_fraction=0.1)
+    assert (splits.train.shape[0], splits.val.shape[0]) == (4, 1)
+    with pytest.warns(UserWarning, match="only 2 rows: none can be held out"):
+        splits = splits_from_arrays(rows[:2], val_fraction=0.1)
+    assert np.array_equal(splits.val, rows[:2])
 
 
 # ----------------------------------------------------------------------------------------------- UCI

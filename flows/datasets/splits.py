@@ -19,7 +19,8 @@ def train_val_test_split(
     """Shuffle rows of x (n, ...) with ``np.random.default_rng(seed)`` and split them.
 
     Returns (train, val, test) with ``int(round(val_fraction * n))`` validation rows and
-    ``int(round(test_fraction * n))`` test rows; the rest (at least one row) is the training split.
+    ``int(round(test_fraction * n))`` test rows, at least one each for a non-zero fraction (a table of 3 rows
+    still has a validation row); the rest (at least one row) is the training split.
     """
     val_fraction = _check_fraction(val_fraction, "val_fraction")
     test_fraction = _check_fraction(test_fraction, "test_fraction")
@@ -29,10 +30,13 @@ def train_val_test_split(
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"expected an array with at least one row, got shape {x.shape}")
     n = x.shape[0]
-    n_val = int(round(val_fraction * n))
-    n_test = int(round(test_fraction * n))
+    n_val = max(int(round(val_fraction * n)), int(val_fraction > 0))
+    n_test = max(int(round(test_fraction * n)), int(test_fraction > 0))
     if n - n_val - n_test < 1:
-        raise ValueError(f"{n} rows leave no training rows after {n_val} validation and {n_test} test rows")
+        raise ValueError(
+            f"{n} rows leave no training rows after {n_val} validation and {n_test} test rows (val_fraction "
+            f"{val_fraction}, test_fraction {test_fraction}); give more rows, or smaller fractions"
+        )
     perm = np.random.default_rng(seed).permutation(n)
     shuffled = x[perm]
     n_train = n - n_val - n_test

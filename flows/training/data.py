@@ -8,6 +8,7 @@ benchmarks from `data.root`), `file:<path>` (CSV / TSV / NPY / NPZ / Parquet, wi
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -200,6 +201,13 @@ def splits_from_arrays(
     elif val_fraction > 0 and train.shape[0] >= 3:
         train, val, _ = datasets.train_val_test_split(train, val_fraction, 0.0, seed)
     else:
+        if val_fraction > 0:
+            warnings.warn(
+                f"X has only {train.shape[0]} rows: none can be held out for validation (val_fraction "
+                f"{val_fraction}), so early stopping and the best weights are chosen on the training rows",
+                UserWarning,
+                stacklevel=3,
+            )
         val = train
     test = val if x_test is None else datasets.as_array(in_fitted_order(x_test, x, "X_test"), "X_test")[0]
     splits = {"train": train, "val": val, "test": test}
