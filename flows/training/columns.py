@@ -215,7 +215,16 @@ class ColumnPlan:
 
     def outside(self, table: np.ndarray) -> np.ndarray:
         """`(n, D)` True where a value lies outside its column's support: continuous values must be strictly
-        inside `(low, high)`, dequantised values in `[low, high]`."""
+        inside `(low, high)`, dequantised values must be integers in `[low, high]` (2.5 in an integer column
+        has probability 0, like a value beyond its bounds)."""
+        discrete = np.asarray(self.discrete, dtype=bool)
+        with np.errstate(invalid="ignore"):
+            fractional = discrete & (table != np.floor(table))
+        return self._beyond_bounds(table) | fractional
+
+    def _beyond_bounds(self, table: np.ndarray) -> np.ndarray:
+        """`(n, D)` True where a value is NaN or beyond its column's bounds (open for continuous columns,
+        closed for dequantised ones)."""
         low, high = np.asarray(self.low), np.asarray(self.high)
         discrete = np.asarray(self.discrete, dtype=bool)
         with np.errstate(invalid="ignore"):
@@ -227,7 +236,7 @@ class ColumnPlan:
         """A ValueError naming each column of `table (n, D)` with values outside its declared support."""
         if not self.bounded:
             return
-        bad = self.outside(table)
+        bad = self._beyond_bounds(table)  # (non-integers in integer columns have their own check and message)
         problems = []
         for j in np.flatnonzero(bad.any(axis=0)):
             values = table[bad[:, j], j]

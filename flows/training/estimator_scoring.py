@@ -127,8 +127,8 @@ class EstimatorScoring:
         """Log density of each row of `X (n, D)` in the units of the training data: `(n,)` float64.
 
         With discrete or categorical columns: a lower bound on the log-probability mass of those columns
-        plus the log density of the others (see the class docstring). Rows outside the bounds, or with a
-        category not seen in fit, score `-inf`.
+        plus the log density of the others (see the class docstring). Rows outside the bounds, with a
+        category not seen in fit, or with a non-integer in an integer column, score `-inf`.
 
         A conditional estimator needs `context`: `(n, k)`, one row per row of `X`, or one row `(k,)` for
         all of them; it returns `log p(x | c)` per row.
