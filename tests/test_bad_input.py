@@ -803,3 +803,13 @@ def test_one_row_as_a_series_or_a_number_is_scored_as_one_row() -> None:
     np.testing.assert_array_equal(fitted.score_samples(frame.iloc[1][["b", "a"]]), expected[1:2])
     one = DensityEstimator("gaussian", **FAST).fit(frame[["a"]])
     np.testing.assert_array_equal(one.score_samples(0.25), one.score_samples(np.array([[0.25]])))
+
+
+def test_a_text_context_column_gets_advice_that_applies_to_contexts() -> None:
+    rng = np.random.default_rng(8)
+    context = pd.DataFrame({"g": ["a", "b"] * 30})
+    with pytest.raises(
+        TypeError, match=r"context has non-numeric columns \['g'\]; encode them as numbers"
+    ) as caught:
+        DensityEstimator("gaussian", **FAST).fit(rng.normal(size=(60, 1)), context=context)
+    assert "declare them categorical" not in str(caught.value)

@@ -71,11 +71,14 @@ def _default_names(d: int) -> list[str]:
     return [f"x{i}" for i in range(d)]
 
 
-def as_array(data: Any, name: str = "data", min_rows: int = 2) -> tuple[np.ndarray, list[str]]:
+def as_array(
+    data: Any, name: str = "data", min_rows: int = 2, categorical: bool = True
+) -> tuple[np.ndarray, list[str]]:
     """Convert a numpy array (1-D becomes one column), pandas DataFrame/Series or nested list to (n, D) float64.
 
     Returns (validated array, column names). DataFrames must have numeric columns only; `min_rows` as in
-    `validate_table`.
+    `validate_table`. `categorical`: the error for text columns points at `categorical_columns` (False for a
+    context, whose columns that option does not cover: it points at one-hot codes).
     """
     try:
         import pandas as pd
@@ -101,10 +104,14 @@ def as_array(data: Any, name: str = "data", min_rows: int = 2) -> tuple[np.ndarr
             if not (pd.api.types.is_numeric_dtype(data[c]) or pd.api.types.is_bool_dtype(data[c]))
         ]
         if non_numeric:
-            raise TypeError(
-                f"{name} has non-numeric columns {non_numeric}; drop or encode them first, or declare them "
-                "categorical (DensityEstimator(categorical_columns=[...]), data.categorical_columns in a config)"
+            advice = (
+                "drop or encode them first, or declare them categorical (DensityEstimator(categorical_columns="
+                "[...]), data.categorical_columns in a config)"
+                if categorical
+                else "encode them as numbers first, e.g. one-hot columns from pandas.get_dummies (categorical_"
+                "columns declares columns of X, not of the context)"
             )
+            raise TypeError(f"{name} has non-numeric columns {non_numeric}; {advice}")
         complex_columns = [
             f"{c} ({data[c].dtype})" for c in data.columns if pd.api.types.is_complex_dtype(data[c])
         ]

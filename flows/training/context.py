@@ -122,7 +122,7 @@ def conditional_splits_from_arrays(
         if rows is None:
             continue
         table, columns = as_array(rows, name)
-        ctx_table, ctx_columns = as_array(ctx, "context" if name == "X" else "context_val")
+        ctx_table, ctx_columns = as_array(ctx, "context" if name == "X" else "context_val", categorical=False)
         if ctx_table.shape[0] != table.shape[0]:
             raise ValueError(
                 f"{name} has {table.shape[0]} rows, but its context has {ctx_table.shape[0]}; expected one "

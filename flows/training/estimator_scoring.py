@@ -52,7 +52,7 @@ class EstimatorScoring:
             X = np.reshape(np.asarray(X), (1, 1))
         if np.ndim(X) == 1 and not frame:  # one row; a column for a one-feature model (as `fit` reads it)
             X = np.asarray(X)[:, None] if len(expected) == 1 else np.asarray(X)[None, :]
-        rows, _ = as_array(X, name, min_rows=1)
+        rows, _ = as_array(X, name, min_rows=1, categorical=columns is None)
         if rows.shape[1] != len(expected):
             raise ValueError(
                 f"{name} has {rows.shape[1]} features, but the estimator was fitted on {len(expected)}"
