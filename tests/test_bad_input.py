@@ -64,6 +64,9 @@ def user_dir(tmp_path: Path) -> Iterator[Path]:
     (tmp_path / "ragged.csv").write_text("a,b,c\n1,2,3\n4,5\n6,7,8,9\n" + "1,2,3\n" * 20)
     stamps = pd.DataFrame({"a": table[:, 0], "t": 1.7e9 + np.arange(200.0)})  # unix times a second apart
     stamps.to_csv(tmp_path / "timestamps.csv", index=False)
+    pd.DataFrame(table, columns=["a", "b", "c"]).to_csv(tmp_path / "semicolon.csv", sep=";", index=False)
+    (tmp_path / "binary.csv").write_bytes(b"\x00\x01\x02garbage")
+    (tmp_path / "folder").mkdir()
     (tmp_path / "config_dir.yaml").mkdir()
     (tmp_path / "latin1.yaml").write_bytes("seed: 0  # caf\xe9\n".encode("latin-1"))
     before = _snapshot(tmp_path)
@@ -336,6 +339,9 @@ def test_damaged_and_foreign_checkpoints_are_clear_errors(checkpoint: Path, tmp_
         ("zero.csv", {}, ["zero.csv is empty (0 bytes)", "expected a table"]),
         ("ragged.csv", {}, ["ragged.csv is ragged", "expected 3 fields", "line 3 has 2", "line 4 has 4"]),
         ("timestamps.csv", {}, ["spread is too small", "t (values up to 1.7e+09 with std 57.7", "float32"]),
+        ("semicolon.csv", {}, ["looks separated by semicolons", "'a;b;c'", "sep=';'"]),
+        ("binary.csv", {}, ["is not a text table", "NUL bytes"]),
+        ("folder", {}, ["folder is a directory", "expected a table file"]),
     ],
     ids=[
         "nan",
@@ -349,6 +355,9 @@ def test_damaged_and_foreign_checkpoints_are_clear_errors(checkpoint: Path, tmp_
         "zero-bytes",
         "ragged",
         "timestamps",
+        "semicolons",
+        "binary",
+        "directory",
     ],
 )
 def test_cli_fit_rejects_bad_files(

@@ -205,6 +205,24 @@ def _header_names(path: Path, sep: str) -> list[str]:
     return names
 
 
+def _check_text(path: Path, sep: str) -> None:
+    """A ValueError for a binary file (NUL bytes near its start), and for a `.csv` whose first row holds no
+    comma but semicolons (a European "CSV": its fields would be read as one text column)."""
+    with path.open("rb") as fh:
+        start = fh.read(8192)
+    if b"\x00" in start:
+        raise ValueError(
+            f"{path} is not a text table: it holds NUL bytes (a binary file?); expected CSV / TSV text"
+        )
+    first = next((row for _, row in _csv_rows(path, sep)), [])
+    if sep == "," and len(first) == 1 and ";" in first[0]:
+        raise ValueError(
+            f"{path} looks separated by semicolons (its first row is {first[0][:60]!r}); flows reads .csv files "
+            "as comma-separated with '.' decimals: convert it, e.g. pandas.read_csv(path, sep=';', "
+            "decimal=',').to_csv(new_path, index=False)"
+        )
+
+
 def _check_ragged(path: Path, sep: str) -> None:
     """A ValueError naming the first rows whose number of fields differs from the first row's."""
     rows = _csv_rows(path, sep)
@@ -233,6 +251,7 @@ def _read_text_utf8(path: Path, sep: str, header: bool | None, columns: Sequence
     pd = _pandas()
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty (0 bytes); expected a table with a header row or numeric rows")
+    _check_text(path, sep)
     _check_ragged(path, sep)  # pandas reads short rows as NaN and long ones as an index column
     if header is None:
         header = _sniff_header(path, sep)
@@ -304,13 +323,13 @@ def parquet_columns(path: Path) -> list[str]:
 def _checked_path(path: Path) -> Path:
     """`path` if it names an existing table file of a supported format; a clear error otherwise."""
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise ValueError(f"table path {path} is a directory; expected a table file")
     if suffix not in SUPPORTED_FORMATS:
         raise ValueError(
             f"unsupported table format {path.suffix or '(no extension)'!r} for {path}; "
             f"supported: {', '.join(SUPPORTED_FORMATS)}"
         )
-    if path.is_dir():
-        raise ValueError(f"table path {path} is a directory; expected a table file")
     if not path.is_file():
         raise FileNotFoundError(f"table file not found: {path.resolve()}")
     return path

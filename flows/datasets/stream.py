@@ -88,6 +88,8 @@ def expand_paths(pattern: str) -> list[str]:
     if not paths:
         raise FileNotFoundError(f"no file matches {pattern!r}")
     for path in paths:
+        if os.path.isdir(path):
+            raise ValueError(f"table path {path} is a directory; expected a table file")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"table file not found: {os.path.abspath(path)}")
         if Path(path).suffix.lower() not in STREAM_FORMATS:
