@@ -243,3 +243,15 @@ def test_a_declared_discrete_column_must_hold_integers() -> None:
     frame = _frame(300, 0)
     with pytest.raises(ValueError, match=r"discrete column 'wait' holds 270 non-integer values"):
         flows.DensityEstimator(discrete_columns=["wait"], **FAST).fit(frame)
+
+
+def test_the_all_column_dequantize_shortcut_still_scores_non_integers() -> None:
+    """`dequantize=True` adds U[0, 1) noise to any column (fit does not ask for integers), so its rows score
+    finite; only declared `discrete_columns` give a fractional value probability 0."""
+    rows = np.random.default_rng(1).normal(size=(300, 2)) * 5
+    est = flows.DensityEstimator(dequantize=True, base="normal", **FAST).fit(rows)
+    assert np.isfinite(est.score_samples(rows[:20])).all()
+    from flows.training.columns import ColumnPlan
+
+    plan = est.columns_plan_
+    assert not any(plan.integer) and ColumnPlan.from_record(plan.record(), 2) == plan

@@ -153,3 +153,12 @@ def test_a_streamed_run_refuses_a_column_float32_cannot_resolve(tmp_path: Path) 
     write_parquet(tmp_path / "table.parquet", x, 64)
     with pytest.raises(ValueError, match=r"spread is too small .* c1 \(values up to 1e\+09 .* float32"):
         run(streamed_config(tmp_path, "offset", max_epochs=1), verbose=False)
+
+
+def test_the_streamed_resolution_check_uses_every_training_row(tmp_path: Path) -> None:
+    """Times sorted in the file: the first 10,000 rows span a std of 5,800 s, which float32 (steps of 128 s
+    at 1.7e9) cannot resolve to 1%, but all 20,000 span 11,500 s, which it can."""
+    x = np.column_stack([np.random.default_rng(2).normal(size=20_000), 1.7e9 + 2.0 * np.arange(20_000)])
+    write_parquet(tmp_path / "table.parquet", x, 4096)
+    result = run(streamed_config(tmp_path, "sorted", max_epochs=1, max_steps=2), verbose=False)
+    assert result.metrics["steps"] == 2

@@ -71,6 +71,18 @@ def _default_names(d: int) -> list[str]:
     return [f"x{i}" for i in range(d)]
 
 
+def check_unique_names(frame: Any, name: str) -> None:
+    """A ValueError naming the repeated column names of the DataFrame `frame`, compared as text (columns are
+    matched by name, and pandas gives a frame, not a column, for a repeated name)."""
+    texts = [str(c) for c in frame.columns]
+    duplicates = sorted({c for c in texts if texts.count(c) > 1})
+    if duplicates:
+        raise ValueError(
+            f"{name} has several columns named {duplicates} (names compared as text: {list(frame.columns)}); "
+            "rename them"
+        )
+
+
 def as_array(
     data: Any, name: str = "data", min_rows: int = 2, categorical: bool = True
 ) -> tuple[np.ndarray, list[str]]:
@@ -84,20 +96,14 @@ def as_array(
         import pandas as pd
     except ImportError:  # pandas is optional
         pd = None
-    if pd is not None and isinstance(data, pd.Series):
-        data = data.to_frame()
+    if pd is not None and isinstance(data, pd.Series):  # one column; unnamed, it gets the default name
+        data = data.to_frame(name=data.name if data.name is not None else _default_names(1)[0])
     if pd is not None and isinstance(data, pd.DataFrame):
         if data.shape[0] == 0:  # a header without rows: pandas types every column as text
             raise ValueError(
                 f"{name} is empty: shape {data.shape} (columns {[str(c) for c in data.columns]})"
             )
-        texts = [str(c) for c in data.columns]
-        duplicates = sorted({c for c in texts if texts.count(c) > 1})
-        if duplicates:  # (pandas gives a frame, not a column, for a repeated name)
-            raise ValueError(
-                f"{name} has several columns named {duplicates} (names compared as text: "
-                f"{list(data.columns)}); rename them"
-            )
+        check_unique_names(data, name)
         non_numeric = [
             str(c)
             for c in data.columns
@@ -342,25 +348,7 @@ def _read_frame(path: Path, columns: Sequence[str | int] | None, header: bool | 
     df = _pandas().read_parquet(path)
     if columns is not None:
         df = df.iloc[:, _column_indices([str(c) for c in df.columns], columns, path)]
-    elif header and _written_index(df):
-        warnings.warn(
-            f"{path}: its first column has no name and holds the row numbers 0 .. {df.shape[0] - 1}, the index "
-            "that pandas' DataFrame.to_csv writes by default; it is left out (name the columns to model to keep "
-            "it, or write the file with index=False)",
-            UserWarning,
-            stacklevel=2,
-        )
-        df = df.iloc[:, 1:]
     return df
-
-
-def _written_index(df: Any) -> bool:
-    """Whether the first column of a table read with a header is pandas' default index written by `to_csv`:
-    no name (pandas calls it 'Unnamed: 0') and the values 0, 1, ..., n - 1, beside other columns."""
-    if df.shape[1] < 2 or str(df.columns[0]).strip() not in ("", "Unnamed: 0"):
-        return False
-    first = df.iloc[:, 0].to_numpy()
-    return first.dtype.kind in "iuf" and np.array_equal(first, np.arange(df.shape[0]))
 
 
 def code_text_columns(frame: Any, labels: dict[str, list[str]]) -> Any:

@@ -52,6 +52,9 @@ class ColumnPlan:
     #: column index -> the text labels of a string categorical column (read from CSV / Parquet): its table
     #: values are the codes 0 .. K-1 of these labels (its `categories` are the codes)
     labels: dict[int, list[str]] = field(default_factory=dict)
+    #: per column: declared to hold integers (`discrete_columns`), so that a fractional value has probability 0;
+    #: [] = none (the all-column `dequantize` shortcut, and plans saved before this field)
+    integer: list[bool] = field(default_factory=list)
 
     @property
     def features(self) -> int:
@@ -119,6 +122,7 @@ class ColumnPlan:
             "variational": list(self.variational),
             "argmax": self.argmax,
             "labels": {str(j): list(values) for j, values in self.labels.items()},
+            "integer": list(self.integer),
         }
 
     @classmethod
@@ -135,6 +139,7 @@ class ColumnPlan:
             [bool(v) for v in record.get("variational") or []],
             bool(record.get("argmax", False)),
             {int(j): [str(v) for v in values] for j, values in (record.get("labels") or {}).items()},
+            [bool(v) for v in record.get("integer") or []],
         )
 
     def support(self) -> Any:
@@ -215,11 +220,12 @@ class ColumnPlan:
 
     def outside(self, table: np.ndarray) -> np.ndarray:
         """`(n, D)` True where a value lies outside its column's support: continuous values must be strictly
-        inside `(low, high)`, dequantised values must be integers in `[low, high]` (2.5 in an integer column
-        has probability 0, like a value beyond its bounds)."""
-        discrete = np.asarray(self.discrete, dtype=bool)
+        inside `(low, high)`, dequantised values in `[low, high]`, and those of declared integer columns must
+        be integers (2.5 in such a column has probability 0, like a value beyond its bounds)."""
+        if not any(self.integer):
+            return self._beyond_bounds(table)
         with np.errstate(invalid="ignore"):
-            fractional = discrete & (table != np.floor(table))
+            fractional = np.asarray(self.integer, dtype=bool) & (table != np.floor(table))
         return self._beyond_bounds(table) | fractional
 
     def _beyond_bounds(self, table: np.ndarray) -> np.ndarray:
@@ -321,8 +327,13 @@ def resolve_columns(
     for key, value in (bounds or {}).items():
         j = _index(key, columns, "bounds")
         low[j], high[j] = _pair(value, key)
+    integer = [False] * features
     for key in discrete_columns:
-        discrete[_index(key, columns, "discrete_columns")] = True
+        j = _index(key, columns, "discrete_columns")
+        discrete[j] = True
+        integer[
+            j
+        ] = not dequantize_all  # (fit checks declared columns for integers only without the shortcut)
     categories: dict[int, list[float]] = {}
     for key in categorical_columns:
         j = _index(key, columns, "categorical_columns")
@@ -342,4 +353,6 @@ def resolve_columns(
         d and j not in categories and dequantization == "variational" for j, d in enumerate(discrete)
     ]
     text = {j: list((labels or {})[str(columns[j])]) for j in categories if str(columns[j]) in (labels or {})}
-    return ColumnPlan(low, high, discrete, categories, variational=variational, argmax=True, labels=text)
+    return ColumnPlan(
+        low, high, discrete, categories, variational=variational, argmax=True, labels=text, integer=integer
+    )

@@ -17,7 +17,6 @@ from flows.training.data import splits_from_arrays
 from flows.training.frames import is_frame, label_codes
 from flows.training.registry import MODELS, check_model_options, model_parameters
 from flows.training.safety import TrainingDivergedError
-from flows.training.standardization import check_resolution
 from flows.training.table_defaults import table_train_options
 from flows.training.trainer_options import trainer_arguments, training_dtype
 
@@ -132,8 +131,7 @@ class EstimatorFitting:
         return self
 
     def _check_range(self, splits: Any) -> None:
-        """A ValueError naming the columns whose values do not fit the dtype the model trains in, or that it
-        cannot resolve (`check_resolution`)."""
+        """A ValueError naming the columns whose values do not fit the dtype the model trains in."""
         dtype = training_dtype(self.trainer or {})
         limit = float(torch.finfo(dtype).max)
         tables = [splits.train, splits.val]
@@ -147,11 +145,6 @@ class EstimatorFitting:
                 f"training uses, in columns {too_large}; rescale them, or fit in float64 with "
                 "trainer={'precision': '64-true'}"
             )
-        # (the training task checks this again on the rows it models; here it fails before any file is written)
-        name, eps = str(dtype).removeprefix("torch."), float(torch.finfo(dtype).eps)
-        check_resolution(splits.train, list(splits.columns), name, eps)
-        if splits.train_context is not None:
-            check_resolution(splits.train_context, list(splits.context_columns), name, eps, "context columns")
 
     def _diverged(self, error: TrainingDivergedError) -> TrainingDivergedError:
         """The training layer's divergence error reworded for this class's arguments (it names config keys

@@ -38,20 +38,15 @@ class EstimatorScoring:
             import pandas as pd
         except ImportError:
             pd = None
-        if (
-            pd is not None
-            and isinstance(X, pd.Series)
-            and len(expected) > 1
-            and set(expected) <= {str(i) for i in X.index}
-        ):  # a row such as df.iloc[0]: its index names the columns
-            X = X.to_frame().T
+        X = self._row_frame(X, expected)
         if pd is not None and isinstance(X, pd.DataFrame) and self._named(columns):
             X = select_columns(X, expected, name)
         frame = pd is not None and isinstance(X, (pd.DataFrame, pd.Series))
         if np.ndim(X) == 0 and len(expected) == 1:  # one value of a one-feature model
             X = np.reshape(np.asarray(X), (1, 1))
         if np.ndim(X) == 1 and not frame:  # one row; a column for a one-feature model (as `fit` reads it)
-            X = np.asarray(X)[:, None] if len(expected) == 1 else np.asarray(X)[None, :]
+            X = np.asanyarray(X)  # (a masked row stays masked)
+            X = X[:, None] if len(expected) == 1 else X[None, :]
         rows, _ = as_array(X, name, min_rows=1, categorical=columns is None)
         if rows.shape[1] != len(expected):
             raise ValueError(
@@ -60,12 +55,29 @@ class EstimatorScoring:
             )
         return rows
 
+    @staticmethod
+    def _row_frame(X: Any, expected: list[str]) -> Any:
+        """A pandas Series given to a model of several columns as one row: a one-row DataFrame (named by the
+        Series' index, e.g. `df.iloc[0]`, else by position), its columns' dtypes inferred again (a row of a
+        mixed frame is an object Series). Anything else as it is."""
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover - without pandas
+            return X
+        if not isinstance(X, pd.Series) or len(expected) < 2:
+            return X
+        row = X.to_frame().T.infer_objects()
+        if not set(expected) <= {str(i) for i in X.index}:
+            row.columns = range(row.shape[1])  # unnamed: by position
+        return row
+
     def _named(self, columns: Optional[list[str]]) -> bool:
-        """Whether the fit named `columns` (None: the fitted columns of `X`): they came from a DataFrame, not
-        the defaults of an array (`x0, x1, ...` for `X`, `c0, c1, ...` for a context)."""
-        if columns is None:
-            return hasattr(self, "feature_names_in_")
-        return list(columns) != [f"c{i}" for i in range(len(columns))]
+        """Whether `columns` (None: the fitted columns of `X`) are names the data gave, not the defaults of an
+        array (`x0, x1, ...` for `X`, `c0, c1, ...` for a context): an estimator fitted on a DataFrame, or
+        loaded from a `flows fit` checkpoint of a table with a header."""
+        names = self.columns_ if columns is None else list(columns)
+        prefix = "x" if columns is None else "c"
+        return names != [f"{prefix}{i}" for i in range(len(names))]
 
     def _context_rows(self, context: Any, method: str) -> Optional[np.ndarray]:
         """The context table `(m, k)` of a call to `method`, None for an unconditional estimator; a
@@ -115,7 +127,9 @@ class EstimatorScoring:
 
     def _coded_rows(self, X: Any) -> np.ndarray:
         """`X` as a float table: category labels of a DataFrame as codes (-1 for an unknown one)."""
+        self._check_fitted()
         labels = getattr(self, "categories_", {})
+        X = self._row_frame(X, self.columns_)
         if labels and is_frame(X):
             X = X.copy()
             for name, values in labels.items():

@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from flows.datasets.files import check_unique_names
+
 __all__ = ["code_labels", "in_fitted_order", "is_frame", "label_codes", "select_columns", "to_frame"]
 
 
@@ -27,13 +29,8 @@ def is_frame(X: Any) -> bool:
 def select_columns(frame: Any, expected: Sequence[str], name: str) -> Any:
     """The columns of the DataFrame `frame` named `expected` (names compared as text), in that order; extra
     columns are dropped. A ValueError when `frame` lacks one of them or has two columns of one name."""
+    check_unique_names(frame, name)
     names = [str(c) for c in frame.columns]
-    duplicates = sorted({c for c in names if names.count(c) > 1})
-    if duplicates:
-        raise ValueError(
-            f"{name} has several columns named {duplicates} (names compared as text: {list(frame.columns)}); "
-            "rename them"
-        )
     missing = [c for c in expected if c not in names]
     if missing:
         raise ValueError(
@@ -71,6 +68,9 @@ def label_codes(X: Any, X_val: Any, keys: Sequence[Any]) -> tuple[Any, Any, dict
     `{column name: labels}`. Tables that are not DataFrames come back unchanged, with no labels."""
     if not keys or not is_frame(X):
         return X, X_val, {}
+    check_unique_names(X, "X")
+    if is_frame(X_val):
+        check_unique_names(X_val, "X_val")
     X = X.copy()
     X_val = X_val.copy() if is_frame(X_val) else X_val
     labels: dict[str, list[Any]] = {}

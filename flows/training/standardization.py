@@ -5,18 +5,20 @@ Kept in its own module so that the data (x) and the context columns use the same
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
+import torch
 
-__all__ = ["check_resolution", "extreme_outliers", "standardization_of"]
+__all__ = ["check_resolution", "check_table_resolution", "extreme_outliers", "standardization_of"]
 
 OUTLIER_SCALES = 1000.0
 
-#: The coarsest rounding of a column's values, in its standard deviations, that a model may compute with:
-#: at least 100 representable values per standard deviation.
+#: The coarsest rounding of a column's values, in its standard deviations, that a model may compute with
+#: (at least 50 representable values per standard deviation).
 RESOLUTION = 1e-2
 
 
@@ -75,32 +77,43 @@ def standardization_of(
 
 
 def check_resolution(
-    train: np.ndarray, columns: Sequence[str], dtype_name: str, eps: float, what: str = "columns"
+    largest: np.ndarray, std: np.ndarray, columns: Sequence[str], dtype: torch.dtype, what: str = "columns"
 ) -> None:
-    """A ValueError naming the columns of `train (n, D)` that a model computing in a float type of relative
-    precision `eps` (`dtype_name`) cannot resolve: a small spread on a large offset (1e9 + N(0, 1), say, or
-    timestamps a few seconds apart), where the values round to steps of more than `RESOLUTION` standard
-    deviations when cast to that type, so that the model would see a handful of points instead of the data.
-    Constant columns (std 0) are fine: standardisation maps them to one value on purpose. `what` names the
-    table's columns in the message ("columns", "context columns")."""
-    problems = []
-    for index, name in enumerate(columns):
-        column = np.asarray(train[:, index], dtype=np.float64)
-        finite = column[np.isfinite(column)]
-        if finite.size < 2:
-            continue
-        std = float(finite.std())
-        largest = float(np.max(np.abs(finite)))
-        step = largest * eps  # the spacing of the type's values near the largest magnitude (within 2x)
-        if std > 0 and step > RESOLUTION * std:
-            problems.append(
-                f"{name!s} (values up to {largest:.6g} with std {std:.3g}: {dtype_name} rounds them to steps of "
-                f"about {step:.3g}, {step / std:.3g} standard deviations)"
-            )
+    """A ValueError naming the columns that a model computing in `dtype` cannot resolve: a small spread on a
+    large offset (1e9 + N(0, 1), say, or timestamps seconds apart), where casting to `dtype` rounds values by
+    up to more than `RESOLUTION` standard deviations, so that the model would see a handful of points instead
+    of the data. `largest` and `std` `(D,)` are each column's largest magnitude and standard deviation (of a
+    table in memory, `check_table_resolution`; of a streamed one, its scan). The worst rounding is half the
+    spacing of `dtype`'s values at `largest` (float32 stores integers below 2**24 exactly, but a column of them
+    with a spread below 1 is mostly one value). Constant columns (std 0) are fine: standardisation maps them to
+    one value on purpose. `what` names the columns in the message ("columns", "context columns")."""
+    largest = np.asarray(largest, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    magnitude = torch.as_tensor(largest).to(dtype)
+    spacing = (torch.nextafter(magnitude, torch.full_like(magnitude, math.inf)) - magnitude).double().numpy()
+    rounding = spacing / 2
+    name = str(dtype).removeprefix("torch.")
+    with np.errstate(invalid="ignore"):  # (beyond the dtype's range: the range checks report those)
+        coarse = np.isfinite(rounding) & (std > 0) & (rounding > RESOLUTION * std)
+    problems = [
+        f"{columns[j]!s} (values up to {largest[j]:.6g} with std {std[j]:.3g}: {name} rounds them by up to "
+        f"{rounding[j]:.3g}, {rounding[j] / std[j]:.3g} standard deviations)"
+        for j in np.flatnonzero(coarse)
+    ]
     if problems:
         raise ValueError(
-            f"{what} whose spread is too small for their offset to be computed in {dtype_name}: "
+            f"{what} whose spread is too small for their offset to be computed in {name}: "
             + "; ".join(problems)
             + ". Subtract an offset from each (e.g. its median, or a reference time from timestamps) before "
             "fitting, and from the rows you score; or train in float64 (trainer precision '64-true')"
         )
+
+
+def check_table_resolution(
+    table: np.ndarray, columns: Sequence[str], dtype: torch.dtype, what: str = "columns"
+) -> None:
+    """`check_resolution` of the columns of `table (n, D)` (finite values; a table without rows passes)."""
+    if table.shape[0] == 0:
+        return
+    values = np.where(np.isfinite(table), table, 0.0)
+    check_resolution(np.max(np.abs(values), axis=0), values.std(axis=0), columns, dtype, what)

@@ -9,9 +9,12 @@ import contextlib
 import inspect
 import typing
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.training.config import ConfigError, check_value, unknown_key_error
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "RESERVED_TRAINER_KEYS",
@@ -88,7 +91,7 @@ def check_precision(precision: Any) -> None:
 SIXTY_FOUR_BIT_PRECISIONS = ("64", "64-true", "double")
 
 
-def training_dtype(trainer_config: Mapping[str, Any]) -> Any:
+def training_dtype(trainer_config: Mapping[str, Any]) -> torch.dtype:
     """The float dtype a model trains in under the `trainer` section: float64 for a 64-bit `precision`, else
     torch's default dtype (float32; mixed precision keeps the model's parameters in it)."""
     import torch
@@ -98,7 +101,7 @@ def training_dtype(trainer_config: Mapping[str, Any]) -> Any:
 
 
 @contextlib.contextmanager
-def default_dtype(dtype: Any) -> Iterator[None]:
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
     """torch's default dtype set to `dtype` inside the block, the caller's restored after it."""
     import torch
 

@@ -222,10 +222,8 @@ class StreamingTableTask(TabularTask):
         # the checks of a table held in memory (constant, discrete columns), on its first 10,000 rows
         sample = next(SplitStream(data.train, 10_000).arrays())
         warn_about_columns(sample, data.columns, dequantized=bool(data.info.get("dequantized")))
-        dtype = training_dtype(config.trainer)
-        check_resolution(
-            sample, list(data.columns), str(dtype).removeprefix("torch."), torch.finfo(dtype).eps
-        )
+        largest = np.maximum(np.abs(scan.minimum), np.abs(scan.maximum))  # (the scan of every training row)
+        check_resolution(largest, scan.std, list(data.columns), training_dtype(config.trainer))
         mean = std = None
         if config.data.standardize:
             mean, std = scan.mean.copy(), scan.std.copy()

@@ -37,7 +37,7 @@ from flows.training.module import FlowModule, TableDataModule
 from flows.training.objectives import Objective
 from flows.training.registry import check_model_options
 from flows.training.safety import warn_about_columns
-from flows.training.standardization import check_resolution
+from flows.training.standardization import check_table_resolution
 from flows.training.table_splits import prepare_splits
 from flows.training.tasks.base import Task, guarded_plots
 from flows.training.trainer import torch_threads
@@ -79,10 +79,9 @@ def _plan(data: DataSplits) -> ColumnPlan:
 def _check_resolution(rows: np.ndarray, columns: list[str], data: DataSplits, config: Config) -> None:
     """A ValueError naming the modelled and context columns that the training dtype cannot resolve."""
     dtype = training_dtype(config.trainer)
-    name, eps = str(dtype).removeprefix("torch."), float(torch.finfo(dtype).eps)
-    check_resolution(rows, columns, name, eps)
+    check_table_resolution(rows, columns, dtype)
     if data.train_context is not None:
-        check_resolution(data.train_context, list(data.context_columns), name, eps, what="context columns")
+        check_table_resolution(data.train_context, list(data.context_columns), dtype, "context columns")
 
 
 class TabularTask(Task):
