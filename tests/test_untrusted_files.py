@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,45 @@ def test_python_loaders_refuse_code_and_run_none(kind: str, tmp_path: Path, genu
         assert not marker.exists(), name
     if kind == "zip":  # the message names what the file asked for
         assert "io.open" in message and "may be unsafe" in message
+
+
+class _RunsShell:
+    """Unpickling this runs a shell command that creates `marker` (torch words its refusal of a blocked module
+    differently from that of an unknown global)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_shell_payload_is_refused_as_unsafe_naming_what_it_asks_for(tmp_path: Path, genuine: Path) -> None:
+    marker = tmp_path / "marker"
+    good = read_checkpoint(genuine / "checkpoints" / "best.ckpt")
+    torch.save({"state_dict": good["state_dict"], "x": _RunsShell(marker)}, tmp_path / "shell.ckpt")
+    with pytest.raises(
+        ValueError, match=r"refusing to load .*it asks for (posix|os|nt)\.system\); it may be unsafe"
+    ):
+        read_checkpoint(tmp_path / "shell.ckpt")
+    assert not marker.exists()
+
+
+def test_a_flipped_bit_in_a_weight_is_refused(tmp_path: Path, genuine: Path) -> None:
+    """torch.load does not check the zip's CRC-32s: a changed weight would load as another model."""
+    data = bytearray((genuine / "checkpoints" / "best.ckpt").read_bytes())
+    with zipfile.ZipFile(genuine / "checkpoints" / "best.ckpt") as archive:
+        entry = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
+    header = data[entry.header_offset : entry.header_offset + 30]  # the local header: its own extra length
+    name_length, extra_length = (
+        int.from_bytes(header[26:28], "little"),
+        int.from_bytes(header[28:30], "little"),
+    )
+    start = entry.header_offset + 30 + name_length + extra_length
+    data[start + 5] ^= 0x01
+    (tmp_path / "flipped.ckpt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"is damaged: the bytes of its entry '.*data/0' do not match"):
+        load_model(tmp_path / "flipped.ckpt")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -142,6 +143,7 @@ def read_tensor_file(path: Union[str, Path], map_location: Union[str, torch.devi
     if not path.is_file():
         raise ValueError(f"checkpoint path {path} is not a file")
     size = path.stat().st_size
+    _check_zip_entries(path, size)
     try:
         # Tensors and plain data only: unpickling anything else could run code from the file.
         with warnings.catch_warnings():
@@ -149,7 +151,8 @@ def read_tensor_file(path: Union[str, Path], map_location: Union[str, torch.devi
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         text = str(error)
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        # (torch's wording varies: "Unsupported global: GLOBAL os.system", "unsupported GLOBAL posix.system")
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+?)[,:]?(?:\s|$)", text)
         if found:
             raise ValueError(
                 f"refusing to load {path}: expected a flows checkpoint of tensors and plain data, got a file that "
@@ -167,6 +170,25 @@ def read_tensor_file(path: Union[str, Path], map_location: Union[str, torch.devi
             f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else 'no detail'})"
         ) from error
     return payload
+
+
+def _check_zip_entries(path: Path, size: int) -> None:
+    """A ValueError naming the first entry of a zip-format torch file whose CRC-32 does not match its bytes
+    (torch.load does not check them, so a flipped bit in a weight would load as a different model)."""
+    if not zipfile.is_zipfile(path):
+        return  # (older torch files are not zips; torch.load reports what else it cannot read)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise ValueError(
+            f"{path} ({size} bytes) is not a readable checkpoint: a damaged zip ({error})"
+        ) from None
+    if damaged is not None:
+        raise ValueError(
+            f"{path} ({size} bytes) is damaged: the bytes of its entry {damaged!r} do not match the checksum "
+            "stored with them (a changed or corrupted file); nothing in it was loaded"
+        )
 
 
 def resume_checkpoint(run_dir: Path, model: Mapping[str, Any]) -> Optional[Path]:
