@@ -32,7 +32,7 @@ import yaml
 from flows.training.checkpoint_io import AtomicCheckpointIO
 from flows.training.checkpoints import load_model
 from flows.training.cli import main
-from flows.training.config import ConfigError, load_config, parse_config
+from flows.training.config import ConfigError, _Loader, load_config, parse_config
 from flows.training.estimator import DensityEstimator
 from flows.training.image_checkpoints import load_image_model
 from flows.training.module import FlowModule
@@ -423,8 +423,9 @@ def _alias_bomb(levels: int = 9, width: int = 9) -> str:
         ("data: " + "[" * 20_000 + "]" * 20_000 + "\n", "nested at most 64 brackets deep"),
         ("data:\n" + "".join(" " * i + "- \n" for i in range(350)), "nested"),
         ("data: [" + ", ".join(["1"] * 300_000) + "]\n", "at most 65536 characters"),
+        ("data: {dataset: 'toy:circles'}\nseed: 1\ndata: {n_train: 64}\n", "found 'data' again"),
     ],
-    ids=["billion-laughs", "many-aliases", "deep-brackets", "deep-blocks", "huge"],
+    ids=["billion-laughs", "many-aliases", "deep-brackets", "deep-blocks", "huge", "duplicate-key"],
 )
 def test_hostile_yaml_is_refused_quickly(
     text: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -584,3 +585,9 @@ def test_guard_finiteness_check_flags_nan_and_inf_but_not_large_values(
         poisoned[1][1] = bad
         assert not bool(_all_finite(poisoned)), bad
         assert torch.equal(poisoned[0], copies[0])
+
+
+def test_merged_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &base {lr: 0.1, batch_size: 32}\ntrain:\n  <<: *base\n  lr: 0.01\n")
+    assert yaml.load(path.read_text(), Loader=_Loader)["train"] == {"lr": 0.01, "batch_size": 32}
