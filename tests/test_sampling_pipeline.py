@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,36 @@ def test_cli_samples_a_target_run_with_weights_and_by_metropolis(tmp_path: Path,
         assert ("mala" in printed if "mala" in extra else "hmc" in printed) and "per second" in printed
         table = np.loadtxt(chains, delimiter=",", skiprows=1)
         assert table.shape == (60, 4) and np.isfinite(table).all()
+
+
+def test_a_checkpoint_never_makes_the_cli_import_the_module_it_names(tmp_path: Path, capsys) -> None:
+    """A target run's checkpoint records `target.name: module:attr`; `flows sample` imports that module only
+    when the user names it with --trust-target (a file from anyone could name a module planted beside it)."""
+    from flows.training.cli import main
+
+    values = {
+        "target": {
+            "name": "tests.sampling_targets:shifted_gaussian",
+            "features": 2,
+            "evaluation_samples": 64,
+        },
+        "model": {"name": "nsf", "transforms": 1, "hidden_features": [8]},
+        "train": {"objective": "reverse_kl", "batch_size": 32, "max_steps": 2},
+        "output": {"dir": str(tmp_path), "name": "u", "progress_bar": False, "logger": "none", "samples": 0},
+    }
+    checkpoint = str(run(values, verbose=False).checkpoint)
+    out = tmp_path / "w.csv"
+    sys.modules.pop(
+        "tests.sampling_targets", None
+    )  # imported by the run: forget it, to see what the CLI imports
+    args = ["sample", "--ckpt", checkpoint, "-n", "8", "--out", str(out), "--method", "importance"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        "never imports the code it names" in err
+        and "--trust-target tests.sampling_targets:shifted_gaussian" in err
+    )
+    assert "tests.sampling_targets" not in sys.modules and not out.exists()
+    assert main([*args, "--trust-target", "tests.sampling_targets:shifted_gaussian"]) == 0
+    assert out.exists() and "tests.sampling_targets" in sys.modules

@@ -92,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
         "the flow as proposal, optionally with --local moves) or hmc (HMC in the flow's latent space); "
         "flow = plain samples",
     )
+    sample.add_argument(
+        "--trust-target",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="target runs whose target is your own module: import it (a checkpoint never makes flows import "
+        "the code it names; give the same MODULE:ATTR it records)",
+    )
     sample.add_argument("--chains", type=int, default=100, help="--method metropolis|hmc: parallel chains")
     sample.add_argument(
         "--local", choices=("rwm", "mala"), default=None, help="--method metropolis: local moves after each"

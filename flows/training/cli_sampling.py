@@ -3,7 +3,9 @@
 `importance`: flow samples with their log importance weights (`log_weight` column); `metropolis`:
 independent Metropolis-Hastings chains with the flow as proposal (`--local rwm|mala` adds local moves in the
 latent space); `hmc`: HMC in the flow's latent space (NeuTra); chains come with `chain`, `step` columns, the
-acceptance rates and the autocorrelation ESS per second printed. The target is rebuilt from the checkpoint's `target` section.
+acceptance rates and the autocorrelation ESS per second printed. The target is rebuilt from the checkpoint's `target` section:
+a built-in by name; a user's `module:attr` only when `--trust-target` names it (a checkpoint never makes flows
+import code).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from flows.flow_mcmc import flow_mcmc
-from flows.targets.registry import make_target
+from flows.targets.registry import TARGETS, make_target
 from flows.training.checkpoints import LoadedModel
 from flows.training.config import ConfigError
 from flows.training.evaluation import write_samples
@@ -32,6 +34,12 @@ def sample_target_run(loaded: LoadedModel, arguments: argparse.Namespace) -> int
         raise ConfigError(
             f"--method {arguments.method} needs a checkpoint of a target run (a target: section); "
             f"{arguments.ckpt} was trained on data"
+        )
+    if section.name not in TARGETS and getattr(arguments, "trust_target", None) != section.name:
+        raise ConfigError(
+            f"{arguments.ckpt} names the target {section.name!r}, a Python module: loading a checkpoint never "
+            "imports the code it names (a file from anyone could name a module planted beside it); if you trust "
+            f"that module, pass --trust-target {section.name}"
         )
     try:
         target = make_target(section.name, section.features, **section.options)
