@@ -17,7 +17,7 @@ at construction, so mismatched members fail when the chain is built rather than 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -139,6 +139,17 @@ class Bijector(nn.Module):
         """The batch shape of `x` for this bijector's event dims."""
         return x.shape[: x.dim() - self.event_dims]
 
+    def check_state(self) -> None:
+        """A ValueError when this layer's own structural buffers (indices, masks, signs: what its
+        architecture fixes, not what training learns) do not describe a valid layer. Runs after every
+        `load_state_dict` of this module, so that a state from an untrusted file cannot turn the flow into a map
+        that is not a bijection (a permutation [0, 0] loaded as such integrated to 6.85). Layers without such
+        buffers have nothing to check."""
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.check_state()
+
     def zero_ladj(self, x: Tensor) -> Tensor:
         """A zero log-determinant of the batch shape of `x`."""
         return x.new_zeros(self.batch_shape(x))
@@ -150,6 +161,22 @@ class Bijector(nn.Module):
                 f"{type(self).__name__} expected {name} with event shape {tuple(expected)}, "
                 f"got a tensor of shape {tuple(x.shape)}"
             )
+
+
+def check_permutation(owner: nn.Module, name: str, indices: Tensor, size: int) -> None:
+    """A ValueError unless `indices` is a permutation of `0 .. size-1` (a structural buffer of `owner`)."""
+    valid = (
+        indices.dim() == 1
+        and indices.numel() == size
+        and not indices.is_floating_point()
+        and torch.equal(torch.sort(indices).values, torch.arange(size, device=indices.device))
+    )
+    if not valid:
+        shown = indices.flatten()[:10].tolist()
+        raise ValueError(
+            f"{type(owner).__name__}.{name}: expected a permutation of 0 .. {size - 1}, got {shown}"
+            f"{' ...' if indices.numel() > 10 else ''} (shape {tuple(indices.shape)}, {indices.dtype})"
+        )
 
 
 def _check_declared(

@@ -591,3 +591,52 @@ def test_merged_keys_may_still_be_overridden(tmp_path: Path) -> None:
     path = tmp_path / "merge.yaml"
     path.write_text("base: &base {lr: 0.1, batch_size: 32}\ntrain:\n  <<: *base\n  lr: 0.01\n")
     assert yaml.load(path.read_text(), Loader=_Loader)["train"] == {"lr": 0.01, "batch_size": 32}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 8. Weights and structural buffers from a file describe a valid model
+
+
+def _tampered(genuine: Path, tmp_path: Path, change: Any) -> Path:
+    payload = read_checkpoint(genuine / "checkpoints" / "best.ckpt")
+    change(payload["state_dict"])
+    torch.save(payload, tmp_path / "tampered.ckpt")
+    return tmp_path / "tampered.ckpt"
+
+
+def test_non_finite_or_mistyped_weights_are_refused_naming_them(tmp_path: Path, genuine: Path) -> None:
+    state = read_checkpoint(genuine / "checkpoints" / "best.ckpt")["state_dict"]
+    key = next(k for k, v in state.items() if k.endswith("weight") and v.is_floating_point())
+
+    def nan(s: dict) -> None:
+        s[key] = torch.full_like(s[key], float("nan"))
+
+    def complex_(s: dict) -> None:
+        s[key] = s[key].to(torch.complex64)
+
+    with pytest.raises(
+        ValueError, match=r"expected finite weights, got NaN or infinite values in \[.*weight'\]"
+    ):
+        load_model(_tampered(genuine, tmp_path, nan))
+    with pytest.raises(ValueError, match=r"expected float32 or float64 weights, got .*weight \(complex64\)"):
+        load_model(_tampered(genuine, tmp_path, complex_))
+
+
+def test_structural_buffers_that_describe_no_bijection_are_refused() -> None:
+    """A permutation that repeats an index, an LU sign of 3, coupling indices that disagree with the mask,
+    an autoregressive order that is no permutation: each would load into a map that is not a bijection (or
+    rescales the density) and is refused by the layer that owns it, whoever calls load_state_dict."""
+    from flows import presets
+
+    cases = {
+        "NSF reverse permutation": (presets.NSF(3, transforms=2, randperm=False), "indices", [0, 0, 1]),
+        "MAF autoregressive order": (presets.MAF(3, transforms=1), "inverse_steps", [0, 2, 2]),
+        "NSF coupling merge": (presets.NSF(4, transforms=1, lu_linear=False), "merge_index", [0, 1, 3, 2]),
+        "LU sign": (presets.NSF(3, transforms=1, lu_linear=True), "sign", [1.0, 3.0, 1.0]),
+    }
+    for flow, suffix, value in cases.values():
+        state = flow.state_dict()
+        key = next(k for k in state if k.endswith(suffix))
+        state[key] = torch.tensor(value, dtype=state[key].dtype)
+        with pytest.raises(ValueError, match=suffix):
+            flow.load_state_dict(state)

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from flows.bijectors.coupling import apply_transformer, build_transformer
-from flows.core import Bijector, broadcast_context
+from flows.core import Bijector, broadcast_context, check_permutation
 from flows.mixed_precision import conditioners_in_mixed_precision, run_conditioner
 from flows.nn import MADE
 from flows.transformers import Transformer
@@ -121,6 +121,9 @@ class Autoregressive(Bijector):
             raise ValueError("a conditioner with a decoder must fill its units in their natural order")
         # Units sorted by their rank in the order: the sequence the inverse fills in.
         self.register_buffer("inverse_steps", torch.argsort(order))
+
+    def check_state(self) -> None:
+        check_permutation(self, "inverse_steps", self.inverse_steps, self.event_shape[0])
 
     @property
     def units(self) -> int:

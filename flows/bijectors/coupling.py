@@ -131,6 +131,25 @@ class MaskedCoupling(Bijector):
         self.register_buffer("transformed_index", transformed_index)
         self.register_buffer("merge_index", torch.argsort(permutation))
 
+    def check_state(self) -> None:
+        """The index buffers must be those of `mask` (conditioning, transformed, and the merge's inverse)."""
+        flat = self.mask.reshape(-1)
+        if self.mask.dtype != torch.bool or tuple(self.mask.shape) != self.event_shape:
+            raise ValueError(
+                f"{type(self).__name__}.mask: expected a bool mask of shape {self.event_shape}, got "
+                f"{self.mask.dtype} of shape {tuple(self.mask.shape)}"
+            )
+        identity, transformed = torch.nonzero(flat).reshape(-1), torch.nonzero(~flat).reshape(-1)
+        if not (
+            torch.equal(self.identity_index, identity)
+            and torch.equal(self.transformed_index, transformed)
+            and torch.equal(self.merge_index, torch.argsort(torch.cat([identity, transformed])))
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: expected identity_index, transformed_index and merge_index derived from "
+                "its mask, got other indices"
+            )
+
     def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """`batch + event -> (batch + (n_cond,), batch + (n_transformed,))`."""
         # The event size is explicit: a `-1` is ambiguous for an empty batch.

@@ -6,13 +6,13 @@ Event: 1-D vectors of `features` elements, any leading batch dimensions.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flows.core import Bijector
+from flows.core import Bijector, check_permutation
 
 __all__ = ["LULinear", "LUMatrix", "Permutation"]
 
@@ -52,6 +52,13 @@ class Permutation(Bijector):
 
     def extra_repr(self) -> str:
         return f"features={self.features}, kind={self.kind!r}"
+
+    def check_state(self) -> None:
+        check_permutation(self, "indices", self.indices, self.features)
+        if not torch.equal(self.inverse_indices, torch.argsort(self.indices)):
+            raise ValueError(
+                "Permutation.inverse_indices: expected the inverse of indices (argsort), got another"
+            )
 
     @property
     def input_event_shape(self) -> tuple[int, ...]:
@@ -114,6 +121,26 @@ class LUMatrix(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, permuted={self.permutation is not None}"
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.check_state()
+
+    def check_state(self) -> None:
+        """A ValueError unless `sign` holds +-1 and `permutation` (if any) is a permutation matrix: the fixed
+        parts of `W`, which a loaded state must not change into a non-invertible or rescaled map (a sign of 3
+        loaded as such scaled the density by 1/3)."""
+        if self.sign.shape != (self.size,) or not bool((self.sign.abs() == 1).all()):
+            raise ValueError(
+                f"LUMatrix.sign: expected {self.size} values of +1 or -1, got {self.sign.flatten()[:10].tolist()}"
+            )
+        if self.permutation is not None:
+            p = self.permutation
+            ok = p.shape == (self.size, self.size) and bool(((p == 0) | (p == 1)).all())
+            if not (ok and bool((p.sum(0) == 1).all()) and bool((p.sum(1) == 1).all())):
+                raise ValueError(
+                    f"LUMatrix.permutation: expected a {self.size} x {self.size} permutation matrix"
+                )
 
     def factors(self) -> tuple[Tensor, Tensor]:
         """`(L, U)`, each `(size, size)`: L unit lower triangular, U upper triangular."""

@@ -99,6 +99,7 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
     state = payload["state_dict"]
     if payload.get("format") != ESTIMATOR_FORMAT:  # a Lightning checkpoint of FlowModule: keys "flow.*"
         state = {key[len("flow.") :]: value for key, value in state.items() if key.startswith("flow.")}
+    _check_state(path, state, flow)
     dtype = next((v.dtype for v in state.values() if torch.is_tensor(v) and v.is_floating_point()), None)
     if dtype is not None:  # a float64 fit stays float64 (load_state_dict would round it to the flow's dtype)
         flow.to(dtype)
@@ -106,6 +107,8 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
         flow.load_state_dict(state)
     except RuntimeError as error:  # weights of another architecture than the record describes
         raise ValueError(f"{path}: the weights do not fit the model its record describes: {error}") from error
+    except ValueError as error:  # a structural buffer that describes no valid layer (Bijector.check_state)
+        raise ValueError(f"{path}: {error}") from None
     flow.eval()
     columns = list(record.get("columns") or [f"x{i}" for i in range(int(record["features"]))])
     return LoadedModel(
@@ -117,6 +120,41 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
         context_columns=list((record.get("context") or {}).get("columns", [])),
         plan=_plan_of(record),
     )
+
+
+def _check_state(path: Path, state: Any, flow: torch.nn.Module) -> None:
+    """A ValueError naming the entries of a checkpoint's `state` that no model of flows holds: a state that is
+    not a mapping of tensors, floating-point weights in another type than float32 / float64 (complex, integer,
+    16-bit: load_state_dict would cast them silently), and non-finite parameters (NaN weights score every row
+    -inf and sample NaN)."""
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
+    ):
+        raise ValueError(
+            f"{path}: expected a state_dict mapping names to tensors, got {type(state).__name__}"
+        )
+    expected = flow.state_dict()
+    parameters = {name for name, _ in flow.named_parameters()}
+    wrong_type, non_finite = [], []
+    for key, value in state.items():
+        target = expected.get(key)
+        if target is None or not target.is_floating_point():
+            continue  # (unexpected keys are load_state_dict's error; integer buffers are checked by their owner)
+        if value.dtype not in (torch.float32, torch.float64):
+            wrong_type.append(f"{key} ({str(value.dtype).removeprefix('torch.')})")
+        elif key in parameters and not bool(torch.isfinite(value).all()):
+            non_finite.append(key)
+    if wrong_type:
+        raise ValueError(
+            f"{path}: expected float32 or float64 weights, got {', '.join(wrong_type[:5])}"
+            + (f" and {len(wrong_type) - 5} more" if len(wrong_type) > 5 else "")
+        )
+    if non_finite:
+        raise ValueError(
+            f"{path}: expected finite weights, got NaN or infinite values in {non_finite[:5]}"
+            + (f" and {len(non_finite) - 5} more" if len(non_finite) > 5 else "")
+            + "; the checkpoint is damaged or was saved from a diverged run"
+        )
 
 
 def _plan_of(record: dict[str, Any]) -> Any:
