@@ -163,6 +163,9 @@ def test_cli_samples_a_target_run_with_weights_and_by_metropolis(tmp_path: Path,
     with torch.no_grad():
         expected = DoubleWell().log_prob(x.double()) - flow.log_prob(x).double()
     np.testing.assert_allclose(table[:, 2], expected.numpy(), atol=2e-3)
+    capsys.readouterr()
+    assert main(["test", "--ckpt", checkpoint]) == 2  # a sampler has no test split (it was moons' by default)
+    assert "is a sampler of the target 'double_well', trained on no data" in capsys.readouterr().err
     chains = tmp_path / "chains.csv"
     args = ["sample", "--ckpt", checkpoint, "-n", "60", "--out", str(chains), "--method", "metropolis"]
     assert main([*args, "--chains", "20"]) == 0

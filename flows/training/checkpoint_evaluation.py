@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Union
 
-from flows.training.config import Config
+from flows.training.config import Config, ConfigError
 from flows.training.context import with_context
 from flows.training.data import load_splits
 from flows.training.evaluation import entropy_metrics, evaluate_log_prob, log_likelihood_metrics
@@ -22,6 +22,12 @@ def evaluate_checkpoint(config: Config, checkpoint: Union[str, Path], verbose: b
     from flows.training.checkpoints import load_model
 
     loaded = load_model(checkpoint)
+    if loaded.config.target.name:  # (its config's data section is the unused default, toy:moons)
+        raise ConfigError(
+            f"flows test evaluates a model of data on its test split; {checkpoint} is a sampler of the target "
+            f"{loaded.config.target.name!r}, trained on no data: its metrics are in the run's metrics.json, and "
+            "flows sample --method importance draws weighted samples"
+        )
     splits = with_context(load_splits(config.data, config.seed), config.data.context_columns)
     splits = prepare_splits(splits, config, config.seed)
     if splits.features != loaded.features:
