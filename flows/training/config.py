@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import re
 import reprlib
 import types
@@ -460,6 +461,11 @@ def _check_objective(config: Config) -> None:
             )
 
 
+#: upper limits on resources a config may ask for (a file from anyone must not exhaust the machine)
+MAX_PER_CORE = 4  # data loader processes, or torch threads, per CPU core
+MAX_SAMPLES = 100_000_000  # rows of samples.csv (about 2 GB per 10 columns)
+
+
 def _check_ranges(config: Config) -> None:
     def positive(key: str, value: Union[int, float, None], allow_none: bool = False) -> None:
         if value is None and allow_none:
@@ -467,8 +473,8 @@ def _check_ranges(config: Config) -> None:
         if value is None or not 0 < value < math.inf:  # also refuses NaN and infinity
             raise ConfigError(f"config key {key!r}: expected a finite positive number, got {value!r}")
 
-    if config.seed < 0:
-        raise ConfigError(f"config key 'seed': expected an integer >= 0, got {config.seed}")
+    if not 0 <= config.seed < 2**32:  # (numpy's generators take seeds below 2**32)
+        raise ConfigError(f"config key 'seed': expected an integer in [0, 2**32), got {config.seed}")
     train, data = config.train, config.data
     for key in ("weight_decay", "final_lr_fraction", "noise_std"):
         value = getattr(train, key)
@@ -512,6 +518,13 @@ def _check_ranges(config: Config) -> None:
         positive(f"data.{key}", getattr(data, key))
     if data.num_workers < 0:
         raise ConfigError(f"config key 'data.num_workers': expected >= 0, got {data.num_workers}")
+    cores = os.cpu_count() or 1
+    for key, value in (("data.num_workers", data.num_workers), ("train.num_threads", train.num_threads)):
+        if isinstance(value, int) and value > MAX_PER_CORE * cores:  # (each is a process or a thread)
+            raise ConfigError(
+                f"config key {key!r}: expected at most {MAX_PER_CORE} per core ({MAX_PER_CORE * cores} on this "
+                f"machine's {cores} cores), got {value}"
+            )
     if not 0.0 < data.stream_memory_fraction <= 1.0:
         raise ConfigError(
             f"config key 'data.stream_memory_fraction': expected a number in (0, 1], got {data.stream_memory_fraction}"
@@ -521,8 +534,10 @@ def _check_ranges(config: Config) -> None:
     positive("data.shards", data.shards, allow_none=True)
     if data.block_bytes < 1024:
         raise ConfigError(f"config key 'data.block_bytes': expected >= 1024, got {data.block_bytes}")
-    if config.output.samples < 0:
-        raise ConfigError(f"config key 'output.samples': expected >= 0, got {config.output.samples}")
+    if not 0 <= config.output.samples <= MAX_SAMPLES:
+        raise ConfigError(
+            f"config key 'output.samples': expected a number in [0, {MAX_SAMPLES:,}], got {config.output.samples}"
+        )
     if ":" not in data.dataset:
         raise ConfigError(
             f"config key 'data.dataset': expected 'kind:name' with kind one of toy, synthetic, sklearn, uci, "
