@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,15 @@ def _default_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def _mode_for(target: Path) -> int:
+    """The permissions of the file `target` replaces (a private 0600 file stays private), else those a plain
+    `open(path, "w")` would give."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return _default_file_mode()
 
 
 @contextlib.contextmanager
@@ -43,7 +53,7 @@ def atomic_open(path: PathLike, mode: str = "w", **open_options: Any) -> Iterato
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, _default_file_mode())  # mkstemp creates 0600
+        os.chmod(temporary, _mode_for(target))  # mkstemp creates 0600
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

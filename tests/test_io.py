@@ -44,3 +44,11 @@ def test_writes_create_parents_and_use_the_umask_mode(tmp_path: Path) -> None:
 def test_only_write_modes_are_accepted(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="mode must be"), atomic_open(tmp_path / "x", "a"):
         pass
+
+
+def test_a_replaced_file_keeps_its_permissions(tmp_path: Path) -> None:
+    private = tmp_path / "private.csv"
+    private.write_text("old\n")
+    os.chmod(private, 0o600)
+    atomic_write_text(private, "new\n")
+    assert private.read_text() == "new\n" and stat.S_IMODE(private.stat().st_mode) == 0o600
