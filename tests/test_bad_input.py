@@ -491,6 +491,15 @@ def test_cli_resume_refuses_a_checkpoint_of_another_model(
     )
     status, err = _cli(capsys, "fit", "--config", str(config), "--resume")
     _assert_one_line_error(status, err, "cannot resume", "'gaussian'", "'maf'")
+    # the same model on other data, or with another seed, is another run too (a loader setting is not)
+    same_model = _config(
+        run_dir.parent.parent,
+        "synthetic:gaussian_mixture",
+        data={"target": {"features": 3, "components": 1}, "num_workers": 1},
+    )
+    status, err = _cli(capsys, "fit", "--config", str(same_model), "--resume", "--seed", "5")
+    _assert_one_line_error(status, err, "cannot resume", "seed 0 (the config: 5)")
+    assert "num_workers" not in err
     status, err = _cli(capsys, "fit", "--config", str(config), "--resume", "--output.name", "null")
     _assert_one_line_error(status, err, "output.name")
 

@@ -113,7 +113,7 @@ class RunStart:
 def claim_run_dir(config: Config, resume: bool, verbose: bool) -> Iterator[RunStart]:
     """Resolve and lock the run directory for the block (rank 0; DDP workers share its lock).
 
-    With `resume`, finds `last.ckpt` (checked to hold the same `model` section) or, for a run that already
+    With `resume`, finds `last.ckpt` (checked to hold the same model, data, target and seed) or, for a run that already
     finished (it wrote `metrics.json`), its metrics: the caller then does nothing. Without `resume`, a
     `metrics.json` of an earlier run in the same directory is removed, so it can never pass for this run's.
     Temporary files left by a killed writer are removed.
@@ -123,7 +123,7 @@ def claim_run_dir(config: Config, resume: bool, verbose: bool) -> Iterator[RunSt
     run_dir = resolve_run_dir(config)
     worker = launched_worker()
     with contextlib.nullcontext() if worker else run_lock(run_dir):
-        resume_from = resume_checkpoint(run_dir, config.model) if resume else None
+        resume_from = resume_checkpoint(run_dir, config.to_dict()) if resume else None
         finished = finished_metrics(run_dir) if resume and not worker else None
         if not worker:
             remove_stale_temporaries(run_dir)

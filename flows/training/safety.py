@@ -191,18 +191,45 @@ def _check_zip_entries(path: Path, size: int) -> None:
         )
 
 
-def resume_checkpoint(run_dir: Path, model: Mapping[str, Any]) -> Optional[Path]:
-    """`run_dir/checkpoints/last.ckpt` when it exists, checked to hold the same `model` section; else None."""
+def resume_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> Optional[Path]:
+    """`run_dir/checkpoints/last.ckpt` when it exists, checked to hold the run that `config` (a plain config:
+    `Config.to_dict()`) describes: the same `model`, `data`, `target` and `seed` (the `train` budget may grow
+    and the `trainer` and `output` settings change); else None."""
     path = Path(run_dir) / "checkpoints" / "last.ckpt"
     if not path.exists():
         return None
     payload = read_checkpoint(path)
     record = payload.get("hyper_parameters") or {}
-    saved = (record.get("config") or {}).get("model") if isinstance(record, Mapping) else None
-    if saved is None:
+    saved = record.get("config") if isinstance(record, Mapping) else None
+    if not isinstance(saved, Mapping) or saved.get("model") is None:
         raise ValueError(f"{path} was not written by `flows fit` (no model record); cannot resume from it")
-    if dict(saved) != dict(model):
+    changed = [
+        f"{name} {before!r} (the config: {after!r})"
+        for key in RESUMED_KEYS
+        if key in saved
+        for name, before, after in _differences(key, saved[key], config.get(key))
+    ]
+    if changed:
         raise ValueError(
-            f"cannot resume from {path}: it was trained with model {dict(saved)}, the config has {dict(model)}"
+            f"cannot resume from {path}: it was trained with {'; '.join(changed[:5])}; resume with the run's own "
+            "config, or start a new run (another output.name)"
         )
     return path
+
+
+#: config sections (and keys) a resumed run must share with the run that wrote `last.ckpt`
+RESUMED_KEYS = ("model", "data", "target", "seed")
+#: keys of those sections that only say how to read the data, not which: they may change on resume
+RESUMABLE_CHANGES = {"data.num_workers", "data.stream_memory_fraction", "data.block_bytes"}
+
+
+def _differences(key: str, saved: Any, current: Any) -> list[tuple[str, Any, Any]]:
+    """`(name, saved value, current value)` of each setting of `key` that differs (a section key by key)."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        names = list(saved) + [k for k in current if k not in saved]
+        return [
+            (f"{key}.{k}", saved.get(k), current.get(k))
+            for k in names
+            if f"{key}.{k}" not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+        ]
+    return [] if saved == current else [(key, saved, current)]
