@@ -52,3 +52,13 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path: Path) -> None:
     os.chmod(private, 0o600)
     atomic_write_text(private, "new\n")
     assert private.read_text() == "new\n" and stat.S_IMODE(private.stat().st_mode) == 0o600
+
+
+def test_a_directory_or_a_file_in_the_way_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "out.csv").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"out.csv: it is a directory; expected the path of a file"):
+        atomic_write_text(tmp_path / "out.csv", "x")
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(NotADirectoryError, match=r"file is a file, not a directory"):
+        atomic_write_text(tmp_path / "file" / "sub" / "out.csv", "x")
+    assert (tmp_path / "file").read_text() == "keep" and not list(tmp_path.glob(".*.tmp"))
