@@ -640,3 +640,30 @@ def test_structural_buffers_that_describe_no_bijection_are_refused() -> None:
         state[key] = torch.tensor(value, dtype=state[key].dtype)
         with pytest.raises(ValueError, match=suffix):
             flow.load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda p: p["hyper_parameters"].update(features="abc"), "its model record is not one flows writes"),
+        (
+            lambda p: p["hyper_parameters"].update(columns_plan=[1]),
+            "its model record is not one flows writes",
+        ),
+        (lambda p: p["hyper_parameters"].update(context="x"), "its model record is not one flows writes"),
+        (lambda p: p.update(state_dict=[1, 2]), "expected a state_dict mapping names to tensors, got list"),
+        (lambda p: p["hyper_parameters"].update(columns=["a", "b", "c"]), "names 3 columns for 2 features"),
+        (lambda p: p.update(fit_info=[1]), "expected fit_info to be a mapping, got list"),
+        (lambda p: p.update(dtype="float16"), "expected a dtype of float32 or float64, got 'float16'"),
+    ],
+    ids=["features", "columns-plan", "context", "state-dict", "columns", "fit-info", "dtype"],
+)
+def test_a_malformed_record_is_a_clear_error_naming_the_file(
+    change: Any, expected: str, tmp_path: Path, genuine: Path
+) -> None:
+    payload = read_checkpoint(genuine / "checkpoints" / "best.ckpt")
+    change(payload)
+    torch.save(payload, tmp_path / "edited.ckpt")
+    with pytest.raises(ValueError) as caught:
+        DensityEstimator.load(tmp_path / "edited.ckpt")
+    assert str(tmp_path / "edited.ckpt") in str(caught.value) and expected in str(caught.value)

@@ -95,8 +95,26 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
     record = payload.get("hyper_parameters") or payload.get("record")
     if not isinstance(record, dict) or "config" not in record or "features" not in record:
         raise ValueError(f"{path} has no flows model record (config and features); was it written by flows?")
-    flow, config = build_from_record(record)
+    try:
+        flow, config = build_from_record(record)
+        columns = list(record.get("columns") or [f"x{i}" for i in range(int(record["features"]))])
+        plan = _plan_of(record)
+        context_columns = list((record.get("context") or {}).get("columns", []))
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError) as error:  # (ConfigError too)
+        raise ValueError(
+            f"{path}: its model record is not one flows writes ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:300] if str(error) else 'no detail'}); a damaged or edited checkpoint"
+        ) from None
     state = payload["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"{path}: expected a state_dict mapping names to tensors, got {type(state).__name__}"
+        )
+    if len(columns) != int(record["features"]):
+        raise ValueError(
+            f"{path}: its record names {len(columns)} columns for {int(record['features'])} features; a damaged or "
+            "edited checkpoint"
+        )
     if payload.get("format") != ESTIMATOR_FORMAT:  # a Lightning checkpoint of FlowModule: keys "flow.*"
         state = {key[len("flow.") :]: value for key, value in state.items() if key.startswith("flow.")}
     _check_state(path, state, flow)
@@ -110,15 +128,14 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
     except ValueError as error:  # a structural buffer that describes no valid layer (Bijector.check_state)
         raise ValueError(f"{path}: {error}") from None
     flow.eval()
-    columns = list(record.get("columns") or [f"x{i}" for i in range(int(record["features"]))])
     return LoadedModel(
         flow=flow,
         config=config,
         columns=columns,
         features=int(record["features"]),
         dtype=dtype or torch.float32,
-        context_columns=list((record.get("context") or {}).get("columns", [])),
-        plan=_plan_of(record),
+        context_columns=context_columns,
+        plan=plan,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
 
@@ -47,6 +48,12 @@ class EstimatorPersistence:
         """Rebuild a fitted estimator from `save`'s file (or from a `flows fit` checkpoint)."""
         loaded = load_model(path)
         payload = read_checkpoint(path)
+        saved_dtype = payload.get("dtype")
+        if saved_dtype is not None and saved_dtype not in ("float32", "float64"):
+            raise ValueError(f"{path}: expected a dtype of float32 or float64, got {saved_dtype!r}")
+        for key, kind in (("fit_info", Mapping), ("categories", Mapping), ("params", Mapping)):
+            if payload.get(key) is not None and not isinstance(payload[key], kind):
+                raise ValueError(f"{path}: expected {key} to be a mapping, got {type(payload[key]).__name__}")
         params = payload.get("params")
         if params is None:  # a Lightning checkpoint: rebuild the parameters from its config
             config = loaded.config
@@ -68,7 +75,7 @@ class EstimatorPersistence:
             estimator = cls(model=loaded.config.model["name"])
         else:
             estimator.trainer = params.get("trainer")
-        dtype = getattr(torch, str(payload.get("dtype", "")), None)
+        dtype = getattr(torch, str(saved_dtype or ""), None)
         estimator.flow_ = loaded.flow.to(dtype) if isinstance(dtype, torch.dtype) else loaded.flow
         estimator.record_ = payload.get("record") or payload.get("hyper_parameters")
         estimator.columns_ = loaded.columns
