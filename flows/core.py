@@ -147,8 +147,7 @@ class Bijector(nn.Module):
         buffers have nothing to check."""
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self.check_state()
+        load_then_check(self, super()._load_from_state_dict, *args, **kwargs)
 
     def zero_ladj(self, x: Tensor) -> Tensor:
         """A zero log-determinant of the batch shape of `x`."""
@@ -161,6 +160,16 @@ class Bijector(nn.Module):
                 f"{type(self).__name__} expected {name} with event shape {tuple(expected)}, "
                 f"got a tensor of shape {tuple(x.shape)}"
             )
+
+
+def load_then_check(module: Any, load: Any, *args: Any, **kwargs: Any) -> None:
+    """`module._load_from_state_dict` (`load`, with its arguments), then `module.check_state()` unless the load
+    reported an error of its own (a size mismatch is load_state_dict's to report)."""
+    errors = args[6] if len(args) > 6 else kwargs["error_msgs"]
+    reported = len(errors)
+    load(*args, **kwargs)
+    if len(errors) == reported:
+        module.check_state()
 
 
 def check_permutation(owner: nn.Module, name: str, indices: Tensor, size: int) -> None:

@@ -31,7 +31,7 @@ def _mode_for(target: Path) -> int:
     """The permissions of the file `target` replaces (a private 0600 file stays private), else those a plain
     `open(path, "w")` would give."""
     try:
-        return stat.S_IMODE(os.stat(target).st_mode)
+        return stat.S_IMODE(os.stat(target).st_mode) & 0o777  # (not its setuid, setgid or sticky bits)
     except (FileNotFoundError, NotADirectoryError):
         return _default_file_mode()
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import builtins
+import copy
 import hashlib
 import os
 import pickle
@@ -591,6 +592,9 @@ def test_merged_keys_may_still_be_overridden(tmp_path: Path) -> None:
     path = tmp_path / "merge.yaml"
     path.write_text("base: &base {lr: 0.1, batch_size: 32}\ntrain:\n  <<: *base\n  lr: 0.01\n")
     assert yaml.load(path.read_text(), Loader=_Loader)["train"] == {"lr": 0.01, "batch_size": 32}
+    # an anchored mapping that overrides a merged key, reused by an alias (merging rewrites it in place)
+    nested = "train: {<<: &base {<<: {lr: 0.1}, lr: 0.01}}\nother: *base\n"
+    assert yaml.load(nested, Loader=_Loader) == {"train": {"lr": 0.01}, "other": {"lr": 0.01}}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -620,6 +624,13 @@ def test_non_finite_or_mistyped_weights_are_refused_naming_them(tmp_path: Path, 
         load_model(_tampered(genuine, tmp_path, nan))
     with pytest.raises(ValueError, match=r"expected float32 or float64 weights, got .*weight \(complex64\)"):
         load_model(_tampered(genuine, tmp_path, complex_))
+    buffer = next(k for k in state if k.endswith(".scale"))  # the folded-in standardisation: a buffer
+
+    def nan_buffer(s: dict) -> None:
+        s[buffer] = torch.full_like(s[buffer], float("nan"))
+
+    with pytest.raises(ValueError, match=r"expected finite weights, got NaN .*scale'\]"):
+        load_model(_tampered(genuine, tmp_path, nan_buffer))
 
 
 def test_structural_buffers_that_describe_no_bijection_are_refused() -> None:
@@ -667,3 +678,44 @@ def test_a_malformed_record_is_a_clear_error_naming_the_file(
     with pytest.raises(ValueError) as caught:
         DensityEstimator.load(tmp_path / "edited.ckpt")
     assert str(tmp_path / "edited.ckpt") in str(caught.value) and expected in str(caught.value)
+
+
+def test_a_checkpoint_of_a_larger_machine_still_loads(tmp_path: Path, genuine: Path) -> None:
+    """The per-core limits apply to runs started here, not to the record of a run on another machine."""
+    payload = read_checkpoint(genuine / "checkpoints" / "best.ckpt")
+    payload["hyper_parameters"]["config"]["data"]["num_workers"] = 64
+    payload["hyper_parameters"]["config"]["train"]["num_threads"] = 128
+    torch.save(payload, tmp_path / "big.ckpt")
+    assert load_model(tmp_path / "big.ckpt").config.data.num_workers == 64
+
+
+def test_resume_accepts_older_records_moved_data_and_chosen_mixture_sizes(tmp_path: Path) -> None:
+    """Only settings that define the run count: a key the record lacks (an older version), data.root, the
+    target's evaluation budgets, and a model option the run chose (components of a fitted mixture) do not."""
+    from flows.training.safety import resume_checkpoint
+
+    config = parse_config(_config(tmp_path, "run")).to_dict()
+    saved = copy.deepcopy(config)
+    del saved["data"]["dequantization"]  # written before the key existed
+    saved["model"]["components"] = 9  # the fitted mixture's size, recorded after config.yaml
+    config["data"]["root"] = "/moved/archive"
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "hyper_parameters": {"config": saved}}, path)
+    assert resume_checkpoint(tmp_path / "run", config) == path
+    config["data"]["n_train"] = 512
+    with pytest.raises(ValueError, match=r"data.n_train 256 \(the config: 512\)"):
+        resume_checkpoint(tmp_path / "run", config)
+
+
+def test_a_checkpoint_saved_without_checksums_still_loads(tmp_path: Path, genuine: Path) -> None:
+    """torch.serialization.set_crc32_options(False) stores 0 for every CRC: nothing to check, not damage."""
+    payload = read_checkpoint(genuine / "checkpoints" / "best.ckpt")
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(payload, tmp_path / "fast.ckpt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    with zipfile.ZipFile(tmp_path / "fast.ckpt") as archive:
+        assert {entry.CRC for entry in archive.infolist()} == {0}
+    assert load_model(tmp_path / "fast.ckpt").features == 2

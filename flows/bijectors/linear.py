@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flows.core import Bijector, check_permutation
+from flows.core import Bijector, check_permutation, load_then_check
 
 __all__ = ["LULinear", "LUMatrix", "Permutation"]
 
@@ -123,8 +123,7 @@ class LUMatrix(nn.Module):
         return f"size={self.size}, permuted={self.permutation is not None}"
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self.check_state()
+        load_then_check(self, super()._load_from_state_dict, *args, **kwargs)
 
     def check_state(self) -> None:
         """A ValueError unless `sign` holds +-1 and `permutation` (if any) is a permutation matrix: the fixed

@@ -142,8 +142,8 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
 def _check_state(path: Path, state: Any, flow: torch.nn.Module) -> None:
     """A ValueError naming the entries of a checkpoint's `state` that no model of flows holds: a state that is
     not a mapping of tensors, floating-point weights in another type than float32 / float64 (complex, integer,
-    16-bit: load_state_dict would cast them silently), and non-finite parameters (NaN weights score every row
-    -inf and sample NaN)."""
+    16-bit: load_state_dict would cast them silently), non-finite parameters and NaN in any buffer (NaN weights
+    score every row -inf and sample NaN)."""
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
     ):
@@ -159,8 +159,8 @@ def _check_state(path: Path, state: Any, flow: torch.nn.Module) -> None:
             continue  # (unexpected keys are load_state_dict's error; integer buffers are checked by their owner)
         if value.dtype not in (torch.float32, torch.float64):
             wrong_type.append(f"{key} ({str(value.dtype).removeprefix('torch.')})")
-        elif key in parameters and not bool(torch.isfinite(value).all()):
-            non_finite.append(key)
+        elif bool(torch.isnan(value).any()) or (key in parameters and not bool(torch.isfinite(value).all())):
+            non_finite.append(key)  # (buffers may hold +-inf: a column's open bounds; never NaN)
     if wrong_type:
         raise ValueError(
             f"{path}: expected float32 or float64 weights, got {', '.join(wrong_type[:5])}"

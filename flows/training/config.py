@@ -466,6 +466,20 @@ MAX_PER_CORE = 4  # data loader processes, or torch threads, per CPU core
 MAX_SAMPLES = 100_000_000  # rows of samples.csv (about 2 GB per 10 columns)
 
 
+def check_machine_limits(config: Config) -> None:
+    """A ConfigError when the config asks this machine for more loader processes or torch threads than
+    `MAX_PER_CORE` per core. Checked when a run starts on it, not when a saved record is read (a checkpoint of
+    a larger machine stays loadable here)."""
+    cores = os.cpu_count() or 1
+    values = (("data.num_workers", config.data.num_workers), ("train.num_threads", config.train.num_threads))
+    for key, value in values:
+        if isinstance(value, int) and value > MAX_PER_CORE * cores:  # (each is a process or a thread)
+            raise ConfigError(
+                f"config key {key!r}: expected at most {MAX_PER_CORE} per core ({MAX_PER_CORE * cores} on this "
+                f"machine's {cores} cores), got {value}"
+            )
+
+
 def _check_ranges(config: Config) -> None:
     def positive(key: str, value: Union[int, float, None], allow_none: bool = False) -> None:
         if value is None and allow_none:
@@ -518,13 +532,7 @@ def _check_ranges(config: Config) -> None:
         positive(f"data.{key}", getattr(data, key))
     if data.num_workers < 0:
         raise ConfigError(f"config key 'data.num_workers': expected >= 0, got {data.num_workers}")
-    cores = os.cpu_count() or 1
-    for key, value in (("data.num_workers", data.num_workers), ("train.num_threads", train.num_threads)):
-        if isinstance(value, int) and value > MAX_PER_CORE * cores:  # (each is a process or a thread)
-            raise ConfigError(
-                f"config key {key!r}: expected at most {MAX_PER_CORE} per core ({MAX_PER_CORE * cores} on this "
-                f"machine's {cores} cores), got {value}"
-            )
+
     if not 0.0 < data.stream_memory_fraction <= 1.0:
         raise ConfigError(
             f"config key 'data.stream_memory_fraction': expected a number in (0, 1], got {data.stream_memory_fraction}"
@@ -579,10 +587,14 @@ class _Loader(yaml.SafeLoader):
         finally:
             self.depth -= 1
 
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        """A mapping; a key written twice is an error (PyYAML keeps the last silently: a repeated `data:`
-        section would replace the first whole). Keys merged in with `<<` may still be overridden."""
-        if isinstance(node, yaml.MappingNode):
+    def flatten_mapping(self, node: Any) -> None:
+        """PyYAML's merge of `<<` keys, after checking that no key is written twice in the mapping itself
+        (PyYAML keeps the last silently: a repeated `data:` section would replace the first whole). Keys merged
+        in with `<<` may still be overridden. Each node is checked once, before merging rewrites it (an
+        anchored mapping is flattened again where an alias reuses it)."""
+        checked = self.__dict__.setdefault("checked_mappings", set())
+        if id(node) not in checked:
+            checked.add(id(node))
             seen: set = set()
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
@@ -590,7 +602,7 @@ class _Loader(yaml.SafeLoader):
                 key = self.construct_object(key_node, deep=True)
                 try:
                     duplicate = key in seen
-                except TypeError:  # an unhashable key: the base class reports it
+                except TypeError:  # an unhashable key: construct_mapping reports it
                     continue
                 if duplicate:
                     raise yaml.constructor.ConstructorError(
@@ -600,7 +612,7 @@ class _Loader(yaml.SafeLoader):
                         key_node.start_mark,
                     )
                 seen.add(key)
-        return super().construct_mapping(node, deep)
+        super().flatten_mapping(node)
 
 
 #: limits on a YAML document: aliases, and values once every alias is expanded

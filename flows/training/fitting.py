@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from flows.training.best_weights import BestWeights
-from flows.training.config import Config
+from flows.training.config import Config, check_machine_limits
 from flows.training.safety import read_checkpoint
 from flows.training.tasks.base import Fitted, Task
 from flows.training.threads import resolve_threads
@@ -41,6 +41,7 @@ def train(
     Sets the run's thread count (`train.num_threads`) once the model is built; callers run it inside
     `torch_threads(config.train.num_threads)`, which restores theirs.
     """
+    check_machine_limits(config)  # before any worker process or thread is started
     seed = config.seed
     L.seed_everything(seed, workers=True, verbose=False)
     data = task.prepare_data(config, data)

@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 import torch
 
 from flows.io import atomic_write_text
-from flows.training.config import Config, ConfigError, write_yaml_atomic
+from flows.training.config import Config, ConfigError, check_machine_limits, write_yaml_atomic
 from flows.training.fitting import Fitted, train
 from flows.training.rundir import finished_metrics, remove_stale_temporaries, run_lock
 from flows.training.safety import resume_checkpoint
@@ -183,6 +183,7 @@ def run(config: Union[Config, Mapping[str, Any]], verbose: bool = True, resume: 
     start = time.perf_counter()
     task = task_for(config)
     resolved = task.resolve(config)
+    check_machine_limits(resolved)  # (before torch_threads sets the thread count)
     with torch_threads(resolved.train.num_threads), claim_run_dir(resolved, resume, verbose) as started:
         if started.finished is not None:
             metrics = dict(started.finished)

@@ -173,22 +173,41 @@ def read_tensor_file(path: Union[str, Path], map_location: Union[str, torch.devi
 
 
 def _check_zip_entries(path: Path, size: int) -> None:
-    """A ValueError naming the first entry of a zip-format torch file whose CRC-32 does not match its bytes
-    (torch.load does not check them, so a flipped bit in a weight would load as a different model)."""
-    if not zipfile.is_zipfile(path):
-        return  # (older torch files are not zips; torch.load reports what else it cannot read)
+    """A ValueError naming the first entry of a zip-format torch file whose bytes do not match the CRC-32 stored
+    with them (torch.load does not check them, so a flipped bit in a weight would load as a different model),
+    or that is compressed (torch stores every entry as it is; inflating a hostile entry could take minutes).
+    Entries saved without checksums (`torch.serialization.set_crc32_options(False)` stores 0) are not checked."""
+    with path.open("rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            return  # not a zip (older torch files): torch.load reports what else it cannot read
     try:
         with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+            for entry in archive.infolist():
+                if entry.compress_type != zipfile.ZIP_STORED:
+                    raise ValueError(
+                        f"{path} ({size} bytes) is not a checkpoint torch writes: its entry {entry.filename!r} is "
+                        "compressed; nothing in it was loaded"
+                    )
+                if entry.CRC == 0:
+                    continue
+                try:
+                    with archive.open(entry) as stream:  # (reading to the end checks the CRC-32)
+                        while stream.read(1 << 22):
+                            pass
+                except zipfile.BadZipFile as error:
+                    if "CRC" not in str(error):
+                        raise
+                    raise ValueError(
+                        f"{path} ({size} bytes) is damaged: the bytes of its entry {entry.filename!r} do not match "
+                        "the checksum stored with them (a changed or corrupted file); nothing in it was loaded"
+                    ) from None
+    except ValueError:
+        raise
+    except Exception as error:  # a damaged or hostile archive: encrypted entries, bad headers, truncation
         raise ValueError(
-            f"{path} ({size} bytes) is not a readable checkpoint: a damaged zip ({error})"
+            f"{path} ({size} bytes) is not a readable checkpoint: truncated or corrupted ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200] if str(error) else 'no detail'}); nothing in it was loaded"
         ) from None
-    if damaged is not None:
-        raise ValueError(
-            f"{path} ({size} bytes) is damaged: the bytes of its entry {damaged!r} do not match the checksum "
-            "stored with them (a changed or corrupted file); nothing in it was loaded"
-        )
 
 
 def resume_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> Optional[Path]:
@@ -219,17 +238,29 @@ def resume_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> Optional[Path
 
 #: config sections (and keys) a resumed run must share with the run that wrote `last.ckpt`
 RESUMED_KEYS = ("model", "data", "target", "seed")
-#: keys of those sections that only say how to read the data, not which: they may change on resume
-RESUMABLE_CHANGES = {"data.num_workers", "data.stream_memory_fraction", "data.block_bytes"}
+#: keys of those sections that say where or how to read the data, or how much to evaluate, not what is
+#: trained: they may change on resume
+RESUMABLE_CHANGES = {
+    "data.num_workers",
+    "data.stream_memory_fraction",
+    "data.block_bytes",
+    "data.root",
+    "target.evaluation_samples",
+    "target.validation_samples",
+}
 
 
 def _differences(key: str, saved: Any, current: Any) -> list[tuple[str, Any, Any]]:
-    """`(name, saved value, current value)` of each setting of `key` that differs (a section key by key)."""
+    """`(name, saved value, current value)` of each setting of `key` that differs (a section key by key).
+    A key the saved record lacks (written before the key existed) is not a difference, nor a model option the
+    config leaves unset (None) where the run recorded the value it chose (`model.components` of a fitted
+    mixture base)."""
     if isinstance(saved, Mapping) and isinstance(current, Mapping):
-        names = list(saved) + [k for k in current if k not in saved]
         return [
-            (f"{key}.{k}", saved.get(k), current.get(k))
-            for k in names
-            if f"{key}.{k}" not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+            (f"{key}.{k}", saved[k], current.get(k))
+            for k in saved
+            if f"{key}.{k}" not in RESUMABLE_CHANGES
+            and not (key == "model" and current.get(k) is None)
+            and saved[k] != current.get(k)
         ]
     return [] if saved == current else [(key, saved, current)]
