@@ -645,6 +645,15 @@ def test_structural_buffers_that_describe_no_bijection_are_refused() -> None:
         "NSF coupling merge": (presets.NSF(4, transforms=1, lu_linear=False), "merge_index", [0, 1, 3, 2]),
         "LU sign": (presets.NSF(3, transforms=1, lu_linear=True), "sign", [1.0, 3.0, 1.0]),
     }
+    from flows.bijectors import BatchNorm, ColumnSupport, Standardize
+
+    cases.update(
+        {
+            "standardisation scale 0": (Standardize(torch.zeros(2), torch.ones(2)), "scale", [1.0, 0.0]),
+            "support low >= high": (ColumnSupport(torch.zeros(2), torch.ones(2)), "low", [0.0, 2.0]),
+            "batch norm variance": (BatchNorm(2), "running_var", [1.0, -1.0]),
+        }
+    )
     for flow, suffix, value in cases.values():
         state = flow.state_dict()
         key = next(k for k in state if k.endswith(suffix))

@@ -115,6 +115,15 @@ def _as_buffer(value: Union[float, Tensor, list], name: str) -> Tensor:
     return tensor.detach().clone()
 
 
+def _check_affine(shift: Tensor, scale: Tensor) -> None:
+    """A ValueError unless `scale` is finite and non-zero and `shift` finite: at construction, and for the
+    buffers a state loads (a zero or NaN scale would score every row -inf)."""
+    if not bool((torch.isfinite(scale) & (scale != 0)).all()):
+        raise ValueError(f"scale must be finite and non-zero everywhere, got {scale.flatten()[:10].tolist()}")
+    if not bool(torch.isfinite(shift).all()):
+        raise ValueError(f"shift must be finite everywhere, got {shift.flatten()[:10].tolist()}")
+
+
 class ElementwiseAffine(_Elementwise):
     """A fixed affine map `y = scale * x + shift` (buffers, not parameters).
 
@@ -133,10 +142,12 @@ class ElementwiseAffine(_Elementwise):
                 raise ValueError(
                     f"{name} must have at most event_dims={self.event_dims} dims, got shape {tuple(tensor.shape)}"
                 )
-        if bool((scale_tensor == 0).any()):
-            raise ValueError("scale must be non-zero everywhere")
+        _check_affine(shift_tensor, scale_tensor)
         self.register_buffer("shift", shift_tensor)
         self.register_buffer("scale", scale_tensor)
+
+    def check_state(self) -> None:
+        _check_affine(self.shift, self.scale)
 
     def _ladj(self, x: Tensor) -> Tensor:
         event = x.shape[x.dim() - self.event_dims :]

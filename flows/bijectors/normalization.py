@@ -129,6 +129,16 @@ class BatchNorm(Bijector):
     def extra_repr(self) -> str:
         return f"features={self.features}, momentum={self.momentum}, eps={self.eps}"
 
+    def check_state(self) -> None:
+        """The running statistics a state loads: a finite mean and a positive finite variance."""
+        if not bool(torch.isfinite(self.running_mean).all()) or not bool(
+            ((self.running_var > 0) & torch.isfinite(self.running_var)).all()
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: expected a finite running_mean and a positive finite running_var, got "
+                f"{self.running_mean.tolist()[:10]} and {self.running_var.tolist()[:10]}"
+            )
+
     @property
     def input_event_shape(self) -> tuple[int, ...]:
         return (self.features,)

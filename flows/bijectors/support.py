@@ -52,6 +52,15 @@ def _log_one_minus_exp(t: Tensor) -> Tensor:
     return torch.where(t < math.log(2.0), torch.log(-torch.expm1(-t)), torch.log1p(-torch.exp(-t)))
 
 
+def _check_support(low: Tensor, high: Tensor, scale: Tensor) -> None:
+    """A ValueError unless every column has `low < high` (either may be infinite on its own side) and a positive
+    finite softplus `scale`: at construction, and for the buffers a state loads."""
+    if bool((low >= high).any()) or bool((low == math.inf).any()) or bool((high == -math.inf).any()):
+        raise ValueError(f"every column needs low < high, got low {low.tolist()} and high {high.tolist()}")
+    if not bool(((scale > 0) & torch.isfinite(scale)).all()):
+        raise ValueError(f"scale must be positive and finite, got {scale.tolist()}")
+
+
 class ColumnSupport(Bijector):
     """Maps each column's open support `(low, high)` onto the reals (see the module docstring).
 
@@ -75,19 +84,13 @@ class ColumnSupport(Bijector):
                 f"low, high and scale must have the same shape (features,), got {tuple(low_t.shape)}, "
                 f"{tuple(high_t.shape)} and {tuple(scale_t.shape)}"
             )
-        if (
-            bool((low_t >= high_t).any())
-            or bool((low_t == math.inf).any())
-            or bool((high_t == -math.inf).any())
-        ):
-            raise ValueError(
-                f"every column needs low < high, got low {low_t.tolist()} and high {high_t.tolist()}"
-            )
-        if not bool(((scale_t > 0) & torch.isfinite(scale_t)).all()):
-            raise ValueError(f"scale must be positive and finite, got {scale_t.tolist()}")
+        _check_support(low_t, high_t, scale_t)
         self.register_buffer("low", low_t)
         self.register_buffer("high", high_t)
         self.register_buffer("scale", scale_t.to(low_t.dtype))
+
+    def check_state(self) -> None:
+        _check_support(self.low, self.high, self.scale)
 
     @property
     def features(self) -> int:
