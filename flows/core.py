@@ -17,6 +17,7 @@ at construction, so mismatched members fail when the chain is built rather than 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
@@ -162,7 +163,7 @@ class Bijector(nn.Module):
             )
 
 
-def load_then_check(module: Any, load: Any, *args: Any, **kwargs: Any) -> None:
+def load_then_check(module: Any, load: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     """`module._load_from_state_dict` (`load`, with its arguments), then `module.check_state()` unless the load
     reported an error of its own (a size mismatch is load_state_dict's to report)."""
     errors = args[6] if len(args) > 6 else kwargs["error_msgs"]

@@ -71,11 +71,15 @@ def _default_names(d: int) -> list[str]:
     return [f"x{i}" for i in range(d)]
 
 
+def _repeated(names: Sequence[str]) -> list[str]:
+    """The names that occur more than once, sorted."""
+    return sorted({c for c in names if names.count(c) > 1})
+
+
 def check_unique_names(frame: Any, name: str) -> None:
     """A ValueError naming the repeated column names of the DataFrame `frame`, compared as text (columns are
     matched by name, and pandas gives a frame, not a column, for a repeated name)."""
-    texts = [str(c) for c in frame.columns]
-    duplicates = sorted({c for c in texts if texts.count(c) > 1})
+    duplicates = _repeated([str(c) for c in frame.columns])
     if duplicates:
         raise ValueError(
             f"{name} has several columns named {duplicates} (names compared as text: {list(frame.columns)}); "
@@ -202,7 +206,7 @@ def _header_names(path: Path, sep: str) -> list[str]:
     """The fields of the first non-blank row; duplicate names are an error (they cannot be matched)."""
     names = next((row for _, row in _csv_rows(path, sep)), [])
     names = [name.strip() for name in names]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = _repeated(names)
     if duplicates:
         raise ValueError(
             f"{path} has duplicate column names {duplicates} in its header; expected unique names "

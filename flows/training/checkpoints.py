@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -86,12 +86,18 @@ def build_from_record(record: dict[str, Any]) -> tuple[Flow, Config]:
     return plan.wrap(flow), config
 
 
-def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> LoadedModel:
-    """Load a `.ckpt` written by `flows fit` or a file written by `DensityEstimator.save`."""
-    from flows.training.safety import read_checkpoint
+def load_model(
+    path: Union[str, Path],
+    map_location: Union[str, torch.device] = "cpu",
+    payload: Optional[dict[str, Any]] = None,
+) -> LoadedModel:
+    """Load a `.ckpt` written by `flows fit` or a file written by `DensityEstimator.save`. `payload`: the file
+    already read with `read_checkpoint` (by a caller that needs its other entries too: read once)."""
+    from flows.training.safety import error_summary, read_checkpoint
 
     path = Path(path)
-    payload = read_checkpoint(path, map_location)  # clear errors for missing, truncated or foreign files
+    if payload is None:  # clear errors for missing, truncated or foreign files
+        payload = read_checkpoint(path, map_location)
     record = payload.get("hyper_parameters") or payload.get("record")
     if not isinstance(record, dict) or "config" not in record or "features" not in record:
         raise ValueError(f"{path} has no flows model record (config and features); was it written by flows?")
@@ -102,8 +108,8 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
         context_columns = list((record.get("context") or {}).get("columns", []))
     except (TypeError, KeyError, AttributeError, IndexError, ValueError) as error:  # (ConfigError too)
         raise ValueError(
-            f"{path}: its model record is not one flows writes ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:300] if str(error) else 'no detail'}); a damaged or edited checkpoint"
+            f"{path}: its model record is not one flows writes ({error_summary(error, 300)}); a damaged or edited "
+            "checkpoint"
         ) from None
     state = payload["state_dict"]
     if not isinstance(state, dict):
@@ -139,17 +145,13 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
     )
 
 
-def _check_state(path: Path, state: Any, flow: torch.nn.Module) -> None:
-    """A ValueError naming the entries of a checkpoint's `state` that no model of flows holds: a state that is
-    not a mapping of tensors, floating-point weights in another type than float32 / float64 (complex, integer,
-    16-bit: load_state_dict would cast them silently), non-finite parameters and NaN in any buffer (NaN weights
-    score every row -inf and sample NaN)."""
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
-    ):
-        raise ValueError(
-            f"{path}: expected a state_dict mapping names to tensors, got {type(state).__name__}"
-        )
+def _check_state(path: Path, state: dict[str, Any], flow: torch.nn.Module) -> None:
+    """A ValueError naming the entries of a checkpoint's `state` that no model of flows holds: values that are
+    not tensors, floating-point weights in another type than float32 / float64 (complex, integer, 16-bit:
+    load_state_dict would cast them silently), non-finite parameters and NaN in any buffer (NaN weights score
+    every row -inf and sample NaN)."""
+    if not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ValueError(f"{path}: expected a state_dict mapping names to tensors, got other entries")
     expected = flow.state_dict()
     parameters = {name for name, _ in flow.named_parameters()}
     wrong_type, non_finite = [], []

@@ -327,13 +327,11 @@ def resolve_columns(
     for key, value in (bounds or {}).items():
         j = _index(key, columns, "bounds")
         low[j], high[j] = _pair(value, key)
+    # fit checks declared discrete columns for integers only without the all-column shortcut
     integer = [False] * features
     for key in discrete_columns:
         j = _index(key, columns, "discrete_columns")
-        discrete[j] = True
-        integer[
-            j
-        ] = not dequantize_all  # (fit checks declared columns for integers only without the shortcut)
+        discrete[j], integer[j] = True, not dequantize_all
     categories: dict[int, list[float]] = {}
     for key in categorical_columns:
         j = _index(key, columns, "categorical_columns")

@@ -532,7 +532,6 @@ def _check_ranges(config: Config) -> None:
         positive(f"data.{key}", getattr(data, key))
     if data.num_workers < 0:
         raise ConfigError(f"config key 'data.num_workers': expected >= 0, got {data.num_workers}")
-
     if not 0.0 < data.stream_memory_fraction <= 1.0:
         raise ConfigError(
             f"config key 'data.stream_memory_fraction': expected a number in (0, 1], got {data.stream_memory_fraction}"

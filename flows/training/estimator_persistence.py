@@ -46,8 +46,8 @@ class EstimatorPersistence:
     @classmethod
     def load(cls, path: Union[str, Path]) -> Any:
         """Rebuild a fitted estimator from `save`'s file (or from a `flows fit` checkpoint)."""
-        loaded = load_model(path)
         payload = read_checkpoint(path)
+        loaded = load_model(path, payload=payload)
         saved_dtype = payload.get("dtype")
         if saved_dtype is not None and saved_dtype not in ("float32", "float64"):
             raise ValueError(f"{path}: expected a dtype of float32 or float64, got {saved_dtype!r}")

@@ -26,10 +26,10 @@ class EstimatorScoring:
             raise RuntimeError("this DensityEstimator is not fitted yet; call fit(X) first")
 
     def _rows(self, X: Any, columns: Optional[list[str]] = None, name: str = "X") -> np.ndarray:
-        """`X` as a float64 table `(n, len(columns))`: a 1-D array or a Series indexed by the column names is one
-        row (of a one-feature model: a column), a number one value of a one-feature model. A DataFrame is matched to `columns` (default: the fitted
-        columns) by name when the fit had names (a DataFrame `X`, or a context DataFrame), and must name every
-        one of them (`select_columns`); anything else is taken by position."""
+        """`X` as a float64 table `(n, len(columns))`: a 1-D array or a Series is one row (of a one-feature
+        model: a column), a number one value of a one-feature model. A DataFrame is matched to `columns`
+        (default: the fitted columns) by name when the fit had names (a DataFrame `X`, or a context DataFrame),
+        and must name every one of them (`select_columns`); anything else is taken by position."""
         from flows.datasets import as_array
 
         self._check_fitted()

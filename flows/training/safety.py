@@ -133,6 +133,12 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     return dict(payload)
 
 
+def error_summary(error: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message` (cut at `limit` characters) for an error from reading a file."""
+    text = str(error)
+    return f"{type(error).__name__}: {text.splitlines()[0][:limit] if text.strip() else 'no detail'}"
+
+
 def read_tensor_file(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Any:
     """Load a torch file of tensors and plain data only (never code); ValueError for a missing, truncated,
     corrupt or code-carrying file. `read_checkpoint` checks, on top, that it is a checkpoint; Lightning's own
@@ -167,7 +173,7 @@ def read_tensor_file(path: Union[str, Path], map_location: Union[str, torch.devi
     except Exception as error:  # truncated zip, not a torch file at all
         raise ValueError(
             f"{path} ({size} bytes) is not a readable checkpoint: truncated or corrupted "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else 'no detail'})"
+            f"({error_summary(error)})"
         ) from error
     return payload
 
@@ -205,8 +211,8 @@ def _check_zip_entries(path: Path, size: int) -> None:
         raise
     except Exception as error:  # a damaged or hostile archive: encrypted entries, bad headers, truncation
         raise ValueError(
-            f"{path} ({size} bytes) is not a readable checkpoint: truncated or corrupted ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200] if str(error) else 'no detail'}); nothing in it was loaded"
+            f"{path} ({size} bytes) is not a readable checkpoint: truncated or corrupted ({error_summary(error)}); "
+            "nothing in it was loaded"
         ) from None
 
 

@@ -288,8 +288,8 @@ class VariationalSampler:
         cls, path: Union[str, Path], log_prob: Union[Callable[[Tensor], Tensor], Target, str]
     ) -> VariationalSampler:
         """A fitted sampler from `save`'s file (or a `flows fit` checkpoint of a target run) and its target."""
-        loaded = load_model(path)
         payload = read_checkpoint(path)
+        loaded = load_model(path, payload=payload)
         config = loaded.config
         sampler = cls(
             log_prob,
